@@ -1,0 +1,1 @@
+"""The live cluster dashboard (templates, static files, WebSocket feed)."""

@@ -1,0 +1,90 @@
+"""Builds a node's aiohttp application from settings and a role: every route's pipeline is
+composed here, once, before the port binds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from aiohttp import web
+
+from node.backends import build_probes
+from node.config import Settings
+from node.errors import ConfigError
+from node.forwarding import TrustedProxies
+from node.http import route_endpoint, unmatched_endpoint
+from node.metrics import NodeCollector, NodeStats, make_registry
+from node.pipeline import BuildContext, PluginFactory, build_plugins, compose
+from node.roles import ROLE_COMPONENTS, ROUTES
+from node.schema import join
+from node.system import add_system_routes
+from node.targets import build_target
+from node.upstream import AiohttpClient, UpstreamPool, close_pools
+
+STATS = web.AppKey("stats", NodeStats)
+POOLS = web.AppKey("pools", dict[str, UpstreamPool])
+
+
+def build_app(
+    settings: Settings, role: str, factories: Mapping[str, PluginFactory] | None = None
+) -> web.Application:
+    """The node's application; raises ConfigError for anything wrong in `settings`."""
+    if factories is None:
+        from plugins import FACTORIES as factories
+    node = settings.node.name
+    largest_body = max([settings.node.max_body, *(r.max_body or 0 for r in settings.routes)])
+    # aiohttp's own limit is the largest any route allows; each route checks its own.
+    app = web.Application(client_max_size=largest_body)
+    stats = NodeStats()
+    pools = {
+        name: UpstreamPool(name, pool, AiohttpClient(pool))
+        for name, pool in settings.upstreams.items()
+    }
+    app[STATS] = stats
+    app[POOLS] = pools
+    registry = make_registry(
+        NodeCollector(node, stats, lambda: {n: p.snapshot() for n, p in pools.items()})
+    )
+    add_system_routes(app, node=node, role=role, probes=build_probes(settings), registry=registry)
+    components = ROLE_COMPONENTS[role]
+    if ROUTES in components:
+        add_routes(app, settings, factories, pools, stats)
+    app.cleanup_ctx.append(pools_context)
+    resources = list(app.router.resources())
+    app.router.add_route("*", "/{tail:.*}", unmatched_endpoint(node, resources))
+    return app
+
+
+def add_routes(
+    app: web.Application,
+    settings: Settings,
+    factories: Mapping[str, PluginFactory],
+    pools: dict[str, UpstreamPool],
+    stats: NodeStats,
+) -> None:
+    trusted = TrustedProxies(settings.node.trusted_proxies)
+    for i, route in enumerate(settings.routes):
+        path = join("routes", i)
+        ctx = BuildContext(settings, route, path)
+        plugins = build_plugins(ctx, factories)
+        target = build_target(
+            route.target, join(path, "target"), pools, trusted, route.strip_prefix
+        )
+        endpoint = route_endpoint(
+            compose(plugins, target),
+            stats.route(route.label),
+            settings.node.name,
+            route.max_body or settings.node.max_body,
+        )
+        methods = route.methods or ("*",)
+        if "GET" in methods and "HEAD" not in methods:
+            methods = (*methods, "HEAD")
+        try:
+            for method in methods:
+                app.router.add_route(method, route.path, endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"{join(path, 'path')}: {exc}") from None
+
+
+async def pools_context(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await close_pools(app[POOLS])

@@ -1,0 +1,88 @@
+"""The call model: what plugins and targets see instead of aiohttp's request and response."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
+
+JSON_TYPE = "application/json"
+
+# Longest client-supplied X-Request-Id that is forwarded as is; a longer one is replaced.
+MAX_REQUEST_ID = 128
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through a route's pipeline.
+
+    `path` is the URL path as received, `params` the route's `{name}` matches,
+    `query_string` the raw query (for proxying; `query` parses it on first use),
+    `client` the peer's address. The request id is also made on first use, since
+    most handler routes never read it.
+    """
+
+    method: str
+    path: str
+    route: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+    query_string: str = ""
+    headers: CIMultiDictProxy[str] | CIMultiDict[str] = field(default_factory=CIMultiDict)
+    body: bytes = b""
+    client: str = ""
+    scheme: str = "http"
+    host: str = ""
+    shard: str | None = None
+    _request_id: str | None = None
+    _query: MultiDict[str] | None = None
+
+    @property
+    def query(self) -> MultiDict[str]:
+        if self._query is None:
+            self._query = MultiDict(parse_qsl(self.query_string, keep_blank_values=True))
+        return self._query
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            given = self.headers.get("X-Request-Id")
+            if given and len(given) <= MAX_REQUEST_ID:
+                self._request_id = given
+            else:
+                self._request_id = new_request_id()
+        return self._request_id
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises `orjson.JSONDecodeError`, a `ValueError`)."""
+        return orjson.loads(self.body)
+
+
+@dataclass(slots=True)
+class Reply:
+    """What a target or plugin answers: status, headers, and a body or a byte stream."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] | CIMultiDict[str] = field(default_factory=dict)
+    content_type: str | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+        return cls(status, orjson.dumps(data), headers or {}, JSON_TYPE)
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+        return cls(status, text.encode(), headers or {}, "text/plain; charset=utf-8")
+
+
+Handler = Callable[[Call], Awaitable[Reply]]

@@ -1,0 +1,122 @@
+"""The command line of run.py (see README): flags, then settings, then a node or a supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from node.config import Settings, load_settings
+from node.errors import ConfigError
+from node.roles import ROLE_COMPONENTS, ROLES
+
+DEFAULT_CONFIG = Path("config/local.toml")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit 2, like a config error.
+        self.exit(2, f"usage error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = ArgumentParser(prog="run.py", description="Start a Scalenode node.")
+    parser.add_argument(
+        "--role", choices=ROLES, default="all", help="components to start (default: all)"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help=f"TOML config file (default: {DEFAULT_CONFIG})"
+    )
+    parser.add_argument("--host", help="listen address (default: node.host, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default: node.port, else 8080)")
+    parser.add_argument("--name", help="node name in X-Node and the dashboard (default: host:port)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes sharing the port through SO_REUSEPORT (default: 1)",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config, print a summary, exit 0 (or 2)",
+    )
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error("argument --processes: must be >= 1")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        parser.error("argument --port: must be between 0 and 65535")
+    return args
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return args.config
+    # run.py's default is relative to the project, wherever it is started from.
+    here = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else here
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    overrides = {"host": args.host, "port": args.port, "name": args.name}
+    settings = load_settings(config_path(args), overrides=overrides)
+    name = settings.node.name or f"{socket.gethostname()}:{settings.node.port}"
+    if args.child is not None:
+        name = f"{name}#{args.child}"
+    return load_settings(config_path(args), overrides={**overrides, "name": name})
+
+
+def summary(settings: Settings, role: str) -> str:
+    node = settings.node
+    lines = [
+        f"config ok: node {node.name} on {node.host}:{node.port}, role {role} "
+        f"({', '.join(ROLE_COMPONENTS[role])})",
+        f"backends: redis={settings.backends.redis or 'embedded'} "
+        f"amqp={settings.backends.amqp or 'embedded'}",
+    ]
+    for name, pool in settings.upstreams.items():
+        lines.append(f"upstream {name}: {pool.balance} over {', '.join(pool.targets)}")
+    for route in settings.routes:
+        plugins = [name for name, _ in route.plugin_tables()]
+        lines.append(
+            f"route {' '.join(route.methods) or '*'} {route.path} -> "
+            f"{' -> '.join([*plugins, route.target])}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        settings = resolve_settings(args)
+        logging.basicConfig(
+            level=settings.node.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        from node.app import build_app
+
+        build_app(settings, args.role)  # builds every pipeline: the full check, no I/O
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(summary(settings, args.role))
+        return 0
+    if args.processes > 1:
+        from node.supervisor import child_command, supervise
+
+        return supervise(child_command(argv), args.processes, settings.node.drain_timeout)
+    from node.server import run
+
+    try:
+        run(settings, args.role, reuse_port=args.child is not None)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {settings.node.host}:{settings.node.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,287 @@
+"""The node's settings: TOML file, then `SCALENODE__SECTION__KEY` env overrides, then CLI flags.
+
+Everything is validated here, before any port binds; a bad key raises `ConfigError`
+naming its path (`routes[1].target: unknown upstream 'usres' (known: users)`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from node.errors import ConfigError
+from node.schema import build, join, require
+
+ENV_PREFIX = "SCALENODE__"
+BALANCERS = ("round_robin", "least_conn")
+PLUGIN_NAMES = ("ratelimit", "cache", "queue", "shard", "breaker")  # the canonical order
+TARGET_KINDS = ("upstream", "handler", "store")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# Paths every node serves itself; a route may not shadow them.
+RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/dashboard", "/admin", "/jobs")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    name: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    max_body: int = 1024 * 1024  # bytes of request body; more gets 413
+    drain_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
+    access_log: bool = False  # costs about half the throughput when on
+    log_level: str = "info"
+
+    def check(self, path: str) -> None:
+        require(0 <= self.port <= 65535, join(path, "port"), "must be between 0 and 65535")
+        require(self.max_body > 0, join(path, "max_body"), "must be > 0")
+        require(self.drain_timeout >= 0, join(path, "drain_timeout"), "must be >= 0")
+        require(
+            self.log_level in LOG_LEVELS,
+            join(path, "log_level"),
+            f"must be one of {', '.join(LOG_LEVELS)}",
+        )
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{join(join(path, 'trusted_proxies'), i)}: not an IP address or CIDR: {cidr!r}"
+                ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    redis: str = ""  # "" = embedded
+    amqp: str = ""
+
+    def check(self, path: str) -> None:
+        for key, schemes in (("redis", ("redis", "rediss", "unix")), ("amqp", ("amqp", "amqps"))):
+            url = getattr(self, key)
+            if url:
+                require(
+                    urlsplit(url).scheme in schemes,
+                    join(path, key),
+                    f"must be a URL with scheme {' or '.join(schemes)}, got {url!r}",
+                )
+
+
+def check_http_url(url: str, path: str) -> None:
+    parts = urlsplit(url)
+    require(
+        parts.scheme in ("http", "https") and bool(parts.hostname),
+        path,
+        f"must be an http:// or https:// URL, got {url!r}",
+    )
+    require(
+        parts.path in ("", "/") and not parts.query,
+        path,
+        f"must have no path or query (routes decide the path), got {url!r}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    targets: tuple[str, ...] = ()
+    balance: str = "round_robin"
+    timeout: float = 5.0  # seconds for the whole upstream exchange; more gets 504
+    connect_timeout: float = 2.0
+    max_connections: int = 256  # per pool, across its members
+
+    def check(self, path: str) -> None:
+        require(bool(self.targets), join(path, "targets"), "must name at least one URL")
+        for i, url in enumerate(self.targets):
+            check_http_url(url, join(join(path, "targets"), i))
+        require(
+            self.balance in BALANCERS,
+            join(path, "balance"),
+            f"must be one of {', '.join(BALANCERS)}, got {self.balance!r}",
+        )
+        require(self.timeout > 0, join(path, "timeout"), "must be > 0")
+        require(self.connect_timeout > 0, join(path, "connect_timeout"), "must be > 0")
+        require(self.max_connections > 0, join(path, "max_connections"), "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMember:
+    name: str = ""
+    dsn: str = ""  # "" = embedded shard
+    replicas: tuple[str, ...] = ()
+
+    def check(self, path: str) -> None:
+        require(bool(self.name), join(path, "name"), "is required")
+        for key, dsns in (("dsn", (self.dsn,) if self.dsn else ()), ("replicas", self.replicas)):
+            for dsn in dsns:
+                require(
+                    urlsplit(dsn).scheme in ("postgres", "postgresql"),
+                    join(path, key),
+                    f"must be a postgresql:// DSN, got {dsn!r}",
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSetSettings:
+    members: tuple[ShardMember, ...] = ()
+
+    def check(self, path: str) -> None:
+        require(bool(self.members), join(path, "members"), "must list at least one member")
+        names = [m.name for m in self.members]
+        require(len(set(names)) == len(names), join(path, "members"), "member names must be unique")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    path: str = ""
+    target: str = ""
+    methods: tuple[str, ...] = ()  # empty = every method
+    name: str = ""  # label in metrics and the dashboard; default: the path
+    strip_prefix: str = ""  # removed from the path before it goes upstream
+    max_body: int | None = None  # default: node.max_body
+    ratelimit: dict[str, Any] | None = None
+    cache: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
+    shard: dict[str, Any] | None = None
+    breaker: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
+
+    def plugin_tables(self) -> list[tuple[str, dict[str, Any]]]:
+        """The route's plugin tables, in the canonical order."""
+        tables = ((name, getattr(self, name)) for name in PLUGIN_NAMES)
+        return [(name, table) for name, table in tables if table is not None]
+
+    def check(self, path: str) -> None:
+        require(self.path.startswith("/"), join(path, "path"), "must start with '/'")
+        for prefix in RESERVED_PREFIXES:
+            require(
+                self.path != prefix and not self.path.startswith(prefix + "/"),
+                join(path, "path"),
+                f"{prefix} is served by the node itself",
+            )
+        kind = self.target.partition(":")[0]
+        require(
+            kind in TARGET_KINDS and ":" in self.target,
+            join(path, "target"),
+            f"must be upstream:NAME, handler:module:function or store:NAME, got {self.target!r}",
+        )
+        for i, method in enumerate(self.methods):
+            require(
+                method in HTTP_METHODS,
+                join(join(path, "methods"), i),
+                f"unknown method {method!r} (known: {', '.join(HTTP_METHODS)})",
+            )
+        if self.strip_prefix:
+            require(
+                self.path.startswith(self.strip_prefix),
+                join(path, "strip_prefix"),
+                f"must be a prefix of the route path {self.path!r}",
+            )
+        if self.max_body is not None:
+            require(self.max_body > 0, join(path, "max_body"), "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    backends: BackendSettings = field(default_factory=BackendSettings)
+    upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
+    shards: dict[str, ShardSetSettings] = field(default_factory=dict)
+    routes: tuple[RouteSettings, ...] = ()
+
+    def check(self, path: str) -> None:
+        seen: dict[tuple[str, str], int] = {}
+        for i, route in enumerate(self.routes):
+            route_path = join("routes", i)
+            kind, _, name = route.target.partition(":")
+            if kind == "upstream":
+                require(
+                    name in self.upstreams,
+                    join(route_path, "target"),
+                    f"unknown upstream {name!r} (known: {', '.join(self.upstreams) or 'none'})",
+                )
+            elif kind == "store":
+                require(
+                    name in self.shards,
+                    join(route_path, "target"),
+                    f"unknown shard set {name!r} (known: {', '.join(self.shards) or 'none'})",
+                )
+            for method in route.methods or ("*",):
+                first = seen.setdefault((route.path, method), i)
+                require(
+                    first == i,
+                    join(route_path, "path"),
+                    f"{method} {route.path} is already routed by routes[{first}]",
+                )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def parse_env_value(text: str) -> Any:
+    """`8081` → 8081, `true` → True, `["a"]` → ["a"]; anything that is not TOML stays a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Override keys from `SCALENODE__NODE__PORT=8081`-style variables (lists by index)."""
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in var[len(ENV_PREFIX) :].split("__")]
+        if not all(keys):
+            raise ConfigError(f"{var}: empty key in variable name")
+        place: Any = data
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(place, list):
+                if not key.isdigit() or int(key) >= len(place):
+                    raise ConfigError(f"{var}: no list item {key!r} to override")
+                if last:
+                    place[int(key)] = parse_env_value(text)
+                else:
+                    place = place[int(key)]
+            elif isinstance(place, dict):
+                if last:
+                    place[key] = parse_env_value(text)
+                else:
+                    place = place.setdefault(key, {})
+            else:
+                raise ConfigError(f"{var}: {'.'.join(keys[:depth])} is not a table")
+
+
+def load_settings(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read, override and validate the settings (no I/O beyond reading the file)."""
+    data = read_toml(path) if path is not None else {}
+    apply_env(data, os.environ if environ is None else environ)
+    if overrides:
+        node = data.setdefault("node", {})
+        if not isinstance(node, dict):
+            raise ConfigError("node: must be a table")
+        node.update({k: v for k, v in overrides.items() if v is not None})
+    return build(Settings, data, "")

@@ -1,0 +1,33 @@
+"""Who the client is when load balancers sit in front: `node.trusted_proxies` decides whose
+X-Forwarded-* headers are believed."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+
+class TrustedProxies:
+    def __init__(self, cidrs: tuple[str, ...]) -> None:
+        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        # Peers are few (the load balancers), so the answer per address is cached.
+        self.is_trusted = lru_cache(maxsize=4096)(self._is_trusted)
+
+    def _is_trusted(self, address: str) -> bool:
+        if not self._networks or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The right-most address that is not a trusted proxy (the peer when it is untrusted)."""
+        if not forwarded_for or not self.is_trusted(peer):
+            return peer
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer

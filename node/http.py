@@ -1,0 +1,143 @@
+"""The aiohttp adapter: request → `Call`, pipeline, `Reply` → response, errors → JSON.
+
+This is the only place that turns errors into replies: `Rejected` (and its family)
+becomes its status with `{"error", "detail"}`; anything else is logged and becomes a
+500 whose body names no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+from time import perf_counter
+
+from aiohttp import web
+
+from node.call import JSON_TYPE, Call, Handler, Reply
+from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
+from node.metrics import RouteStats
+
+log = logging.getLogger("scalenode.http")
+
+
+def error_reply(exc: Rejected) -> Reply:
+    return Reply.json({"error": exc.code, "detail": exc.detail}, exc.status, exc.headers)
+
+
+INTERNAL_ERROR = Reply.json(
+    {"error": "internal", "detail": "the handler failed; see the node's log"}, 500
+)
+
+
+async def read_body(request: web.Request, max_body: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {max_body}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        body = None
+    if body is None or len(body) > max_body:
+        raise PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
+    return body
+
+
+def make_call(request: web.Request, route: str, body: bytes) -> Call:
+    return Call(
+        method=request.method,
+        path=request.path,
+        route=route,
+        params=request.match_info,
+        query_string=request.query_string,
+        headers=request.headers,
+        body=body,
+        client=request.remote or "",
+        scheme=request.scheme,
+        host=request.host,
+    )
+
+
+async def send_reply(request: web.Request, reply: Reply, node: str) -> web.StreamResponse:
+    if reply.stream is None:
+        response = web.Response(body=reply.body, status=reply.status, headers=reply.headers)
+        if reply.content_type is not None:
+            response.headers["Content-Type"] = reply.content_type
+        response.headers["X-Node"] = node
+        return response
+    response = web.StreamResponse(status=reply.status, headers=reply.headers)
+    response.headers["X-Node"] = node
+    length = reply.headers.get("Content-Length")
+    if length is None:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async with aclosing(reply.stream) as chunks:
+            async for chunk in chunks:
+                await response.write(chunk)
+    except Rejected as exc:
+        # Headers are out: the only honest signal left is a cut connection, as nginx does.
+        log.warning("stream of %s %s broke off: %s", request.method, request.path, exc.detail)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
+    """The aiohttp handler of one route: the adapter around its composed pipeline."""
+    label = stats.label
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        stats.in_flight += 1
+        started = perf_counter()
+        try:
+            body = await read_body(request, max_body) if request.body_exists else b""
+            reply = await handler(make_call(request, label, body))
+        except Rejected as exc:
+            reply = error_reply(exc)
+        except Exception:
+            log.exception("route %s failed on %s %s", label, request.method, request.path)
+            reply = INTERNAL_ERROR
+        try:
+            return await send_reply(request, reply, node)
+        finally:
+            stats.in_flight -= 1
+            stats.record(reply.status, perf_counter() - started)
+
+    return endpoint
+
+
+def json_response(
+    data: object, status: int, node: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    reply = Reply.json(data, status, headers)
+    response = web.Response(body=reply.body, status=status, headers=reply.headers)
+    response.headers["Content-Type"] = JSON_TYPE
+    response.headers["X-Node"] = node
+    return response
+
+
+def unmatched_endpoint(node: str, resources: list[web.AbstractResource]):
+    """The catch-all route, matched only when no route fits: JSON 404, or 405 with Allow.
+
+    Registered last, it costs matched requests nothing (no middleware on the hot path).
+    """
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in resources:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+        if allowed:
+            exc: Rejected = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
+        else:
+            exc = NotFound(f"no route for {request.path}")
+        return json_response(
+            {"error": exc.code, "detail": exc.detail}, exc.status, node, exc.headers
+        )
+
+    return endpoint

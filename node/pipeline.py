@@ -1,0 +1,69 @@
+"""Composes each route's plugins around its target, once, at start-up.
+
+A plugin wraps the rest of the chain: `await plugin(call, next)` may answer early
+(429, a cache hit, 202), wrap the call (breaker, timing) or annotate it (shard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from node.call import Call, Handler, Reply
+from node.config import RouteSettings, Settings
+from node.errors import ConfigError
+from node.schema import join
+
+
+class Plugin(Protocol):
+    name: str
+
+    async def __call__(self, call: Call, next: Handler) -> Reply: ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-safe stats for /metrics and the dashboard."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a plugin factory may read while it builds: the whole settings and its route."""
+
+    settings: Settings
+    route: RouteSettings
+    path: str  # e.g. "routes[2]"
+
+
+class PluginFactory(Protocol):
+    def __call__(self, table: dict[str, Any], path: str, ctx: BuildContext) -> Plugin:
+        """Validate `table` (raise ConfigError naming `path`) and build the plugin; no I/O."""
+        ...
+
+
+def build_plugins(ctx: BuildContext, factories: Mapping[str, PluginFactory]) -> list[Plugin]:
+    """The route's plugins in the canonical order (ratelimit, cache, queue, shard, breaker)."""
+    plugins = []
+    for name, table in ctx.route.plugin_tables():
+        path = join(ctx.path, name)
+        factory = factories.get(name)
+        if factory is None:
+            raise ConfigError(f"{path}: the {name} plugin is not available in this version")
+        plugins.append(factory(table, path, ctx))
+    return plugins
+
+
+def compose(plugins: list[Plugin], target: Handler) -> Handler:
+    """Fold the plugins around the target: plugins[0] runs first."""
+    handler = target
+    for plugin in reversed(plugins):
+        handler = _bind(plugin, handler)
+    return handler
+
+
+def _bind(plugin: Plugin, next_handler: Handler) -> Handler:
+    async def step(call: Call) -> Reply:
+        return await plugin(call, next_handler)
+
+    step.__qualname__ = f"{plugin.name}_step"
+    return step

@@ -1,0 +1,54 @@
+"""The routes every HTTP-serving node answers itself: /health, /ready, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from node.backends import Probe
+from node.http import json_response
+
+
+def add_system_routes(
+    app: web.Application,
+    *,
+    node: str,
+    role: str,
+    probes: list[Probe],
+    registry: CollectorRegistry,
+) -> None:
+    pid = os.getpid()
+
+    async def health(request: web.Request) -> web.Response:
+        return json_response({"status": "ok", "node": node, "role": role, "pid": pid}, 200, node)
+
+    async def ready(request: web.Request) -> web.Response:
+        failures = await asyncio.gather(*(probe.check() for probe in probes))
+        backends = {
+            probe.name: {"ok": True} if failure is None else {"ok": False, "error": failure}
+            for probe, failure in zip(probes, failures, strict=True)
+        }
+        failing = [name for name, state in backends.items() if not state["ok"]]
+        if failing:
+            body = {
+                "status": "unavailable",
+                "error": "backend_unavailable",
+                "detail": f"not answering: {', '.join(failing)}",
+                "node": node,
+                "backends": backends,
+            }
+            return json_response(body, 503, node)
+        return json_response({"status": "ready", "node": node, "backends": backends}, 200, node)
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        response.headers["X-Node"] = node
+        return response
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)

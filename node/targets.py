@@ -1,0 +1,64 @@
+"""Builds a route's target, the innermost handler of its pipeline, from `kind:spec`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from node.call import Call, Handler, Reply
+from node.errors import ConfigError
+from node.forwarding import TrustedProxies
+from node.proxy import UpstreamProxy
+from node.upstream import UpstreamPool
+
+UserHandler = Callable[[Call], Awaitable[Reply | dict[str, Any] | list[Any]]]
+
+
+def import_handler(spec: str, path: str) -> UserHandler:
+    """`package.module:function` → the async function, checked before the node starts."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{path}: handler must be handler:package.module:function, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{path}: cannot import module {module_name!r}: {exc}") from None
+    func = getattr(module, attr, None)
+    if func is None:
+        raise ConfigError(f"{path}: module {module_name!r} has no {attr!r}")
+    if not inspect.iscoroutinefunction(func):
+        raise ConfigError(f"{path}: {spec} must be an async function taking a Call")
+    return func
+
+
+def handler_target(func: UserHandler) -> Handler:
+    """Adapts a user function: a Reply passes through, a dict or list becomes JSON."""
+
+    async def target(call: Call) -> Reply:
+        result = await func(call)
+        if type(result) is Reply:
+            return result
+        if isinstance(result, dict | list):
+            return Reply.json(result)
+        if isinstance(result, Reply):
+            return result
+        raise TypeError(f"handler returned {type(result).__name__}, expected Reply, dict or list")
+
+    return target
+
+
+def build_target(
+    target: str,
+    path: str,
+    pools: dict[str, UpstreamPool],
+    trusted: TrustedProxies,
+    strip_prefix: str = "",
+) -> Handler:
+    kind, _, spec = target.partition(":")
+    if kind == "handler":
+        return handler_target(import_handler(spec, path))
+    if kind == "upstream":
+        return UpstreamProxy(pools[spec], trusted, strip_prefix)
+    raise ConfigError(f"{path}: the {kind} target is not available in this version")

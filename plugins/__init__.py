@@ -1,0 +1,11 @@
+"""Plugins, one module each. FACTORIES is the explicit name→factory table the node builds from.
+
+A plugin named in a route but absent here is a config error, never a silent no-op;
+each plugin's issue adds its row (ratelimit, cache, queue, shard, breaker).
+"""
+
+from __future__ import annotations
+
+from node.pipeline import PluginFactory
+
+FACTORIES: dict[str, PluginFactory] = {}
