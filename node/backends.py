@@ -79,12 +79,11 @@ class Probe:
 def build_probes(settings: Settings) -> list[Probe]:
     """A probe per configured backend; embedded ones ("" URLs) need none."""
     probes = []
-    if settings.backends.redis:
-        url = settings.backends.redis
-        probes.append(Probe("redis", lambda: ping_redis(url)))
-    if settings.backends.amqp:
-        url = settings.backends.amqp
-        probes.append(Probe("amqp", lambda: ping_amqp(url)))
+    redis_url, amqp_url = settings.backends.redis, settings.backends.amqp
+    if redis_url:
+        probes.append(Probe("redis", lambda: ping_redis(redis_url)))
+    if amqp_url:
+        probes.append(Probe("amqp", lambda: ping_amqp(amqp_url)))
     for set_name, shard_set in settings.shards.items():
         for member in shard_set.members:
             for i, dsn in enumerate((member.dsn, *member.replicas) if member.dsn else ()):

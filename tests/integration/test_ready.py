@@ -1,0 +1,89 @@
+"""GET /ready against the real backends: 200 when each answers, 503 naming the one that does not."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from node.app import build_app
+from node.config import Settings
+from node.schema import build
+
+REDIS = "redis://127.0.0.1:6379/0"
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def settings_with(backends: dict[str, str], shard_dsn: str = "") -> Settings:
+    data: dict = {"node": {"name": "ready-test"}, "backends": backends}
+    if shard_dsn:
+        data["shards"] = {"main": {"members": [{"name": "s0", "dsn": shard_dsn}]}}
+    return build(Settings, data, "")
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator:
+    clients: list[TestClient] = []
+
+    async def start(settings: Settings) -> TestClient:
+        client = TestClient(TestServer(build_app(settings, "gateway")))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+async def test_ready_when_every_backend_answers(client_for) -> None:
+    """Redis, RabbitMQ and a PostgreSQL shard all answering: 200 listing each as ok."""
+    client = await client_for(settings_with({"redis": REDIS, "amqp": AMQP}, POSTGRES))
+    response = await client.get("/ready")
+    body = await response.json()
+    assert response.status == 200, body["backends"]
+    assert body["backends"] == {
+        "redis": {"ok": True},
+        "amqp": {"ok": True},
+        "postgres:main/s0": {"ok": True},
+    }
+    assert response.headers["X-Node"] == "ready-test"
+
+
+@pytest.mark.parametrize(
+    ("backends", "shard", "failing"),
+    [
+        ({"redis": "redis://127.0.0.1:{port}/0", "amqp": AMQP}, "", "redis"),
+        ({"redis": REDIS, "amqp": "amqp://guest:guest@127.0.0.1:{port}/"}, "", "amqp"),
+        ({"redis": REDIS}, "postgresql://postgres@127.0.0.1:{port}/postgres", "postgres:main/s0"),
+    ],
+)
+async def test_not_ready_names_the_failing_backend(client_for, backends, shard, failing) -> None:
+    """One backend down: 503 JSON whose detail names it, the others still reported ok."""
+    port = closed_port()
+    backends = {k: v.format(port=port) for k, v in backends.items()}
+    client = await client_for(settings_with(backends, shard.format(port=port)))
+    response = await client.get("/ready")
+    body = await response.json()
+    assert response.status == 503
+    assert body["error"] == "backend_unavailable"
+    assert failing in body["detail"]
+    assert body["backends"][failing]["ok"] is False
+    assert all(state["ok"] for name, state in body["backends"].items() if name != failing)
+
+
+async def test_embedded_node_is_ready_without_services(client_for) -> None:
+    """With every backend embedded there is nothing to wait for: 200."""
+    client = await client_for(settings_with({}))
+    response = await client.get("/ready")
+    assert response.status == 200
+    assert (await response.json())["backends"] == {}
