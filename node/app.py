@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from node.admin import admin_app
 from node.backends import build_probes
-from node.config import Settings
+from node.config import Settings, route_methods
 from node.errors import ConfigError
-from node.forwarding import TrustedProxies
 from node.http import route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
 from node.pipeline import BuildContext, PluginFactory, build_plugins, compose
+from node.resources import Resources
 from node.roles import ROLE_COMPONENTS, ROUTES
 from node.schema import join
 from node.system import add_system_routes
@@ -22,6 +23,7 @@ from node.upstream import AiohttpClient, UpstreamPool, close_pools
 
 STATS = web.AppKey("stats", NodeStats)
 POOLS = web.AppKey("pools", dict[str, UpstreamPool])
+RESOURCES = web.AppKey("resources", Resources)
 
 
 def build_app(
@@ -39,15 +41,28 @@ def build_app(
         name: UpstreamPool(name, pool, AiohttpClient(pool))
         for name, pool in settings.upstreams.items()
     }
+    resources = Resources.build(settings, role)
     app[STATS] = stats
     app[POOLS] = pools
+    app[RESOURCES] = resources
     registry = make_registry(
         NodeCollector(node, stats, lambda: {n: p.snapshot() for n, p in pools.items()})
     )
-    add_system_routes(app, node=node, role=role, probes=build_probes(settings), registry=registry)
+    add_system_routes(
+        app,
+        node=node,
+        role=role,
+        probes=build_probes(settings),
+        tolerated=resources.tolerated,
+        registry=registry,
+    )
     components = ROLE_COMPONENTS[role]
     if ROUTES in components:
-        add_routes(app, settings, factories, pools, stats)
+        add_routes(app, settings, factories, pools, stats, resources)
+    if resources.admin_routes:
+        admin = admin_app(node, settings.node.admin_token, resources.admin_routes)
+        app.add_subapp("/admin", admin)
+    app.cleanup_ctx.append(resources.lifespan)
     app.cleanup_ctx.append(pools_context)
     resources = list(app.router.resources())
     app.router.add_route("*", "/{tail:.*}", unmatched_endpoint(node, resources))
@@ -60,12 +75,14 @@ def add_routes(
     factories: Mapping[str, PluginFactory],
     pools: dict[str, UpstreamPool],
     stats: NodeStats,
+    resources: Resources,
 ) -> None:
-    trusted = TrustedProxies(settings.node.trusted_proxies)
+    trusted = resources.trusted
     for i, route in enumerate(settings.routes):
         path = join("routes", i)
-        ctx = BuildContext(settings, route, path)
+        ctx = BuildContext(settings, route, path, resources)
         plugins = build_plugins(ctx, factories)
+        stats.plugins.extend((route.label, plugin) for plugin in plugins)
         target = build_target(
             route.target, join(path, "target"), pools, trusted, route.strip_prefix
         )
@@ -75,13 +92,10 @@ def add_routes(
             settings.node.name,
             route.max_body or settings.node.max_body,
         )
-        methods = route.methods or ("*",)
-        if "GET" in methods and "HEAD" not in methods:
-            methods = (*methods, "HEAD")
         try:
-            for method in methods:
+            for method in route_methods(route):
                 app.router.add_route(method, route.path, endpoint)
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"{join(path, 'path')}: {exc}") from None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
@@ -32,7 +32,8 @@ class Call:
     """
 
     method: str
-    path: str
+    path: str  # decoded
+    raw_path: str = ""  # as the client sent it (percent-encoded), for proxying
     route: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
     query_string: str = ""
@@ -66,6 +67,14 @@ class Call:
         return orjson.loads(self.body)
 
 
+class ByteStream(Protocol):
+    """A body too large to hold: iterated once by the adapter, then always closed."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Reply:
     """What a target or plugin answers: status, headers, and a body or a byte stream."""
@@ -74,7 +83,7 @@ class Reply:
     body: bytes = b""
     headers: Mapping[str, str] | CIMultiDict[str] = field(default_factory=dict)
     content_type: str | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: ByteStream | None = None
 
     @classmethod
     def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from node.errors import ConfigError
-from node.schema import build, join, require
+from node.schema import EnvValue, build, join, require
 
 ENV_PREFIX = "SCALENODE__"
 BALANCERS = ("round_robin", "least_conn")
@@ -64,7 +64,10 @@ class BackendSettings:
     amqp: str = ""
 
     def check(self, path: str) -> None:
-        for key, schemes in (("redis", ("redis", "rediss", "unix")), ("amqp", ("amqp", "amqps"))):
+        for key, schemes in (
+            ("redis", ("redis", "rediss", "unix", "redis+cluster")),
+            ("amqp", ("amqp", "amqps")),
+        ):
             url = getattr(self, key)
             if url:
                 require(
@@ -76,6 +79,10 @@ class BackendSettings:
 
 def check_http_url(url: str, path: str) -> None:
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (reading it validates it)
+    except ValueError:
+        raise ConfigError(f"{path}: bad port in {url!r}") from None
     require(
         parts.scheme in ("http", "https") and bool(parts.hostname),
         path,
@@ -182,12 +189,25 @@ class RouteSettings:
             )
         if self.strip_prefix:
             require(
+                "{" not in self.strip_prefix,
+                join(path, "strip_prefix"),
+                "must be literal text, without {placeholders}",
+            )
+            require(
                 self.path.startswith(self.strip_prefix),
                 join(path, "strip_prefix"),
                 f"must be a prefix of the route path {self.path!r}",
             )
         if self.max_body is not None:
             require(self.max_body > 0, join(path, "max_body"), "must be > 0")
+
+
+def route_methods(route: RouteSettings) -> tuple[str, ...]:
+    """The methods a route answers: its list ("*" when empty), GET bringing HEAD."""
+    methods = route.methods or ("*",)
+    if "GET" in methods and "HEAD" not in methods:
+        methods = (*methods, "HEAD")
+    return methods
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +219,7 @@ class Settings:
     routes: tuple[RouteSettings, ...] = ()
 
     def check(self, path: str) -> None:
-        seen: dict[tuple[str, str], int] = {}
+        claimed: dict[str, dict[str, int]] = {}  # path → method ("*" = any) → route index
         for i, route in enumerate(self.routes):
             route_path = join("routes", i)
             kind, _, name = route.target.partition(":")
@@ -215,13 +235,16 @@ class Settings:
                     join(route_path, "target"),
                     f"unknown shard set {name!r} (known: {', '.join(self.shards) or 'none'})",
                 )
-            for method in route.methods or ("*",):
-                first = seen.setdefault((route.path, method), i)
+            methods = claimed.setdefault(route.path, {})
+            for method in route_methods(route):
+                clash = [methods[m] for m in methods if "*" in (m, method) or m == method]
                 require(
-                    first == i,
+                    not clash,
                     join(route_path, "path"),
-                    f"{method} {route.path} is already routed by routes[{first}]",
+                    f"{method} {route.path} is already routed by routes[{(clash or [i])[0]}]",
                 )
+            for method in route_methods(route):
+                methods[method] = i
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -259,12 +282,12 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 if not key.isdigit() or int(key) >= len(place):
                     raise ConfigError(f"{var}: no list item {key!r} to override")
                 if last:
-                    place[int(key)] = parse_env_value(text)
+                    place[int(key)] = EnvValue(var, text, parse_env_value(text))
                 else:
                     place = place[int(key)]
             elif isinstance(place, dict):
                 if last:
-                    place[key] = parse_env_value(text)
+                    place[key] = EnvValue(var, text, parse_env_value(text))
                 else:
                     place = place.setdefault(key, {})
             else:

@@ -20,6 +20,8 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:  # a dual-stack listener's view
+            ip = ip.ipv4_mapped
         return any(ip in net for net in self._networks)
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:

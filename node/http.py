@@ -8,7 +8,6 @@ becomes its status with `{"error", "detail"}`; anything else is logged and becom
 from __future__ import annotations
 
 import logging
-from contextlib import aclosing
 from time import perf_counter
 
 from aiohttp import web
@@ -46,9 +45,10 @@ def make_call(request: web.Request, route: str, body: bytes) -> Call:
     return Call(
         method=request.method,
         path=request.path,
+        raw_path=request.rel_url.raw_path,
         route=route,
         params=request.match_info,
-        query_string=request.query_string,
+        query_string=request.rel_url.raw_query_string,
         headers=request.headers,
         body=body,
         client=request.remote or "",
@@ -69,17 +69,18 @@ async def send_reply(request: web.Request, reply: Reply, node: str) -> web.Strea
     length = reply.headers.get("Content-Length")
     if length is None:
         response.enable_chunked_encoding()
-    await response.prepare(request)
     try:
-        async with aclosing(reply.stream) as chunks:
-            async for chunk in chunks:
-                await response.write(chunk)
+        await response.prepare(request)
+        async for chunk in reply.stream:
+            await response.write(chunk)
     except Rejected as exc:
         # Headers are out: the only honest signal left is a cut connection, as nginx does.
         log.warning("stream of %s %s broke off: %s", request.method, request.path, exc.detail)
         if request.transport is not None:
             request.transport.close()
         return response
+    finally:
+        await reply.stream.aclose()
     await response.write_eof()
     return response
 

@@ -60,6 +60,7 @@ class NodeStats:
 
     def __init__(self) -> None:
         self.routes: dict[str, RouteStats] = {}
+        self.plugins: list[tuple[str, Any]] = []  # (route label, plugin), for snapshots
 
     def route(self, label: str) -> RouteStats:
         return self.routes.setdefault(label, RouteStats(label))
@@ -103,6 +104,30 @@ class NodeCollector:
             in_flight.add_metric(key, route.in_flight)
         yield from (requests, latency, in_flight)
         yield from self.collect_upstreams()
+        yield from self.collect_plugins()
+
+    def collect_plugins(self) -> Iterator[Metric]:
+        """Each plugin's snapshot: `counters` become `scalenode_<plugin>_<name>_total`,
+        `gauges` become `scalenode_<plugin>_<name>`, labelled by node and route."""
+        families: dict[str, Metric] = {}
+        for route, plugin in self.stats.plugins:
+            snapshot = plugin.snapshot()
+            for kind, family_type in (
+                ("counters", CounterMetricFamily),
+                ("gauges", GaugeMetricFamily),
+            ):
+                for key, value in snapshot.get(kind, {}).items():
+                    name = f"scalenode_{plugin.name}_{key}"
+                    family = families.get(name)
+                    if family is None:
+                        family = family_type(
+                            name,
+                            f"{plugin.name} plugin: {key.replace('_', ' ')}.",
+                            labels=["node", "route"],
+                        )
+                        families[name] = family
+                    family.add_metric([self.node, route], value)
+        yield from families.values()
 
     def collect_upstreams(self) -> Iterator[Metric]:
         labels = ["node", "upstream", "member"]

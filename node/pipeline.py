@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from node.call import Call, Handler, Reply
 from node.config import RouteSettings, Settings
 from node.errors import ConfigError
+from node.resources import Resources
 from node.schema import join
 
 
@@ -28,11 +29,13 @@ class Plugin(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BuildContext:
-    """What a plugin factory may read while it builds: the whole settings and its route."""
+    """What a plugin factory may use while it builds: the settings, its route, and the
+    node's shared resources (Redis, the registry, admin routes)."""
 
     settings: Settings
     route: RouteSettings
     path: str  # e.g. "routes[2]"
+    resources: Resources
 
 
 class PluginFactory(Protocol):

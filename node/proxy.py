@@ -24,7 +24,7 @@ class UpstreamProxy:
         self.strip_prefix = strip_prefix
 
     def upstream_path(self, call: Call) -> str:
-        path = call.path
+        path = call.raw_path or call.path
         if self.strip_prefix:
             path = path[len(self.strip_prefix) :]
             if not path.startswith("/"):
@@ -37,7 +37,7 @@ class UpstreamProxy:
         strip_hop_by_hop(headers, NOT_FORWARDED)
         if self.trusted.is_trusted(call.client):
             # A trusted load balancer's view of the client is kept and extended.
-            prior = incoming.get("X-Forwarded-For")
+            prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
             headers["X-Forwarded-For"] = f"{prior}, {call.client}" if prior else call.client
             headers["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", call.scheme)
             headers["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", call.host)

@@ -58,7 +58,27 @@ def build(cls: type[T], data: Any, path: str) -> T:
     return settings
 
 
+class EnvValue:
+    """A value from an environment variable: taken as text where the key wants a string
+    (so `SCALENODE__NODE__ADMIN_TOKEN=123456` stays "123456"), else parsed as TOML."""
+
+    def __init__(self, var: str, text: str, parsed: Any) -> None:
+        self.var, self.text, self.parsed = var, text, parsed
+
+
+def wants_text(hint: Any) -> bool:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint is str or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and args == [str]
+    )
+
+
 def convert(hint: Any, value: Any, path: str) -> Any:
+    if isinstance(value, EnvValue):
+        try:
+            return convert(hint, value.text if wants_text(hint) else value.parsed, path)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (from {value.var})") from None
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):

@@ -18,6 +18,7 @@ def add_system_routes(
     node: str,
     role: str,
     probes: list[Probe],
+    tolerated: set[str],
     registry: CollectorRegistry,
 ) -> None:
     pid = os.getpid()
@@ -32,16 +33,19 @@ def add_system_routes(
             for probe, failure in zip(probes, failures, strict=True)
         }
         failing = [name for name, state in backends.items() if not state["ok"]]
-        if failing:
+        critical = [name for name in failing if name not in tolerated]
+        if critical:
             body = {
                 "status": "unavailable",
                 "error": "backend_unavailable",
-                "detail": f"not answering: {', '.join(failing)}",
+                "detail": f"not answering: {', '.join(critical)}",
                 "node": node,
                 "backends": backends,
             }
             return json_response(body, 503, node)
-        return json_response({"status": "ready", "node": node, "backends": backends}, 200, node)
+        # A backend every user degrades through keeps the node in the balancer: "degraded".
+        status = "degraded" if failing else "ready"
+        return json_response({"status": status, "node": node, "backends": backends}, 200, node)
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))

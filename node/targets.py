@@ -19,11 +19,11 @@ UserHandler = Callable[[Call], Awaitable[Reply | dict[str, Any] | list[Any]]]
 def import_handler(spec: str, path: str) -> UserHandler:
     """`package.module:function` → the async function, checked before the node starts."""
     module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
+    if not module_name or not attr or module_name.startswith("."):
         raise ConfigError(f"{path}: handler must be handler:package.module:function, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, TypeError) as exc:
         raise ConfigError(f"{path}: cannot import module {module_name!r}: {exc}") from None
     func = getattr(module, attr, None)
     if func is None:

@@ -7,12 +7,14 @@ replace `AiohttpClient` without touching the proxy or the plugins.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from node.call import Reply
 from node.config import UpstreamSettings
@@ -40,9 +42,13 @@ HOP_BY_HOP = frozenset(
 )
 
 
+DROP_LENGTH = frozenset({"content-length"})
+KEEP_LENGTH: frozenset[str] = frozenset()
+
+
 def strip_hop_by_hop(headers: CIMultiDict[str], extra: frozenset[str] = frozenset()) -> None:
     """Remove hop-by-hop headers, including those the Connection header names (RFC 9110 7.6.1)."""
-    named = headers.get("Connection")
+    named = ",".join(headers.getall("Connection", ()))
     drop = set(HOP_BY_HOP | extra)
     if named:
         drop.update(token.strip().lower() for token in named.split(","))
@@ -60,6 +66,9 @@ class Member:
         self.requests = 0
         self.failures = 0  # answered 502: refused, reset, broken response
         self.timeouts = 0  # answered 504
+
+    def done(self) -> None:
+        self.in_flight -= 1
 
 
 class UpstreamClient(Protocol):
@@ -88,7 +97,8 @@ class AiohttpClient:
             connector=connector,
             timeout=self._timeout,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            # Forward what the client sent, and nothing aiohttp would add on its own.
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
@@ -96,12 +106,14 @@ class AiohttpClient:
         self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
     ) -> Reply:
         session = self._session or self._ensure_session()
+        # aiohttp warns on large raw bytes bodies; a file-like object streams them.
+        data = io.BytesIO(body) if len(body) > READ_WHOLE_LIMIT else (body or None)
         try:
             resp = await session.request(
                 method,
-                member.url + path,
+                URL(member.url + path, encoded=True),  # the path and query as the client sent them
                 headers=headers,
-                data=body or None,
+                data=data,
                 allow_redirects=False,
             )
         except TimeoutError:
@@ -109,7 +121,8 @@ class AiohttpClient:
         except aiohttp.ClientError as exc:
             raise BadGateway(f"upstream {member.url} failed: {type(exc).__name__}") from exc
         reply_headers = CIMultiDict(resp.headers)
-        strip_hop_by_hop(reply_headers, frozenset({"content-length"}))
+        # A HEAD reply's Content-Length describes the GET body, so it is kept.
+        strip_hop_by_hop(reply_headers, KEEP_LENGTH if method == "HEAD" else DROP_LENGTH)
         length = resp.content_length
         if (length is not None and length <= READ_WHOLE_LIMIT) or method == "HEAD":
             try:
@@ -123,7 +136,7 @@ class AiohttpClient:
             return Reply(resp.status, data, reply_headers)
         if length is not None:
             reply_headers["Content-Length"] = str(length)
-        return Reply(resp.status, b"", reply_headers, stream=stream_body(resp))
+        return Reply(resp.status, b"", reply_headers, stream=BodyStream(resp))
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         self._session = self._open()
@@ -135,16 +148,35 @@ class AiohttpClient:
             self._session = None
 
 
-async def stream_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
-            yield chunk
-    except TimeoutError:
-        raise GatewayTimeout(f"upstream {resp.url.origin()} stalled mid-response") from None
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"upstream {resp.url.origin()} broke off: {type(exc).__name__}") from exc
-    finally:
-        resp.release()
+class BodyStream:
+    """An upstream body passed through chunk by chunk. The adapter always closes it, even
+    when it never read it (the client left), which frees the upstream connection."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+        self.on_close: Callable[[], None] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        origin = self.resp.url.origin()
+        try:
+            async for chunk in self.resp.content.iter_chunked(STREAM_CHUNK):
+                yield chunk
+        except TimeoutError:
+            raise GatewayTimeout(f"upstream {origin} stalled mid-response") from None
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"upstream {origin} broke off: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.resp.release()
+        if self.on_close is not None:
+            self.on_close()
 
 
 class UpstreamPool:
@@ -156,34 +188,40 @@ class UpstreamPool:
         self.client = client
         self.members = [Member(url) for url in settings.targets]
         self._cycle = itertools.cycle(self.members)
+        self._turn = 0  # least_conn: whose turn it is among the least busy
         self.pick = self._least_conn if settings.balance == "least_conn" else self._round_robin
 
     def _round_robin(self) -> Member:
         return next(self._cycle)
 
     def _least_conn(self) -> Member:
-        # Ties go round robin, so an idle pool still spreads its calls.
-        start = next(self._cycle)
-        best = start
-        for member in self.members:
-            if member.in_flight < best.in_flight:
-                best = member
-        return best
+        # Among the least busy members, take turns, so ties spread evenly.
+        fewest = min(member.in_flight for member in self.members)
+        idle = [member for member in self.members if member.in_flight == fewest]
+        turn = self._turn
+        self._turn = turn + 1
+        return idle[turn % len(idle)]
 
     async def send(self, method: str, path: str, headers: CIMultiDict[str], body: bytes) -> Reply:
         member = self.pick()
         member.in_flight += 1
         member.requests += 1
         try:
-            return await self.client.send(member, method, path, headers, body)
+            reply = await self.client.send(member, method, path, headers, body)
         except GatewayTimeout:
+            member.in_flight -= 1
             member.timeouts += 1
             raise
-        except BadGateway:
-            member.failures += 1
-            raise
-        finally:
+        except BaseException as exc:
             member.in_flight -= 1
+            if isinstance(exc, BadGateway):
+                member.failures += 1
+            raise
+        if isinstance(reply.stream, BodyStream):
+            reply.stream.on_close = member.done  # busy until the body has gone through
+        else:
+            member.in_flight -= 1
+        return reply
 
     def snapshot(self) -> dict[str, object]:
         return {

@@ -1,0 +1,113 @@
+"""The node's one Redis client, shared by every plugin, with an outage latch.
+
+When Redis stops answering, the first failure marks it down: callers then fail fast with
+`BackendUnavailable` (no connection storm, no request waiting on a dead socket) while one
+background task, never more, tries to reconnect; the first answer marks it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from node.errors import BackendUnavailable
+
+log = logging.getLogger("scalenode.redis")
+
+T = TypeVar("T")
+CLUSTER_SCHEME = "redis+cluster://"
+# A Redis command takes well under a millisecond; one that takes a second means trouble,
+# and requests must not queue behind it.
+COMMAND_TIMEOUT = 1.0
+RECONNECT_INTERVAL = 0.5
+# Errors that mean "Redis is unreachable", as opposed to a command Redis refused.
+OUTAGE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
+
+
+def make_client(url: str) -> Any:
+    options: dict[str, Any] = {
+        "socket_timeout": COMMAND_TIMEOUT,
+        "socket_connect_timeout": COMMAND_TIMEOUT,
+    }
+    if url.startswith(CLUSTER_SCHEME):
+        return RedisCluster.from_url(
+            "redis://" + url[len(CLUSTER_SCHEME) :], retry=Retry(NoBackoff(), 0), **options
+        )
+    return redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+
+
+class RedisConnection:
+    def __init__(self, url: str, *, reconnect_interval: float = RECONNECT_INTERVAL) -> None:
+        self.url = url
+        self.client = make_client(url)
+        self.available = True
+        self.outages = 0
+        self._reconnect_interval = reconnect_interval
+        self._reconnecting: asyncio.Task[None] | None = None
+
+    async def run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `operation(client)`; raise BackendUnavailable if Redis is (or just went) down."""
+        if not self.available:
+            raise BackendUnavailable("redis is unreachable; reconnecting")
+        try:
+            return await operation(self.client)
+        except OUTAGE_ERRORS as exc:
+            self.went_down(exc)
+            raise BackendUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis refused the command: {exc}") from exc
+
+    def went_down(self, exc: BaseException) -> None:
+        if not self.available:
+            return
+        self.available = False
+        self.outages += 1
+        log.warning(
+            "redis at %s unreachable (%s); failing fast and reconnecting",
+            redact(self.url),
+            type(exc).__name__,
+        )
+        self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconnect_interval)
+            try:
+                await asyncio.wait_for(self.client.ping(), COMMAND_TIMEOUT)
+            except (*OUTAGE_ERRORS, RedisError):
+                continue
+            self.available = True
+            log.warning("redis at %s answers again", redact(self.url))
+            return
+
+    async def close(self) -> None:
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            await asyncio.gather(self._reconnecting, return_exceptions=True)
+        await self.client.aclose()
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}" if user else f"{scheme}{sep}***@{host}"
+    return url

@@ -1,0 +1,145 @@
+"""node/metrics.py: per-route counters and their Prometheus exposition."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from node.metrics import LATENCY_BOUNDS, NodeCollector, NodeStats, RouteStats, make_registry
+
+UPSTREAMS = {
+    "users": {
+        "balance": "round_robin",
+        "members": [
+            {"url": "http://a:1", "in_flight": 1, "requests": 5, "failures": 1, "timeouts": 2}
+        ],
+    }
+}
+
+
+def scrape(stats: NodeStats, upstreams=None) -> dict[tuple[str, frozenset], float]:
+    """The collector's samples as {(name, labels): value}, parsed back from the text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector("n1", stats, lambda: upstreams or {}))
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def labels(**values: str) -> frozenset:
+    return frozenset({"node": "n1", **values}.items())
+
+
+def test_record_counts_statuses():
+    """Each recorded status is counted separately."""
+    stats = RouteStats("/a")
+    for status in (200, 200, 404, 200):
+        stats.record(status, 0.001)
+    assert stats.statuses == {200: 3, 404: 1}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "bucket"),
+    [(0.0, 0), (0.0004, 0), (0.0005, 0), (0.0006, 1), (0.3, 9), (10.0, 13), (10.5, 14)],
+)
+def test_record_puts_latency_in_its_bucket(seconds, bucket):
+    """A latency lands in the first bucket whose upper bound is >= it; beyond 10 s in +Inf."""
+    stats = RouteStats("/a")
+    stats.record(200, seconds)
+    assert stats.buckets.index(1) == bucket
+    assert sum(stats.buckets) == 1
+
+
+def test_record_sums_latency():
+    """latency_sum adds up every recorded duration."""
+    stats = RouteStats("/a")
+    stats.record(200, 0.25)
+    stats.record(500, 1.5)
+    assert stats.latency_sum == pytest.approx(1.75)
+
+
+def test_there_is_one_bucket_per_bound_plus_inf():
+    """Buckets cover every bound and one more for +Inf."""
+    assert len(RouteStats("/a").buckets) == len(LATENCY_BOUNDS) + 1
+
+
+def test_node_stats_reuses_route_stats_per_label():
+    """Asking twice for a label returns the same counters."""
+    stats = NodeStats()
+    assert stats.route("/a") is stats.route("/a")
+    assert stats.route("/a") is not stats.route("/b")
+
+
+def test_requests_total_by_route_and_status():
+    """scalenode_requests_total has one series per route and status."""
+    stats = NodeStats()
+    for status in (200, 200, 503):
+        stats.route("/a").record(status, 0.01)
+    samples = scrape(stats)
+    assert samples["scalenode_requests_total", labels(route="/a", status="200")] == 2
+    assert samples["scalenode_requests_total", labels(route="/a", status="503")] == 1
+
+
+def test_histogram_buckets_are_cumulative():
+    """Each le bucket counts every request at or below its bound; +Inf equals _count."""
+    stats = NodeStats()
+    route = stats.route("/a")
+    for seconds in (0.0003, 0.003, 20.0):
+        route.record(200, seconds)
+    samples = scrape(stats)
+
+    def bucket(le: str) -> float:
+        return samples["scalenode_request_duration_seconds_bucket", labels(route="/a", le=le)]
+
+    assert [bucket("0.0005"), bucket("0.001"), bucket("0.005"), bucket("10.0")] == [1, 1, 2, 2]
+    assert bucket("+Inf") == 3
+    assert samples["scalenode_request_duration_seconds_count", labels(route="/a")] == 3
+    assert samples["scalenode_request_duration_seconds_sum", labels(route="/a")] == pytest.approx(
+        20.0033
+    )
+
+
+def test_histogram_exposes_every_bound():
+    """The histogram has a bucket per bound plus +Inf, even for an idle route."""
+    stats = NodeStats()
+    stats.route("/idle")
+    samples = scrape(stats)
+    les = {dict(key)["le"] for name, key in samples if name.endswith("_bucket")}
+    assert les == {repr(bound) for bound in LATENCY_BOUNDS} | {"+Inf"}
+
+
+def test_in_flight_gauge():
+    """scalenode_requests_in_flight reports the route's current in-flight count."""
+    stats = NodeStats()
+    stats.route("/a").in_flight = 4
+    assert scrape(stats)["scalenode_requests_in_flight", labels(route="/a")] == 4
+
+
+def test_route_label_is_the_route_name():
+    """Series carry the route label given to NodeStats, not the request path."""
+    stats = NodeStats()
+    stats.route("users-api").record(200, 0.01)
+    assert ("scalenode_requests_total", labels(route="users-api", status="200")) in scrape(stats)
+
+
+def test_upstream_series_per_member():
+    """Upstream members export requests, failure and timeout errors, and in-flight."""
+    samples = scrape(NodeStats(), UPSTREAMS)
+    member = {"upstream": "users", "member": "http://a:1"}
+    assert samples["scalenode_upstream_requests_total", labels(**member)] == 5
+    assert samples["scalenode_upstream_errors_total", labels(**member, kind="failure")] == 1
+    assert samples["scalenode_upstream_errors_total", labels(**member, kind="timeout")] == 2
+    assert samples["scalenode_upstream_in_flight", labels(**member)] == 1
+
+
+def test_make_registry_adds_process_metrics():
+    """The node's registry exposes process metrics next to the node's own series."""
+    stats = NodeStats()
+    stats.route("/a").record(200, 0.01)
+    text = generate_latest(make_registry(NodeCollector("n1", stats, dict))).decode()
+    assert "process_cpu_seconds_total" in text
+    assert 'scalenode_requests_total{node="n1",route="/a",status="200"} 1.0' in text
