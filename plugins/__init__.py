@@ -7,5 +7,8 @@ each plugin's issue adds its row (ratelimit, cache, queue, shard, breaker).
 from __future__ import annotations
 
 from node.pipeline import PluginFactory
+from plugins.ratelimit import build_rate_limiter
 
-FACTORIES: dict[str, PluginFactory] = {}
+FACTORIES: dict[str, PluginFactory] = {
+    "ratelimit": build_rate_limiter,
+}

@@ -1,0 +1,40 @@
+"""Rate limiting: three algorithms, an embedded and a Redis store, keys, tiers, outage modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.pipeline import BuildContext
+from node.schema import build
+from plugins.ratelimit.plugin import Policy, RateLimiter
+from plugins.ratelimit.settings import RateLimitSettings, default_limits, tier_limits
+from plugins.ratelimit.stores import CounterStore, MemoryCounter, RedisCounter
+from plugins.ratelimit.tiers import TierDirectory
+
+
+def build_rate_limiter(table: dict[str, Any], path: str, ctx: BuildContext) -> RateLimiter:
+    settings = build(RateLimitSettings, table, path)
+    policy = Policy(
+        settings, default_limits(settings, path), tier_limits(settings, path), ctx.route.label
+    )
+    resources = ctx.resources
+    redis = resources.redis
+    store: CounterStore
+    if redis is None:
+        # Routes sharing a scope share counters, so the embedded store is one per node.
+        store = resources.shared("ratelimit.memory", MemoryCounter)
+    else:
+        store = resources.shared("ratelimit.redis", lambda: RedisCounter(redis))
+        if settings.on_backend_error != "closed":
+            resources.tolerated.add("redis")
+    directory = None
+    if settings.tiers or settings.require_key:
+
+        def make_directory() -> TierDirectory:
+            made = TierDirectory(redis, ctx.settings.node.name)
+            resources.admin_routes.extend(made.routes())
+            return made
+
+        directory = resources.shared("ratelimit.tiers", make_directory)
+        directory.known_tiers.update(settings.tiers)
+    return RateLimiter(policy, store, resources.trusted, resources.registry.live_count, directory)

@@ -1,0 +1,126 @@
+"""Rate-limit algorithms as pure functions of (state, now): the embedded store runs them as is,
+and ratelimit.lua mirrors them line for line so both stores decide identically.
+
+Time is integer microseconds (Redis TIME's resolution); arithmetic follows the Lua script's
+operation order so IEEE doubles round the same way in both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SLIDING_WINDOW = "sliding_window"
+TOKEN_BUCKET = "token_bucket"
+FIXED_WINDOW = "fixed_window"
+ALGORITHMS = (SLIDING_WINDOW, TOKEN_BUCKET, FIXED_WINDOW)
+
+# A window's state: (window index, count in it, count in the one before); a bucket's: (TAT,).
+State = tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    limit: int  # requests allowed per window
+    window_us: int  # window length in microseconds
+    burst: int  # token bucket only: requests allowed at once (default: limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    remaining: int  # requests still allowed now under this limit
+    reset_us: int  # until the window ends (windows) or the bucket is full (token bucket)
+    retry_us: int  # until a request of the same cost would pass; 0 when it passes now
+
+
+def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
+    """Two-window weighted counter, as `limits`' sliding window counter: the previous window's
+    count weighs by the share of it still inside the sliding window; exact in the first window."""
+    win = lim.window_us
+    idx = math.floor(now / win)
+    cur, prev = 0, 0
+    if state is not None:
+        if state[0] == idx:
+            cur, prev = int(state[1]), int(state[2])
+        elif state[0] == idx - 1:
+            prev = int(state[1])
+    elapsed = now - idx * win
+    weight = (win - elapsed) / win
+    allowed = math.floor(prev * weight + cur) + cost <= lim.limit
+    if allowed:
+        cur = cur + cost
+    remaining = max(0, lim.limit - math.floor(prev * weight + cur))
+    reset = win - elapsed
+    retry = 0
+    if not allowed:
+        # The weighted count x passes when floor(x) + cost <= limit, i.e. x < room; the
+        # earliest such moment is one microsecond past the solution of x == room.
+        room = lim.limit - cost + 1
+        if cost > lim.limit:
+            retry = reset + win
+        elif cur + cost > lim.limit:
+            # Only the next window can admit it, once this window's count has faded enough.
+            retry = reset if room >= cur else reset + math.floor(win * (1 - room / cur)) + 1
+        else:
+            retry = math.floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
+    return Verdict(remaining, reset, retry), (idx, cur, prev)
+
+
+def fixed_window(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
+    """A counter per aligned window; rejected requests are not counted."""
+    win = lim.window_us
+    idx = math.floor(now / win)
+    cur = int(state[1]) if state is not None and state[0] == idx else 0
+    allowed = cur + cost <= lim.limit
+    if allowed:
+        cur = cur + cost
+    reset = win - (now - idx * win)
+    return Verdict(max(0, lim.limit - cur), reset, 0 if allowed else reset), (idx, cur, 0)
+
+
+def token_bucket(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
+    """GCRA: one theoretical arrival time per key; `burst` requests at once, then one per
+    window/limit. Rejected requests take no tokens."""
+    interval = lim.window_us / lim.limit
+    capacity = interval * lim.burst
+    tat = max(state[0], now) if state is not None else now
+    new_tat = math.ceil(tat + cost * interval)
+    allowed = new_tat - now <= capacity
+    if allowed:
+        tat = new_tat
+    remaining = max(0, math.floor((capacity - (tat - now)) / interval))
+    retry = 0 if allowed else math.ceil(new_tat - now - capacity)
+    return Verdict(remaining, math.ceil(tat - now), retry), (tat,)
+
+
+STEP = {SLIDING_WINDOW: sliding_window, FIXED_WINDOW: fixed_window, TOKEN_BUCKET: token_bucket}
+
+
+def state_ttl_us(algorithm: str, lim: Limit, state: State, now: int) -> int:
+    """How long a state must be kept: windows until the next window ends, buckets until full."""
+    if algorithm == TOKEN_BUCKET:
+        return max(1, math.ceil(state[0] - now))
+    return 2 * lim.window_us - (now - math.floor(now / lim.window_us) * lim.window_us)
+
+
+def decide(
+    algorithm: str,
+    states: Sequence[State | None],
+    limits: Sequence[Limit],
+    now: int,
+    cost: int = 1,
+) -> tuple[bool, list[Verdict], list[State]]:
+    """Every limit must pass; only then does any of them take the request's cost."""
+    step = STEP[algorithm]
+    trial = [step(state, lim, now, cost) for state, lim in zip(states, limits, strict=True)]
+    allowed = all(verdict.retry_us == 0 for verdict, _ in trial)
+    if allowed:
+        return True, [v for v, _ in trial], [s for _, s in trial]
+    # Rejected: report what each limit would say without this request's cost.
+    dry = [step(state, lim, now, 0) for state, lim in zip(states, limits, strict=True)]
+    verdicts = [
+        Verdict(d.remaining, d.reset_us, t.retry_us)
+        for (d, _), (t, _) in zip(dry, trial, strict=True)
+    ]
+    return False, verdicts, [s for _, s in dry]

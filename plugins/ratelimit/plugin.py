@@ -1,0 +1,192 @@
+"""The RateLimiter plugin: who the client is, which limits apply, and what to answer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from node.call import Call, Handler, Reply
+from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
+from node.forwarding import TrustedProxies
+from node.keys import RATELIMIT
+from plugins.ratelimit.algorithms import Limit
+from plugins.ratelimit.settings import MAX_KEY_LENGTH, RateLimitSettings, key_parts
+from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter
+from plugins.ratelimit.tiers import TierDirectory
+
+log = logging.getLogger("scalenode.ratelimit")
+
+DRY_RUN_LOG_INTERVAL = 1.0  # seconds between dry-run summaries, so floods don't flood the log
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the plugin was built with; all of it fixed at start-up."""
+
+    settings: RateLimitSettings
+    default: tuple[Limit, ...] | None
+    tiers: dict[str, tuple[Limit, ...]]
+    route: str
+
+
+class RateLimiter:
+    name = "ratelimit"
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: CounterStore,
+        trusted: TrustedProxies,
+        live_nodes: Callable[[], int],
+        directory: TierDirectory | None = None,
+    ) -> None:
+        settings = policy.settings
+        self.policy = policy
+        self.store = store
+        self.trusted = trusted
+        self.live_nodes = live_nodes
+        self.directory = directory
+        self.algorithm = settings.algorithm
+        self.mode = settings.on_backend_error
+        self.parts = [part.partition(":") for part in key_parts(settings.key)]
+        self.header = settings.header_name
+        scope = policy.route if settings.scope == "route" else f"scope:{settings.scope}"
+        # One hash tag per client: all of its limits' keys share a Redis Cluster slot.
+        self.prefix = f"{RATELIMIT}{{{hashlib.blake2b(scope.encode(), digest_size=6).hexdigest()}:"
+        self.local = MemoryCounter() if self.mode == "local" else None
+        self._shares: dict[tuple[tuple[Limit, ...], int], tuple[Limit, ...]] = {}
+        self.counters = {
+            "allowed": 0,
+            "limited": 0,
+            "dry_run": 0,
+            "backend_errors": 0,
+            "unlimited_by_outage": 0,
+        }
+        self._dry_run_logged = 0.0
+
+    async def __call__(self, call: Call, next: Handler) -> Reply:
+        client, api_key = self.identify(call)
+        limits = await self.limits_for(api_key)
+        keys = [f"{self.prefix}{client}}}:{lim.window_us}" for lim in limits]
+        try:
+            decision = await self.store.hit(keys, self.algorithm, limits)
+        except BackendUnavailable:
+            self.counters["backend_errors"] += 1
+            if self.mode == "closed":
+                raise ServiceUnavailable(
+                    "the rate limit backend is unreachable",
+                    code="ratelimit_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
+            if self.local is None:
+                self.counters["unlimited_by_outage"] += 1
+                return await next(call)
+            limits = self.node_share(limits)
+            decision = await self.local.hit(keys, self.algorithm, limits)
+        headers = self.headers(decision, limits)
+        if not decision.allowed:
+            if not self.policy.settings.dry_run:
+                self.counters["limited"] += 1
+                retry = max(v.retry_us for v in decision.verdicts)
+                headers["Retry-After"] = str(max(1, math.ceil(retry / 1_000_000)))
+                raise RateLimited(
+                    f"over {headers['RateLimit-Limit']} requests per window",
+                    status=self.policy.settings.status,
+                    headers=headers,
+                )
+            self.note_dry_run()
+        else:
+            self.counters["allowed"] += 1
+        reply = await next(call)
+        reply.headers.update(headers)  # type: ignore[attr-defined]
+        return reply
+
+    def identify(self, call: Call) -> tuple[str, str | None]:
+        """The client's digest (bounded whatever its key's length) and its API key, if any."""
+        values, api_key = [], None
+        for kind, _, name in self.parts:
+            if kind == "global":
+                values.append("*")
+                continue
+            value = call.headers.get(name) if kind == "header" else None
+            if value is None:  # ip, or a header the client did not send: its address
+                values.append(
+                    self.trusted.client_address(call.client, call.headers.get("X-Forwarded-For"))
+                )
+                continue
+            if len(value) > MAX_KEY_LENGTH:
+                raise Rejected(
+                    f"{name} is longer than {MAX_KEY_LENGTH} characters", code="key_too_long"
+                )
+            values.append("h:" + value)
+            api_key = value
+        raw = "\x1f".join(values).encode()
+        return hashlib.blake2b(raw, digest_size=16).hexdigest(), api_key
+
+    async def limits_for(self, api_key: str | None) -> tuple[Limit, ...]:
+        policy = self.policy
+        if self.directory is None:
+            return policy.default  # type: ignore[return-value]
+        tier = None
+        if api_key is not None:
+            tier = await self.directory.lookup(api_key) or policy.settings.api_keys.get(api_key)
+        if tier in policy.tiers:
+            return policy.tiers[tier]  # type: ignore[index]
+        if policy.settings.require_key or policy.default is None:
+            what = "a known" if api_key is not None else "an"
+            raise Rejected(
+                f"{what} API key in {self.header} is required",
+                status=401,
+                code="unauthorized",
+                headers={"WWW-Authenticate": "ApiKey"},
+            )
+        return policy.default
+
+    def node_share(self, limits: tuple[Limit, ...]) -> tuple[Limit, ...]:
+        """This node's share of each limit while Redis is away: limit ÷ live nodes (≥ 1)."""
+        nodes = max(1, self.live_nodes())
+        share = self._shares.get((limits, nodes))
+        if share is None:
+            share = tuple(
+                replace(lim, limit=max(1, lim.limit // nodes), burst=max(1, lim.burst // nodes))
+                for lim in limits
+            )
+            self._shares[(limits, nodes)] = share
+        return share
+
+    @staticmethod
+    def headers(decision: Decision, limits: tuple[Limit, ...]) -> dict[str, str]:
+        """IETF RateLimit headers for the tightest limit (fewest remaining)."""
+        i = min(range(len(limits)), key=lambda j: decision.verdicts[j].remaining)
+        verdict = decision.verdicts[i]
+        return {
+            "RateLimit-Limit": str(limits[i].limit),
+            "RateLimit-Remaining": str(verdict.remaining),
+            "RateLimit-Reset": str(max(0, math.ceil(verdict.reset_us / 1_000_000))),
+        }
+
+    def note_dry_run(self) -> None:
+        self.counters["dry_run"] += 1
+        now = time.monotonic()
+        if now - self._dry_run_logged >= DRY_RUN_LOG_INTERVAL:
+            self._dry_run_logged = now
+            log.info(
+                "dry run: route %s let through a request over its limit (%d so far)",
+                self.policy.route,
+                self.counters["dry_run"],
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "gauges": {"backend_available": int(self.mode_available())},
+        }
+
+    def mode_available(self) -> bool:
+        connection = getattr(self.store, "connection", None)
+        return connection is None or connection.available

@@ -1,0 +1,113 @@
+-- Decide one request against all of a route's limits for one client, atomically, on Redis
+-- time. Mirrors plugins/ratelimit/algorithms.py operation for operation (see there).
+-- KEYS[i]: the state of limit i (a hash {w, c, p} for windows, a string TAT for the bucket);
+-- every key shares one {hash tag}, so the script runs unchanged on Redis Cluster.
+-- ARGV: algorithm ("sliding_window" | "fixed_window" | "token_bucket"), cost,
+--       then limit, window_us, burst for each key.
+-- Returns: {allowed (0/1), then remaining, reset_us, retry_us for each limit}.
+
+local algorithm = ARGV[1]
+local cost = tonumber(ARGV[2])
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function sliding(key, limit, win, c)
+  local idx = math.floor(now / win)
+  local cur, prev = 0, 0
+  local st = redis.call("HMGET", key, "w", "c", "p")
+  if st[1] then
+    local w = tonumber(st[1])
+    if w == idx then
+      cur, prev = tonumber(st[2]), tonumber(st[3])
+    elseif w == idx - 1 then
+      prev = tonumber(st[2])
+    end
+  end
+  local elapsed = now - idx * win
+  local weight = (win - elapsed) / win
+  local allowed = math.floor(prev * weight + cur) + c <= limit
+  if allowed then cur = cur + c end
+  local remaining = math.max(0, limit - math.floor(prev * weight + cur))
+  local reset = win - elapsed
+  local retry = 0
+  if not allowed then
+    local room = limit - c + 1
+    if c > limit then
+      retry = reset + win
+    elseif cur + c > limit then
+      if room >= cur then retry = reset else retry = reset + math.floor(win * (1 - room / cur)) + 1 end
+    else
+      retry = math.floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
+    end
+  end
+  return remaining, reset, retry, {idx, cur, prev}, 2 * win - elapsed
+end
+
+local function fixed(key, limit, win, c)
+  local idx = math.floor(now / win)
+  local cur = 0
+  local st = redis.call("HMGET", key, "w", "c")
+  if st[1] and tonumber(st[1]) == idx then cur = tonumber(st[2]) end
+  local allowed = cur + c <= limit
+  if allowed then cur = cur + c end
+  local reset = win - (now - idx * win)
+  local retry = 0
+  if not allowed then retry = reset end
+  return math.max(0, limit - cur), reset, retry, {idx, cur, 0}, 2 * win - (now - idx * win)
+end
+
+local function bucket(key, limit, win, burst, c)
+  local interval = win / limit
+  local capacity = interval * burst
+  local tat = now
+  local stored = redis.call("GET", key)
+  if stored then tat = math.max(tonumber(stored), now) end
+  local new_tat = math.ceil(tat + c * interval)
+  local allowed = new_tat - now <= capacity
+  if allowed then tat = new_tat end
+  local remaining = math.max(0, math.floor((capacity - (tat - now)) / interval))
+  local retry = 0
+  if not allowed then retry = math.ceil(new_tat - now - capacity) end
+  return remaining, math.ceil(tat - now), retry, tat, math.max(1, math.ceil(tat - now))
+end
+
+local function step(i, c)
+  local base = 3 + (i - 1) * 3
+  local limit, win, burst = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  if algorithm == "token_bucket" then return bucket(KEYS[i], limit, win, burst, c) end
+  if algorithm == "fixed_window" then return fixed(KEYS[i], limit, win, c) end
+  return sliding(KEYS[i], limit, win, c)
+end
+
+local function store(key, state, ttl_us)
+  local ttl_ms = math.ceil(ttl_us / 1000)
+  if algorithm == "token_bucket" then
+    redis.call("SET", key, string.format("%.0f", state), "PX", ttl_ms)
+  else
+    redis.call("HSET", key, "w", string.format("%.0f", state[1]), "c", state[2], "p", state[3])
+    redis.call("PEXPIRE", key, ttl_ms)
+  end
+end
+
+local n = #KEYS
+local trial, allowed = {}, true
+for i = 1, n do
+  local remaining, reset, retry, state, ttl = step(i, cost)
+  trial[i] = {remaining, reset, retry, state, ttl}
+  if retry > 0 then allowed = false end
+end
+
+local out = {allowed and 1 or 0}
+for i = 1, n do
+  local r = trial[i]
+  if not allowed then
+    -- Rejected: report (and keep) each limit's state without this request's cost.
+    local remaining, reset, _, state, ttl = step(i, 0)
+    r = {remaining, reset, r[3], state, ttl}
+  end
+  store(KEYS[i], r[4], r[5])
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
+end
+return out

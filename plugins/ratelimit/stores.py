@@ -1,0 +1,92 @@
+"""Where rate-limit state lives: `MemoryCounter` (per node) and `RedisCounter` (cluster-wide).
+
+Both take all of a request's limits at once and decide atomically: every limit must pass,
+and only then does any of them count the request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from node.redisconn import RedisConnection
+from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, state_ttl_us
+
+LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
+# The embedded store forgets the least recently used clients beyond this many keys.
+MEMORY_MAX_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    verdicts: list[Verdict]  # one per limit, in order
+
+
+class CounterStore(Protocol):
+    async def hit(
+        self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
+    ) -> Decision:
+        """Count one request of `cost` against `limits` (state `keys[i]` for `limits[i]`)."""
+        ...
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class MemoryCounter:
+    """The algorithms run in-process; state in a bounded LRU with per-key expiry."""
+
+    def __init__(
+        self, clock: Callable[[], int] = wall_clock_us, max_keys: int = MEMORY_MAX_KEYS
+    ) -> None:
+        self.clock = clock
+        self.max_keys = max_keys
+        self._states: OrderedDict[str, tuple[State, int]] = OrderedDict()  # key → (state, expiry)
+
+    def _load(self, key: str, now: int) -> State | None:
+        entry = self._states.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._states[key]
+            return None
+        return entry[0]
+
+    async def hit(
+        self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
+    ) -> Decision:
+        now = self.clock()
+        states = [self._load(key, now) for key in keys]
+        allowed, verdicts, new_states = decide(algorithm, states, limits, now, cost)
+        for key, lim, state in zip(keys, limits, new_states, strict=True):
+            self._states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
+            self._states.move_to_end(key)
+        while len(self._states) > self.max_keys:
+            self._states.popitem(last=False)
+        return Decision(allowed, verdicts)
+
+
+class RedisCounter:
+    """One EVALSHA per request for all its limits, on Redis time; Cluster-safe key tags."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self.connection = connection
+        self.script = connection.client.register_script(LUA)
+
+    async def hit(
+        self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
+    ) -> Decision:
+        args: list[str | int] = [algorithm, cost]
+        for lim in limits:
+            args += (lim.limit, lim.window_us, lim.burst)
+        raw = await self.connection.run(lambda client: self.script(keys=list(keys), args=args))
+        verdicts = [
+            Verdict(int(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(1, len(raw), 3)
+        ]
+        return Decision(bool(raw[0]), verdicts)
