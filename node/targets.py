@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,18 +34,30 @@ def import_handler(spec: str, path: str) -> UserHandler:
     return func
 
 
+def as_reply(result: object) -> Reply:
+    """A handler's result as a Reply: a Reply passes through, a dict or list becomes JSON."""
+    if isinstance(result, Reply):
+        return result
+    if isinstance(result, dict | list):
+        return Reply.json(result)
+    raise TypeError(f"handler returned {type(result).__name__}, expected Reply, dict or list")
+
+
+def returns_reply(func: UserHandler) -> bool:
+    try:
+        return typing.get_type_hints(func).get("return") is Reply
+    except Exception:  # unresolvable annotations: assume nothing
+        return False
+
+
 def handler_target(func: UserHandler) -> Handler:
-    """Adapts a user function: a Reply passes through, a dict or list becomes JSON."""
+    """Adapts a user function to the pipeline. One annotated `-> Reply` is used as it is
+    (a coroutine frame less per request); others get their dict or list turned into JSON."""
+    if returns_reply(func):
+        return func  # type: ignore[return-value]
 
     async def target(call: Call) -> Reply:
-        result = await func(call)
-        if type(result) is Reply:
-            return result
-        if isinstance(result, dict | list):
-            return Reply.json(result)
-        if isinstance(result, Reply):
-            return result
-        raise TypeError(f"handler returned {type(result).__name__}, expected Reply, dict or list")
+        return as_reply(await func(call))
 
     return target
 
