@@ -98,7 +98,9 @@ def main(argv: list[str]) -> int:
         )
         from node.app import build_app
 
-        build_app(settings, args.role)  # builds every pipeline: the full check, no I/O
+        # Every route's pipeline is built whatever the role, so one config file passes or
+        # fails the same way everywhere; no I/O happens here.
+        build_app(settings, "all")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -106,7 +108,15 @@ def main(argv: list[str]) -> int:
         print(summary(settings, args.role))
         return 0
     if args.processes > 1:
-        from node.supervisor import child_command, supervise
+        from node.supervisor import can_share_port, child_command, supervise
+
+        problem = can_share_port(settings.node.host, settings.node.port)
+        if problem:
+            print(
+                f"error: cannot listen on {settings.node.host}:{settings.node.port}: {problem}",
+                file=sys.stderr,
+            )
+            return 1
 
         return supervise(child_command(argv), args.processes, settings.node.drain_timeout)
     from node.server import run

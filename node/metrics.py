@@ -62,6 +62,9 @@ class NodeStats:
         self.routes: dict[str, RouteStats] = {}
         self.plugins: list[tuple[str, Any]] = []  # (route label, plugin), for snapshots
 
+    def in_flight(self) -> int:
+        return sum(route.in_flight for route in self.routes.values())
+
     def route(self, label: str) -> RouteStats:
         return self.routes.setdefault(label, RouteStats(label))
 

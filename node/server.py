@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from aiohttp import web
 
-from node.app import build_app
+from node.app import STATS, build_app
 from node.config import Settings
+from node.metrics import NodeStats
 
 log = logging.getLogger("scalenode")
+
+DRAIN_POLL = 0.05  # seconds between checks of the in-flight count while draining
+CANCEL_GRACE = 0.1  # seconds aiohttp gives leftovers after our drain (twice), then cancels
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -31,7 +36,9 @@ async def serve(settings: Settings, role: str, *, reuse_port: bool = False) -> N
         app,
         handle_signals=False,
         access_log=logging.getLogger("scalenode.access") if node.access_log else None,
-        shutdown_timeout=node.drain_timeout,
+        # The drain is ours (see drain()); by the time aiohttp's own shutdown runs, what is
+        # still in flight has had its time and is cancelled.
+        shutdown_timeout=CANCEL_GRACE,
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -46,9 +53,25 @@ async def serve(settings: Settings, role: str, *, reuse_port: bool = False) -> N
         )
         await stop.wait()
         log.info("node %s draining (up to %g s)", node.name, node.drain_timeout)
+        await drain(runner, app[STATS], node.drain_timeout)
     finally:
         await runner.cleanup()
     log.info("node %s stopped", node.name)
+
+
+async def drain(runner: web.AppRunner, stats: NodeStats, seconds: float) -> None:
+    """Stop accepting, ask keep-alive connections to close after their current request,
+    and wait until no request is in flight or `seconds` have passed."""
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()
+    deadline = time.monotonic() + seconds
+    # Polled: an Event set by the last request out would cost every request a check.
+    while stats.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(DRAIN_POLL)
+    if stats.in_flight():
+        log.warning("drain timeout: cancelling %d request(s) still in flight", stats.in_flight())
 
 
 def run(settings: Settings, role: str, *, reuse_port: bool = False) -> None:

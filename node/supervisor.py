@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,23 @@ def stop_children(children: list[Child], drain_timeout: float) -> None:
             log.error("child pid %d did not stop in time; killing it", process.pid)
             process.kill()
             process.wait()
+
+
+def can_share_port(host: str, port: int) -> str | None:
+    """Why the children could not bind host:port with SO_REUSEPORT, or None if they can."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def child_command(argv: Sequence[str]) -> list[str]:

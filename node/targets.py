@@ -24,8 +24,9 @@ def import_handler(spec: str, path: str) -> UserHandler:
         raise ConfigError(f"{path}: handler must be handler:package.module:function, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except (ImportError, TypeError) as exc:
-        raise ConfigError(f"{path}: cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # a syntax error or a failing import inside the module too
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(f"{path}: cannot import module {module_name!r}: {reason}") from None
     func = getattr(module, attr, None)
     if func is None:
         raise ConfigError(f"{path}: module {module_name!r} has no {attr!r}")

@@ -1,0 +1,47 @@
+"""Fixtures of the e2e tests: nodes started as `python run.py` and always stopped by pid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from e2e_harness import REPO, NodeProcess, free_port
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Writes a TOML config into tmp_path and returns its path."""
+
+    def write(text: str, name: str = "node.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Starts `python run.py ARGS --port <free>` and waits for /health; stops them all after."""
+    nodes: list[NodeProcess] = []
+
+    def start(
+        *args: str,
+        port: int | None = None,
+        add_port: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+        wait: bool = True,
+    ) -> NodeProcess:
+        port = port or free_port()
+        argv = [*args, "--port", str(port)] if add_port else list(args)
+        node = NodeProcess(argv, port, tmp_path / f"node{len(nodes)}", env or {}, cwd)
+        nodes.append(node)
+        if wait:
+            node.wait_healthy()
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()

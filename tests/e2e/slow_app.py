@@ -1,0 +1,13 @@
+"""Handlers for the e2e tests, imported by node subprocesses through PYTHONPATH."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+async def slow(call: Any) -> dict[str, Any]:
+    """GET /slow?seconds=S: answers after sleeping S seconds (default 1)."""
+    seconds = float(call.query.get("seconds", "1"))
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
