@@ -20,6 +20,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from node.autopipe import AutoPipeline
 from node.errors import BackendUnavailable
 
 log = logging.getLogger("scalenode.redis")
@@ -56,6 +57,11 @@ class RedisConnection:
     def __init__(self, url: str, *, reconnect_interval: float = RECONNECT_INTERVAL) -> None:
         self.url = url
         self.client = make_client(url)
+        # Commands issued in one loop tick share one write (not for Redis Cluster, where
+        # redis-py routes each command to its slot's node).
+        self.pipeline = (
+            None if url.startswith(CLUSTER_SCHEME) else AutoPipeline(url, COMMAND_TIMEOUT)
+        )
         self.available = True
         self.outages = 0
         self._reconnect_interval = reconnect_interval
@@ -100,6 +106,8 @@ class RedisConnection:
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             await asyncio.gather(self._reconnecting, return_exceptions=True)
+        if self.pipeline is not None:
+            await self.pipeline.close()
         await self.client.aclose()
 
 

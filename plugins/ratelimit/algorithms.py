@@ -16,7 +16,8 @@ TOKEN_BUCKET = "token_bucket"
 FIXED_WINDOW = "fixed_window"
 ALGORITHMS = (SLIDING_WINDOW, TOKEN_BUCKET, FIXED_WINDOW)
 
-# A window's state: (window index, count in it, count in the one before); a bucket's: (TAT,).
+# A window's state: (window index, count in it, count in the one before);
+# a bucket's: (TAT in µs, remainder in 1/limit µs).
 State = tuple[float, ...]
 
 
@@ -61,7 +62,7 @@ def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> tupl
             retry = reset + win
         elif cur + cost > lim.limit:
             # Only the next window can admit it, once this window's count has faded enough.
-            retry = reset if room >= cur else reset + math.floor(win * (1 - room / cur)) + 1
+            retry = reset + math.floor(win * (1 - room / cur)) + 1
         else:
             retry = math.floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
     return Verdict(remaining, reset, retry), (idx, cur, prev)
@@ -80,18 +81,26 @@ def fixed_window(state: State | None, lim: Limit, now: int, cost: int) -> tuple[
 
 
 def token_bucket(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
-    """GCRA: one theoretical arrival time per key; `burst` requests at once, then one per
-    window/limit. Rejected requests take no tokens."""
-    interval = lim.window_us / lim.limit
-    capacity = interval * lim.burst
-    tat = max(state[0], now) if state is not None else now
-    new_tat = math.ceil(tat + cost * interval)
-    allowed = new_tat - now <= capacity
+    """GCRA: one theoretical arrival time (TAT) per key; `burst` requests at once, then one
+    per window/limit. Rejected requests take no tokens.
+
+    window/limit is rarely a whole number of microseconds, so the TAT is kept exactly as
+    (µs, remainder in 1/limit µs), and the arithmetic runs on `backlog`, the TAT's lead
+    over now in 1/limit µs: integers below 2**53, exact in Lua's doubles too.
+    """
+    win, limit = lim.window_us, lim.limit
+    capacity = lim.burst * win
+    backlog = 0
+    if state is not None and (state[0] > now or (state[0] == now and state[1] > 0)):
+        backlog = (int(state[0]) - now) * limit + int(state[1])
+    wanted = backlog + cost * win
+    allowed = wanted <= capacity
     if allowed:
-        tat = new_tat
-    remaining = max(0, math.floor((capacity - (tat - now)) / interval))
-    retry = 0 if allowed else math.ceil(new_tat - now - capacity)
-    return Verdict(remaining, math.ceil(tat - now), retry), (tat,)
+        backlog = wanted
+    remaining = (capacity - backlog) // win
+    reset = -(-backlog // limit)  # ceiling division
+    retry = 0 if allowed else -(-(wanted - capacity) // limit)
+    return Verdict(remaining, reset, retry), (now + backlog // limit, backlog % limit)
 
 
 STEP = {SLIDING_WINDOW: sliding_window, FIXED_WINDOW: fixed_window, TOKEN_BUCKET: token_bucket}
@@ -100,7 +109,7 @@ STEP = {SLIDING_WINDOW: sliding_window, FIXED_WINDOW: fixed_window, TOKEN_BUCKET
 def state_ttl_us(algorithm: str, lim: Limit, state: State, now: int) -> int:
     """How long a state must be kept: windows until the next window ends, buckets until full."""
     if algorithm == TOKEN_BUCKET:
-        return max(1, math.ceil(state[0] - now))
+        return max(1, int(state[0]) - now + 1)
     return 2 * lim.window_us - (now - math.floor(now / lim.window_us) * lim.window_us)
 
 

@@ -72,7 +72,7 @@ class RateLimiter:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         client, api_key = self.identify(call)
         limits = await self.limits_for(api_key)
-        keys = [f"{self.prefix}{client}}}:{lim.window_us}" for lim in limits]
+        keys = [f"{self.prefix}{client}}}:{self.algorithm}:{lim.window_us}" for lim in limits]
         try:
             decision = await self.store.hit(keys, self.algorithm, limits)
         except BackendUnavailable:

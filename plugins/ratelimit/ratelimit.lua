@@ -1,6 +1,6 @@
 -- Decide one request against all of a route's limits for one client, atomically, on Redis
 -- time. Mirrors plugins/ratelimit/algorithms.py operation for operation (see there).
--- KEYS[i]: the state of limit i (a hash {w, c, p} for windows, a string TAT for the bucket);
+-- KEYS[i]: the state of limit i (a hash {w, c, p} for windows, {t, f} for the bucket);
 -- every key shares one {hash tag}, so the script runs unchanged on Redis Cluster.
 -- ARGV: algorithm ("sliding_window" | "fixed_window" | "token_bucket"), cost,
 --       then limit, window_us, burst for each key.
@@ -35,7 +35,7 @@ local function sliding(key, limit, win, c)
     if c > limit then
       retry = reset + win
     elseif cur + c > limit then
-      if room >= cur then retry = reset else retry = reset + math.floor(win * (1 - room / cur)) + 1 end
+      retry = reset + math.floor(win * (1 - room / cur)) + 1
     else
       retry = math.floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
     end
@@ -56,19 +56,31 @@ local function fixed(key, limit, win, c)
   return math.max(0, limit - cur), reset, retry, {idx, cur, 0}, 2 * win - (now - idx * win)
 end
 
+-- Exact integer division for operands below 2^53: the float quotient, corrected.
+local function idiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
+  return q
+end
+
 local function bucket(key, limit, win, burst, c)
-  local interval = win / limit
-  local capacity = interval * burst
-  local tat = now
-  local stored = redis.call("GET", key)
-  if stored then tat = math.max(tonumber(stored), now) end
-  local new_tat = math.ceil(tat + c * interval)
-  local allowed = new_tat - now <= capacity
-  if allowed then tat = new_tat end
-  local remaining = math.max(0, math.floor((capacity - (tat - now)) / interval))
+  local capacity = burst * win
+  local backlog = 0
+  local st = redis.call("HMGET", key, "t", "f")
+  if st[1] then
+    local tat, frac = tonumber(st[1]), tonumber(st[2])
+    if tat > now or (tat == now and frac > 0) then backlog = (tat - now) * limit + frac end
+  end
+  local wanted = backlog + c * win
+  local allowed = wanted <= capacity
+  if allowed then backlog = wanted end
+  local remaining = idiv(capacity - backlog, win)
+  local reset = -idiv(-backlog, limit)
   local retry = 0
-  if not allowed then retry = math.ceil(new_tat - now - capacity) end
-  return remaining, math.ceil(tat - now), retry, tat, math.max(1, math.ceil(tat - now))
+  if not allowed then retry = -idiv(-(wanted - capacity), limit) end
+  local q = idiv(backlog, limit)
+  local state = {now + q, backlog - q * limit}
+  return remaining, reset, retry, state, math.max(1, q + 1)
 end
 
 local function step(i, c)
@@ -82,11 +94,11 @@ end
 local function store(key, state, ttl_us)
   local ttl_ms = math.ceil(ttl_us / 1000)
   if algorithm == "token_bucket" then
-    redis.call("SET", key, string.format("%.0f", state), "PX", ttl_ms)
+    redis.call("HSET", key, "t", string.format("%.0f", state[1]), "f", string.format("%.0f", state[2]))
   else
     redis.call("HSET", key, "w", string.format("%.0f", state[1]), "c", state[2], "p", state[3])
-    redis.call("PEXPIRE", key, ttl_ms)
   end
+  redis.call("PEXPIRE", key, ttl_ms)
 end
 
 local n = #KEYS

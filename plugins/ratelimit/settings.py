@@ -23,6 +23,12 @@ class LimitSpec:
 
     def check(self, path: str) -> None:
         require(self.limit > 0, join(path, "limit"), "must be > 0")
+        # The token bucket's exact arithmetic needs burst * window (us) below 2**53.
+        require(
+            (self.burst or self.limit) * self.window * 1_000_000 < 2**53,
+            path,
+            "limit (or burst) * window is too large",
+        )
         require(self.window >= MIN_WINDOW, join(path, "window"), f"must be >= {MIN_WINDOW} s")
         if self.burst is not None:
             require(self.burst > 0, join(path, "burst"), "must be > 0")

@@ -11,8 +11,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from node.autopipe import AutoPipeline, ReplyError, pack
 from node.redisconn import RedisConnection
 from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, state_ttl_us
 
@@ -73,19 +74,59 @@ class MemoryCounter:
 
 
 class RedisCounter:
-    """One EVALSHA per request for all its limits, on Redis time; Cluster-safe key tags."""
+    """One EVALSHA per request for all its limits, on Redis time; Cluster-safe key tags.
+
+    Concurrent requests' scripts are auto-pipelined (one write per loop tick); the
+    command's constant part is packed once per limit set.
+    """
 
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
         self.script = connection.client.register_script(LUA)
+        self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, bytes]] = {}
+
+    def packed_parts(
+        self, algorithm: str, limits: Sequence[Limit], cost: int
+    ) -> tuple[bytes, bytes]:
+        """The RESP bytes before the keys (command, sha, key count) and after them (ARGV)."""
+        key = (algorithm, tuple(limits), cost)
+        parts = self._packed.get(key)
+        if parts is None:
+            args = [algorithm, cost]
+            for lim in limits:
+                args += (lim.limit, lim.window_us, lim.burst)
+            n_keys = len(limits)
+            head = pack(b"EVALSHA", self.script.sha.encode(), str(n_keys).encode())
+            # Re-head the array with the full element count: 3 + keys + args.
+            head = b"*%d\r\n" % (3 + n_keys + len(args)) + head.split(b"\r\n", 1)[1]
+            tail = pack(*(str(a).encode() for a in args)).split(b"\r\n", 1)[1]
+            parts = self._packed[key] = (head, tail)
+        return parts
+
+    async def _evalsha(self, pipeline: AutoPipeline, command: bytes) -> Any:
+        try:
+            return await pipeline.execute(command)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # A restarted or failed-over Redis has lost its scripts: load ours again.
+            await self.connection.client.script_load(LUA)
+            return await pipeline.execute(command)
 
     async def hit(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
-        args: list[str | int] = [algorithm, cost]
-        for lim in limits:
-            args += (lim.limit, lim.window_us, lim.burst)
-        raw = await self.connection.run(lambda client: self.script(keys=list(keys), args=args))
+        pipeline = self.connection.pipeline
+        if pipeline is None:  # Redis Cluster: redis-py routes the script to the keys' slot
+            args: list[str | int] = [algorithm, cost]
+            for lim in limits:
+                args += (lim.limit, lim.window_us, lim.burst)
+            raw = await self.connection.run(lambda c: self.script(keys=list(keys), args=args))
+        else:
+            head, tail = self.packed_parts(algorithm, limits, cost)
+            packed_keys = b"".join(b"$%d\r\n%s\r\n" % (len(k), k.encode()) for k in keys)
+            command = head + packed_keys + tail
+            raw = await self.connection.run(lambda _: self._evalsha(pipeline, command))
         verdicts = [
             Verdict(int(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(1, len(raw), 3)
         ]

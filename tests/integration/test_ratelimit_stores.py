@@ -1,0 +1,366 @@
+"""One contract for every rate-limit store, on real time and real servers: MemoryCounter,
+RedisCounter on Redis 127.0.0.1:6379, RedisCounter on a 3-master Redis Cluster this module
+starts; then RedisConnection's outage latch against a private redis-server it kills."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node.errors import BackendUnavailable
+from node.redisconn import RedisConnection
+from plugins.ratelimit.algorithms import ALGORITHMS, FIXED_WINDOW, TOKEN_BUCKET, Limit
+from plugins.ratelimit.stores import Decision, MemoryCounter, RedisCounter
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MS = 1000  # µs
+S = 1000 * MS
+LONG = 3600 * S  # tests that only count fit in one window of an hour
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, failure: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(failure)
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too."""
+    while True:
+        port = random.randrange(20000, 30000)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def cli(port: int, *args: str) -> str:
+    command = ["redis-cli", "-p", str(port), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+
+
+def start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """redis-server in the foreground on `port`, answering PING before this returns."""
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--daemonize", "no", "--dir", str(workdir), *extra]
+    process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: cli(port, "ping").strip() == "PONG", 10, f"no redis on {port}")
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[str]:
+    """A 3-master Redis Cluster on free ports, for the session; its URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="scalenode-cluster-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = []
+        for _ in range(3):
+            ports.append(free_port())
+            conf = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{ports[-1]}.conf"]
+            processes.append(start_redis(ports[-1], workdir, *conf))
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
+        subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        ok = lambda: all("cluster_state:ok" in cli(p, "cluster", "info") for p in ports)  # noqa: E731
+        wait_until(ok, 30, "the cluster never reached cluster_state:ok")
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for process in processes:
+            stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Subject:
+    """A store under test; every key it hands out shares the test's fresh {hash tag} prefix."""
+
+    def __init__(self, store: MemoryCounter | RedisCounter) -> None:
+        self.store = store
+        self.prefix = uuid.uuid4().hex
+        self.keys: set[str] = set()
+
+    def key(self, client: str, name: str, tag: str | None = None) -> str:
+        key = f"sn:rl:{{{self.prefix}:{tag or client}}}:{client}:{name}"
+        self.keys.add(key)
+        return key
+
+    async def hit(self, algorithm: str, *limits: Limit, cost: int = 1, **who: str) -> Decision:
+        """One hit on the keys of client who["client"] (hash tag who["tag"], if given)."""
+        client, tag = who.get("client", "c"), who.get("tag")
+        keys = [self.key(client, f"{i}:{lim.window_us}", tag) for i, lim in enumerate(limits)]
+        return await self.store.hit(keys, algorithm, limits, cost)
+
+    async def count(self, n: int, algorithm: str, *limits: Limit, **kw: str) -> int:
+        return sum([(await self.hit(algorithm, *limits, **kw)).allowed for _ in range(n)])
+
+
+@contextlib.asynccontextmanager
+async def subject_for(url: str) -> AsyncIterator[Subject]:
+    if not url:
+        yield Subject(MemoryCounter())
+        return
+    connection = RedisConnection(url)
+    subject = Subject(RedisCounter(connection))
+    try:
+        await connection.client.ping()  # a cluster client's first command takes ~0.1 s
+        yield subject
+        for key in subject.keys:
+            await connection.client.delete(key)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    urls = {"memory": "", "redis": REDIS_URL}
+    url = urls[request.param] if request.param in urls else request.getfixturevalue("cluster")
+    async with subject_for(url) as subject:
+        yield subject
+
+
+async def early_in_window(window: int, needed: int) -> None:
+    """Sleep, if need be, into the next window so that `needed` µs of it remain."""
+    left = window - now_us() % window
+    if left < needed:
+        await asyncio.sleep(left / S + 0.005)
+
+
+def limit_of(n: int, window: int = LONG) -> Limit:
+    return Limit(n, window, n)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_allows_the_limit_then_rejects(subject: Subject, algorithm: str) -> None:
+    """Exactly `limit` hits pass, counting remaining down; then rejections with a retry time."""
+    await early_in_window(LONG, 2 * S)
+    got = [await subject.hit(algorithm, limit_of(5)) for _ in range(7)]
+    assert [d.allowed for d in got] == [True] * 5 + [False] * 2
+    assert [d.verdicts[0].remaining for d in got] == [4, 3, 2, 1, 0, 0, 0]
+    assert got[-1].verdicts[0].retry_us > 0
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_every_limit_must_pass(subject: Subject, algorithm: str) -> None:
+    """5 per hour and 3 per two hours: the tighter one stops the fourth hit."""
+    await early_in_window(LONG, 2 * S)
+    assert await subject.count(6, algorithm, limit_of(5), limit_of(3, 2 * LONG)) == 3
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_a_rejection_consumes_no_limit(subject: Subject, algorithm: str) -> None:
+    """Rejected by the tight limit, the loose one keeps its remaining count."""
+    await early_in_window(LONG, 2 * S)
+    limits = (limit_of(5), limit_of(1, 2 * LONG))
+    assert (await subject.hit(algorithm, *limits)).allowed
+    for _ in range(4):
+        decision = await subject.hit(algorithm, *limits)
+        assert not decision.allowed
+        assert [v.remaining for v in decision.verdicts] == [4, 0]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_retry_after_is_about_right(subject: Subject, algorithm: str) -> None:
+    """retry_us is within 30 ms of the expected wait, and after it the request passes."""
+    window = 600 * MS
+    await early_in_window(window, 450 * MS)
+    first = now_us()
+    assert await subject.count(2, algorithm, limit_of(2, window)) == 2
+    before = now_us()
+    decision = await subject.hit(algorithm, limit_of(2, window))
+    assert not decision.allowed
+    retry = decision.verdicts[0].retry_us
+    if algorithm == TOKEN_BUCKET:
+        expected = first + window // 2 - before  # one token per window/limit
+    else:
+        expected = window - before % window  # the window's end
+    assert abs(retry - expected) < 30 * MS, (retry, expected)
+    await asyncio.sleep(retry / S + 0.03)
+    assert (await subject.hit(algorithm, limit_of(2, window))).allowed
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_full_limit_again_after_two_windows(subject: Subject, algorithm: str) -> None:
+    """Two windows after exhausting it, a key admits its full limit again."""
+    window = 300 * MS
+    await early_in_window(window, 200 * MS)
+    assert await subject.count(4, algorithm, limit_of(3, window)) == 3
+    await asyncio.sleep(2 * window / S + 0.02)
+    assert await subject.count(4, algorithm, limit_of(3, window)) == 3
+
+
+async def test_token_bucket_burst_then_refill(subject: Subject) -> None:
+    """Burst 4 at once; 100 ms later one token; a full window later the whole burst."""
+    bucket = Limit(4, 400 * MS, 4)
+    assert await subject.count(6, TOKEN_BUCKET, bucket) == 4
+    await asyncio.sleep(0.11)
+    assert await subject.count(3, TOKEN_BUCKET, bucket) == 1
+    await asyncio.sleep(0.41)
+    assert await subject.count(6, TOKEN_BUCKET, bucket) == 4
+
+
+async def test_fixed_window_resets_at_the_boundary(subject: Subject) -> None:
+    """Exhausted late in a window, a fixed window is full again as the next one starts."""
+    window = 300 * MS
+    left = window - now_us() % window
+    await asyncio.sleep((left + (window if left < 150 * MS else 0) - 100 * MS) / S)
+    assert await subject.count(5, FIXED_WINDOW, limit_of(3, window)) == 3  # ~100 ms left
+    decision = await subject.hit(FIXED_WINDOW, limit_of(3, window))
+    assert decision.verdicts[0].retry_us == decision.verdicts[0].reset_us <= 100 * MS
+    await asyncio.sleep(decision.verdicts[0].reset_us / S + 0.01)
+    assert await subject.count(5, FIXED_WINDOW, limit_of(3, window)) == 3
+
+
+async def test_clients_sharing_a_hash_tag_are_independent(subject: Subject) -> None:
+    """Two clients' keys in one {hash tag} (one cluster slot) keep separate counts."""
+    await early_in_window(LONG, 2 * S)
+    for algorithm in ALGORITHMS:
+        alice, bob = f"alice-{algorithm}", f"bob-{algorithm}"
+        assert await subject.count(3, algorithm, limit_of(2), client=alice, tag="t") == 2
+        assert await subject.count(3, algorithm, limit_of(2), client=bob, tag="t") == 2
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_same_results_as_the_memory_store(subject: Subject, algorithm: str) -> None:
+    """One sequence of costs against two limits: same verdicts as a MemoryCounter."""
+    await early_in_window(2 * LONG, 2 * S)
+    limits = (Limit(5, LONG, 5), Limit(8, 2 * LONG, 6))
+    reference = Subject(MemoryCounter())
+    for cost in (1, 2, 1, 3, 1, 1, 2, 1, 1, 4, 1):
+        ours, theirs = [await s.hit(algorithm, *limits, cost=cost) for s in (subject, reference)]
+        assert ours.allowed == theirs.allowed, cost
+        assert [v.remaining for v in ours.verdicts] == [v.remaining for v in theirs.verdicts]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_concurrent_hits_admit_exactly_the_limit(subject: Subject, algorithm: str) -> None:
+    """100 hits at once on one key with limit 50: exactly 50 pass."""
+    await early_in_window(LONG, 2 * S)
+    hits = [subject.hit(algorithm, limit_of(50)) for _ in range(100)]
+    assert sum(d.allowed for d in await asyncio.gather(*hits)) == 50
+
+
+# --- RedisConnection's outage latch, on a private redis-server -----------------------------
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, to kill (by its pid) and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.port = workdir, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = start_redis(self.port, workdir)
+        self.connections: list[RedisConnection] = []
+
+    def kill(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+    async def knocked_out(self, **options: float) -> tuple[RedisCounter, float]:
+        """A counter that worked, then Redis killed: its first failing hit and how long it took."""
+        self.connections.append(RedisConnection(self.url, **options))
+        counter = RedisCounter(self.connections[-1])
+        assert (await hit(counter)).allowed
+        self.kill()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await hit(counter)
+        return counter, time.monotonic() - started
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    yield server
+    for connection in server.connections:
+        await connection.close()
+    server.kill()
+
+
+async def hit(counter: RedisCounter) -> Decision:
+    return await counter.hit(["sn:rl:{outage}:k"], FIXED_WINDOW, [limit_of(10**6)])
+
+
+async def test_dead_redis_raises_backend_unavailable_fast(private_redis: PrivateRedis) -> None:
+    """The first hit after Redis dies raises BackendUnavailable within 1.5 s."""
+    counter, took = await private_redis.knocked_out()
+    assert took < 1.5
+    assert not counter.connection.available
+
+
+async def test_while_down_hits_fail_fast_without_connecting(private_redis: PrivateRedis) -> None:
+    """Latched down, hits fail in < 50 ms and never touch the port (a silent listener there)."""
+    counter, _ = await private_redis.knocked_out(reconnect_interval=60.0)  # no reconnects now
+    with socket.socket() as silent:  # completes TCP handshakes on the port, never answers
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        silent.bind(("127.0.0.1", private_redis.port))
+        silent.listen(64)
+        silent.setblocking(False)
+        for _ in range(20):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                await hit(counter)
+            assert time.monotonic() - started < 0.05
+        with pytest.raises(BlockingIOError):
+            silent.accept()  # nobody connected
+
+
+async def test_recovers_within_two_seconds_of_a_restart(private_redis: PrivateRedis) -> None:
+    """Redis back on the same port: hits succeed again within ~2 s (script reloaded too)."""
+    counter, _ = await private_redis.knocked_out()
+    private_redis.process = start_redis(private_redis.port, private_redis.workdir)
+    restarted = time.monotonic()
+    while True:
+        with contextlib.suppress(BackendUnavailable):
+            assert (await hit(counter)).allowed
+            break
+        assert time.monotonic() - restarted < 2.0, "still failing 2 s after the restart"
+        await asyncio.sleep(0.05)
+    assert counter.connection.available
+
+
+@pytest.fixture(params=["private_redis", "cluster"])
+def flushable(request: pytest.FixtureRequest) -> str:
+    server = request.getfixturevalue(request.param)
+    return getattr(server, "url", server)
+
+
+async def test_hits_survive_a_script_flush(flushable: str) -> None:
+    """SCRIPT FLUSH on the server: the next hit reloads the script (NOSCRIPT) and works."""
+    async with subject_for(flushable) as subject:
+        await early_in_window(LONG, 2 * S)
+        assert (await subject.hit(FIXED_WINDOW, limit_of(5))).allowed
+        client = subject.store.connection.client  # type: ignore[union-attr]
+        await client.script_flush()
+        assert await client.script_exists(subject.store.script.sha) == [False]  # type: ignore[union-attr]
+        decision = await subject.hit(FIXED_WINDOW, limit_of(5))
+        assert decision.allowed and decision.verdicts[0].remaining == 3
