@@ -48,6 +48,8 @@ class AutoPipeline:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._batch: list[bytes] = []
         self._reader_task: asyncio.Task[None] | None = None
+        self._received = 0  # replies so far, for the watchdog
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def execute(self, command: bytes) -> Any:
         """Send one packed command; its reply (an error reply raises ReplyError)."""
@@ -70,6 +72,22 @@ class AutoPipeline:
             self._fail(ConnectionError("redis connection lost"))
             return
         self._writer.write(b"".join(batch))
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                self.timeout, self._watch, self._received
+            )
+
+    def _watch(self, received_before: int) -> None:
+        """Replies are owed: a connection that gave none for `timeout` seconds is dead."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        if self._received == received_before:
+            self._fail(ConnectionError("redis connection failed: TimeoutError"))
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            self.timeout, self._watch, self._received
+        )
 
     async def _connect(self) -> None:
         # At most one connection attempt in flight; concurrent callers wait on it.
@@ -99,35 +117,38 @@ class AutoPipeline:
                 writer.close()
                 raise ConnectionError(f"redis refused the handshake: {reply}")
         self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read(reader, parser))
+        self._reader_task = asyncio.ensure_future(self._read(reader, parser, writer))
 
-    async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
+    async def _read(
+        self, reader: asyncio.StreamReader, parser: hiredis.Reader, writer: asyncio.StreamWriter
+    ) -> None:
         error: Exception = ConnectionError("redis closed the connection")
         try:
             while True:
-                if self._waiting:
-                    # Replies are owed: a silent server past the timeout is a dead one.
-                    data = await asyncio.wait_for(reader.read(65536), self.timeout)
-                else:
-                    data = await reader.read(65536)
+                data = await reader.read(65536)
                 if not data:
                     break
                 parser.feed(data)
                 reply = parser.gets()
                 while reply is not False:
+                    self._received += 1
                     future = self._waiting.popleft()
                     if not future.done():
                         future.set_result(reply)
                     reply = parser.gets()
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             error = ConnectionError(f"redis connection failed: {type(exc).__name__}")
-        self._fail(error)
+        if self._writer is writer:  # not a newer connection made since this one failed
+            self._fail(error)
 
     def _fail(self, error: Exception) -> None:
         """Drop the connection and fail every caller still owed a reply."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._batch.clear()
         while self._waiting:
             future = self._waiting.popleft()

@@ -1,0 +1,1 @@
+"""Helpers the test suites share: private servers on free ports, polling."""
