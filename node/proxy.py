@@ -6,13 +6,33 @@ from multidict import CIMultiDict
 
 from node.call import Call, Reply
 from node.forwarding import TrustedProxies
-from node.upstream import UpstreamPool, strip_hop_by_hop
+from node.upstream import HOP_BY_HOP, UpstreamPool, end_to_end
 
-# Request headers never forwarded as received: the client's framing and Host (the
-# upstream gets its own), and forwarding headers, which are rebuilt below.
-NOT_FORWARDED = frozenset(
-    {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-)
+# Request headers never forwarded as received: hop-by-hop ones, the client's framing and
+# Host (the upstream gets its own), and forwarding headers, which are rebuilt below.
+NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+}
+
+
+def strip_raw_prefix(raw_path: str, prefix: str) -> str:
+    """`raw_path` (percent-encoded, as sent) without `prefix`, which the route matched on the
+    decoded path: `/pro%78y/a` loses `/proxy` whole, not five characters."""
+    if raw_path.startswith(prefix):
+        return raw_path[len(prefix) :]
+    want, seen, i = len(prefix.encode()), 0, 0
+    while seen < want and i < len(raw_path):
+        if raw_path[i] == "%" and i + 2 < len(raw_path):
+            i += 3  # one encoded byte
+            seen += 1
+        else:
+            seen += len(raw_path[i].encode())
+            i += 1
+    return raw_path[i:]
 
 
 class UpstreamProxy:
@@ -26,15 +46,14 @@ class UpstreamProxy:
     def upstream_path(self, call: Call) -> str:
         path = call.raw_path or call.path
         if self.strip_prefix:
-            path = path[len(self.strip_prefix) :]
+            path = strip_raw_prefix(path, self.strip_prefix)
             if not path.startswith("/"):
                 path = "/" + path
         return f"{path}?{call.query_string}" if call.query_string else path
 
     def forward_headers(self, call: Call) -> CIMultiDict[str]:
         incoming = call.headers
-        headers = CIMultiDict(incoming)
-        strip_hop_by_hop(headers, NOT_FORWARDED)
+        headers = end_to_end(incoming, NOT_FORWARDED)
         if self.trusted.is_trusted(call.client):
             # A trusted load balancer's view of the client is kept and extended.
             prior = ", ".join(incoming.getall("X-Forwarded-For", ()))

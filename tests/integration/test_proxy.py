@@ -104,6 +104,18 @@ async def test_strip_prefix(node_factory: NodeFactory, upstream: Upstream) -> No
     ]
 
 
+async def test_strip_prefix_matched_through_percent_encoding(
+    node_factory: NodeFactory, upstream: Upstream
+) -> None:
+    """An encoded spelling of the prefix (/%61pi) is stripped whole, the rest left as sent."""
+    routes = [{"path": "/api/{tail:.*}", "target": "upstream:app", "strip_prefix": "/api"}]
+    client = await node_factory(proxy_settings([upstream.url], routes=routes))
+    for path in ("/%61pi/users/7", "/%61%70%69/users/7", "/ap%69/a%2Fb"):
+        async with client.get(path) as resp:
+            assert resp.status == 200
+    assert [s.raw_path for s in upstream.seen] == ["/users/7", "/users/7", "/a%2Fb"]
+
+
 async def test_upstream_response_headers_arrive(node: TestClient) -> None:
     """Upstream response headers reach the client, each Set-Cookie as its own header."""
     async with node.get("/api/cookies") as resp:
