@@ -54,6 +54,7 @@ def build_app(
         role=role,
         probes=build_probes(settings),
         tolerated=resources.tolerated,
+        required=resources.required,
         registry=registry,
     )
     components = ROLE_COMPONENTS[role]

@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -31,6 +31,7 @@ CLUSTER_SCHEME = "redis+cluster://"
 # and requests must not queue behind it.
 COMMAND_TIMEOUT = 1.0
 RECONNECT_INTERVAL = 0.5
+POOL_SIZE = 64  # connections for commands outside the auto-pipeline (lookups, heartbeats)
 # Errors that mean "Redis is unreachable", as opposed to a command Redis refused.
 OUTAGE_ERRORS = (
     RedisConnectionError,
@@ -50,7 +51,16 @@ def make_client(url: str) -> Any:
         return RedisCluster.from_url(
             "redis://" + url[len(CLUSTER_SCHEME) :], retry=Retry(NoBackoff(), 0), **options
         )
-    return redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    # A burst of commands waits for a free connection (up to the command timeout) instead
+    # of failing as if Redis were down.
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=COMMAND_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        **options,
+    )
+    return redis.Redis.from_pool(pool)
 
 
 class RedisConnection:
@@ -73,6 +83,8 @@ class RedisConnection:
             raise BackendUnavailable("redis is unreachable; reconnecting")
         try:
             return await operation(self.client)
+        except MaxConnectionsError as exc:  # our own backlog, not Redis's health
+            raise BackendUnavailable("too many redis commands in flight") from exc
         except OUTAGE_ERRORS as exc:
             self.went_down(exc)
             raise BackendUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc

@@ -24,6 +24,7 @@ log = logging.getLogger("scalenode.registry")
 
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TTL = 5.0
+STOP_ATTEMPTS = 5
 
 # Record this node (TTL'd record + index entry scored by Redis time), drop index entries
 # older than the TTL, and return the live count. One slot: both keys carry {nodes}.
@@ -65,6 +66,7 @@ class NodeRegistry:
         self.snapshot: Callable[[], dict[str, Any]] | None = None  # metrics, set by the node
         self._count = 1
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._script = redis.client.register_script(BEAT_LUA) if redis is not None else None
 
     def live_count(self) -> int:
@@ -84,7 +86,7 @@ class NodeRegistry:
         self._count = max(1, int(await self.redis.run(lambda c: script(keys=keys, args=args))))
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.beat()
             except BackendUnavailable:
@@ -97,9 +99,15 @@ class NodeRegistry:
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # A cancel can be swallowed inside a driver's own timeout handling (redis-py on
+            # 3.11), so it is repeated until the task has ended, a bounded number of times.
+            for _ in range(STOP_ATTEMPTS):
+                self._task.cancel()
+                done, _ = await asyncio.wait({self._task}, timeout=self.interval)
+                if done:
+                    break
         if self.redis is None:
             return
         name = self.name

@@ -29,6 +29,9 @@ class Resources:
     # Backends whose outage every user degrades through (fail open, local share): their
     # failure marks /ready "degraded" but keeps it 200, so the balancer keeps the node.
     tolerated: set[str] = field(default_factory=set)
+    # Backends some user cannot do without (a rate limit that fails closed): their outage
+    # makes /ready 503 even if other users tolerate it.
+    required: set[str] = field(default_factory=set)
     _shared: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

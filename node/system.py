@@ -19,6 +19,7 @@ def add_system_routes(
     role: str,
     probes: list[Probe],
     tolerated: set[str],
+    required: set[str],
     registry: CollectorRegistry,
 ) -> None:
     pid = os.getpid()
@@ -33,7 +34,7 @@ def add_system_routes(
             for probe, failure in zip(probes, failures, strict=True)
         }
         failing = [name for name, state in backends.items() if not state["ok"]]
-        critical = [name for name in failing if name not in tolerated]
+        critical = [name for name in failing if name not in tolerated or name in required]
         if critical:
             body = {
                 "status": "unavailable",

@@ -25,7 +25,9 @@ def build_rate_limiter(table: dict[str, Any], path: str, ctx: BuildContext) -> R
         store = resources.shared("ratelimit.memory", MemoryCounter)
     else:
         store = resources.shared("ratelimit.redis", lambda: RedisCounter(redis))
-        if settings.on_backend_error != "closed":
+        if settings.on_backend_error == "closed":
+            resources.required.add("redis")
+        else:
             resources.tolerated.add("redis")
     directory = None
     if settings.tiers or settings.require_key:

@@ -134,7 +134,10 @@ class RateLimiter:
             return policy.default  # type: ignore[return-value]
         tier = None
         if api_key is not None:
-            tier = await self.directory.lookup(api_key) or policy.settings.api_keys.get(api_key)
+            # The backend's assignment wins where this route knows that tier; else the config's.
+            tier = await self.directory.lookup(api_key)
+            if tier not in policy.tiers:
+                tier = policy.settings.api_keys.get(api_key)
         if tier in policy.tiers:
             return policy.tiers[tier]  # type: ignore[index]
         if policy.settings.require_key or policy.default is None:

@@ -6,6 +6,7 @@ and only then does any of them count the request.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -84,6 +85,7 @@ class RedisCounter:
         self.connection = connection
         self.script = connection.client.register_script(LUA)
         self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, bytes]] = {}
+        self._loading: asyncio.Future[Any] | None = None
 
     def packed_parts(
         self, algorithm: str, limits: Sequence[Limit], cost: int
@@ -109,8 +111,11 @@ class RedisCounter:
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            # A restarted or failed-over Redis has lost its scripts: load ours again.
-            await self.connection.client.script_load(LUA)
+            # A restarted or failed-over Redis has lost its scripts: load ours again, once
+            # for all the requests that found it missing at the same moment.
+            if self._loading is None or self._loading.done():
+                self._loading = asyncio.ensure_future(self.connection.client.script_load(LUA))
+            await asyncio.shield(self._loading)
             return await pipeline.execute(command)
 
     async def hit(

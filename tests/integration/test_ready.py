@@ -87,3 +87,37 @@ async def test_embedded_node_is_ready_without_services(client_for) -> None:
     response = await client.get("/ready")
     assert response.status == 200
     assert (await response.json())["backends"] == {}
+
+
+def limited_routes(*modes: str) -> list[dict]:
+    return [
+        {
+            "path": f"/r{i}",
+            "target": "handler:node.demo:hello",
+            "ratelimit": {"limit": 5, "window": 1, "on_backend_error": mode},
+        }
+        for i, mode in enumerate(modes)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("modes", "status", "state"),
+    [
+        (("open",), 200, "degraded"),
+        (("local", "open"), 200, "degraded"),
+        (("open", "closed"), 503, "unavailable"),
+    ],
+)
+async def test_redis_outage_readiness_follows_the_strictest_user(
+    client_for, modes, status, state
+) -> None:
+    """Redis down: 200 "degraded" while every route degrades through it, 503 if one fails closed."""
+    data = {
+        "node": {"name": "ready-test"},
+        "backends": {"redis": f"redis://127.0.0.1:{closed_port()}/0"},
+        "routes": limited_routes(*modes),
+    }
+    client = await client_for(build(Settings, data, ""))
+    response = await client.get("/ready")
+    assert response.status == status
+    assert (await response.json())["status"] == state
