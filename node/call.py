@@ -28,30 +28,86 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
-@dataclass(slots=True)
 class Call:
     """One request on its way through a route's pipeline.
 
-    `path` is the URL path as received, `params` the route's `{name}` matches,
-    `query_string` the raw query (for proxying; `query` parses it on first use),
-    `client` the peer's address. The request id is also made on first use, since
-    most handler routes never read it.
+    `path` is the URL path (decoded), `raw_path` as the client sent it, `params` the
+    route's `{name}` matches, `query_string` the raw query (`query` parses it on first
+    use), `client` the peer's address. The request id is made on first use too.
+    The adapter builds a subclass that reads path, query, client, scheme and host from
+    the HTTP request only when asked: most routes never look at most of them.
     """
 
-    method: str
-    path: str  # decoded
-    raw_path: str = ""  # as the client sent it (percent-encoded), for proxying
-    route: str = ""
-    params: Mapping[str, str] = field(default_factory=dict)
-    query_string: str = ""
-    headers: CIMultiDictProxy[str] | CIMultiDict[str] = field(default_factory=CIMultiDict)
-    body: bytes = b""
-    client: str = ""
-    scheme: str = "http"
-    host: str = ""
-    shard: str | None = None
-    _request_id: str | None = None
-    _query: MultiDict[str] | None = None
+    __slots__ = (
+        "_client",
+        "_host",
+        "_path",
+        "_query",
+        "_query_string",
+        "_raw_path",
+        "_request_id",
+        "_scheme",
+        "body",
+        "headers",
+        "method",
+        "params",
+        "route",
+        "shard",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str = "/",
+        raw_path: str = "",
+        route: str = "",
+        params: Mapping[str, str] | None = None,
+        query_string: str = "",
+        headers: CIMultiDictProxy[str] | CIMultiDict[str] | None = None,
+        body: bytes = b"",
+        client: str = "",
+        scheme: str = "http",
+        host: str = "",
+        shard: str | None = None,
+    ) -> None:
+        self.method = method
+        self.route = route
+        self.params = params if params is not None else {}
+        self.headers = headers if headers is not None else CIMultiDict()
+        self.body = body
+        self.shard = shard
+        self._path = path
+        self._raw_path = raw_path or path
+        self._query_string = query_string
+        self._client = client
+        self._scheme = scheme
+        self._host = host
+        self._request_id: str | None = None
+        self._query: MultiDict[str] | None = None
+
+    @property
+    def path(self) -> str:
+        return self._path  # type: ignore[return-value]
+
+    @property
+    def raw_path(self) -> str:
+        return self._raw_path  # type: ignore[return-value]
+
+    @property
+    def query_string(self) -> str:
+        return self._query_string  # type: ignore[return-value]
+
+    @property
+    def client(self) -> str:
+        return self._client  # type: ignore[return-value]
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme  # type: ignore[return-value]
+
+    @property
+    def host(self) -> str:
+        return self._host  # type: ignore[return-value]
 
     @property
     def query(self) -> MultiDict[str]:
@@ -72,6 +128,9 @@ class Call:
     def json(self) -> Any:
         """The body parsed as JSON (raises `orjson.JSONDecodeError`, a `ValueError`)."""
         return orjson.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Call {self.method} {self.path} route={self.route!r}>"
 
 
 class ByteStream(Protocol):

@@ -8,14 +8,16 @@ becomes its status with `{"error", "detail"}`; anything else is logged and becom
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
+from collections.abc import Mapping
 from time import perf_counter
 
 from aiohttp import web
-from multidict import istr
+from multidict import CIMultiDictProxy, istr
 
 from node.call import JSON_TYPE, ByteStream, Call, Handler, Reply
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
-from node.metrics import RouteStats
+from node.metrics import LATENCY_BOUNDS, RouteStats
 from node.targets import as_reply
 
 log = logging.getLogger("scalenode.http")
@@ -46,29 +48,71 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
     return body
 
 
+class RequestCall(Call):
+    """A Call over an aiohttp request: each part is read from the request (which caches
+    what it derives) only when asked. Measured with callgrind, copying them up front cost
+    a tenth of a hello-world request."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request, route: str, body: bytes) -> None:
+        self.route = route
+        self.body = body
+        self.shard = None
+        self._request_id = None
+        self._query = None
+        self._request = request
+
+    @property  # type: ignore[override]
+    def method(self) -> str:
+        return self._request.method
+
+    @property  # type: ignore[override]
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._request.headers
+
+    @property  # type: ignore[override]
+    def params(self) -> Mapping[str, str]:
+        return self._request.match_info
+
+    @property
+    def path(self) -> str:
+        return self._request.path
+
+    @property
+    def raw_path(self) -> str:
+        return self._request.rel_url.raw_path
+
+    @property
+    def query_string(self) -> str:
+        return self._request.rel_url.raw_query_string
+
+    @property
+    def client(self) -> str:
+        return self._request.remote or ""
+
+    @property
+    def scheme(self) -> str:
+        return self._request.scheme
+
+    @property
+    def host(self) -> str:
+        return self._request.host
+
+
 def make_call(request: web.Request, route: str, body: bytes) -> Call:
-    url = request.rel_url
-    # Positional: keyword arguments cost a measurable share of a hello-world request.
-    return Call(
-        request.method,
-        request.path,
-        url.raw_path,
-        route,
-        request.match_info,
-        url.raw_query_string,
-        request.headers,
-        body,
-        request.remote or "",
-        request.scheme,
-        request.host,
-    )
+    return RequestCall(request, route, body)
 
 
 def to_response(reply: Reply, node: str) -> web.Response:
-    # An empty headers dict is not copied; istr keys skip a case-folding step.
-    response = web.Response(body=reply.body, status=reply.status, headers=reply.headers or None)
-    if reply.content_type is not None:
-        response.headers[CONTENT_TYPE] = reply.content_type
+    if not reply.headers and reply.content_type == JSON_TYPE:
+        # The common case, on aiohttp's cheapest path (callgrind: ~5k instructions less).
+        response = web.Response(body=reply.body, status=reply.status, content_type=JSON_TYPE)
+    else:
+        # An empty headers dict is not copied; istr keys skip a case-folding step.
+        response = web.Response(body=reply.body, status=reply.status, headers=reply.headers or None)
+        if reply.content_type is not None:
+            response.headers[CONTENT_TYPE] = reply.content_type
     response.headers[X_NODE] = node
     return response
 
@@ -101,13 +145,14 @@ async def stream_reply(
 def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
     """The aiohttp handler of one route: the adapter around its composed pipeline."""
     label = stats.label
+    statuses, buckets = stats.statuses, stats.buckets  # RouteStats.record, inlined
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         stats.in_flight += 1
         started = perf_counter()
         try:
             body = await read_body(request, max_body) if request.body_exists else b""
-            reply = await handler(make_call(request, label, body))
+            reply = await handler(RequestCall(request, label, body))
             if type(reply) is not Reply:  # a handler whose `-> Reply` annotation was wrong
                 reply = as_reply(reply)
         except Rejected as exc:
@@ -120,8 +165,12 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
                 return to_response(reply, node)
             return await stream_reply(request, reply, reply.stream, node)
         finally:
+            elapsed = perf_counter() - started
             stats.in_flight -= 1
-            stats.record(reply.status, perf_counter() - started)
+            status = reply.status
+            statuses[status] = statuses.get(status, 0) + 1
+            buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+            stats.latency_sum += elapsed
 
     return endpoint
 
