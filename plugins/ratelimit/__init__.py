@@ -7,16 +7,22 @@ from typing import Any
 from node.pipeline import BuildContext
 from node.schema import build
 from plugins.ratelimit.plugin import Policy, RateLimiter
-from plugins.ratelimit.settings import RateLimitSettings, default_limits, tier_limits
+from plugins.ratelimit.settings import (
+    RateLimitSettings,
+    check_bucket_range,
+    default_limits,
+    tier_limits,
+)
 from plugins.ratelimit.stores import CounterStore, MemoryCounter, RedisCounter
 from plugins.ratelimit.tiers import TierDirectory
 
 
 def build_rate_limiter(table: dict[str, Any], path: str, ctx: BuildContext) -> RateLimiter:
     settings = build(RateLimitSettings, table, path)
-    policy = Policy(
-        settings, default_limits(settings, path), tier_limits(settings, path), ctx.route.label
-    )
+    default, tiers = default_limits(settings, path), tier_limits(settings, path)
+    for limits in (default or (), *tiers.values()):
+        check_bucket_range(settings, limits, path)
+    policy = Policy(settings, default, tiers, ctx.route.label)
     resources = ctx.resources
     redis = resources.redis
     store: CounterStore

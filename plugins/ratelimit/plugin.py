@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from node.call import Call, Handler, Reply
@@ -22,6 +23,11 @@ from plugins.ratelimit.tiers import TierDirectory
 log = logging.getLogger("scalenode.ratelimit")
 
 DRY_RUN_LOG_INTERVAL = 1.0  # seconds between dry-run summaries, so floods don't flood the log
+
+
+@lru_cache(maxsize=65536)  # clients repeat; their digest need not be recomputed
+def digest(client_key: str) -> str:
+    return hashlib.blake2b(client_key.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ class RateLimiter:
         self.algorithm = settings.algorithm
         self.mode = settings.on_backend_error
         self.parts = [part.partition(":") for part in key_parts(settings.key)]
+        self.by_ip_only = [kind for kind, _, _ in self.parts] == ["ip"]
         self.header = settings.header_name
         scope = policy.route if settings.scope == "route" else f"scope:{settings.scope}"
         # One hash tag per client: all of its limits' keys share a Redis Cluster slot.
@@ -68,11 +75,20 @@ class RateLimiter:
             "unlimited_by_outage": 0,
         }
         self._dry_run_logged = 0.0
+        # Per limit set, the end of each limit's store key: "}:<algorithm>:<window>".
+        self._suffixes: dict[tuple[Limit, ...], list[str]] = {}
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         client, api_key = self.identify(call)
-        limits = await self.limits_for(api_key)
-        keys = [f"{self.prefix}{client}}}:{self.algorithm}:{lim.window_us}" for lim in limits]
+        limits = self.policy.default if self.directory is None else await self.limits_for(api_key)
+        suffixes = self._suffixes.get(limits)  # type: ignore[arg-type]
+        if suffixes is None:
+            suffixes = self._suffixes[limits] = [  # type: ignore[index]
+                f"}}:{self.algorithm}:{lim.window_us}"
+                for lim in limits  # type: ignore[union-attr]
+            ]
+        prefix = self.prefix + client
+        keys = [prefix + suffix for suffix in suffixes]
         try:
             decision = await self.store.hit(keys, self.algorithm, limits)
         except BackendUnavailable:
@@ -108,6 +124,9 @@ class RateLimiter:
 
     def identify(self, call: Call) -> tuple[str, str | None]:
         """The client's digest (bounded whatever its key's length) and its API key, if any."""
+        if self.by_ip_only:
+            forwarded = call.headers.get("X-Forwarded-For")
+            return digest(self.trusted.client_address(call.client, forwarded)), None
         values, api_key = [], None
         for kind, _, name in self.parts:
             if kind == "global":
@@ -125,8 +144,7 @@ class RateLimiter:
                 )
             values.append("h:" + value)
             api_key = value
-        raw = "\x1f".join(values).encode()
-        return hashlib.blake2b(raw, digest_size=16).hexdigest(), api_key
+        return digest("\x1f".join(values)), api_key
 
     async def limits_for(self, api_key: str | None) -> tuple[Limit, ...]:
         policy = self.policy
@@ -165,12 +183,16 @@ class RateLimiter:
     @staticmethod
     def headers(decision: Decision, limits: tuple[Limit, ...]) -> dict[str, str]:
         """IETF RateLimit headers for the tightest limit (fewest remaining)."""
-        i = min(range(len(limits)), key=lambda j: decision.verdicts[j].remaining)
-        verdict = decision.verdicts[i]
+        verdicts = decision.verdicts
+        i = 0
+        for j in range(1, len(verdicts)):
+            if verdicts[j].remaining < verdicts[i].remaining:
+                i = j
+        verdict = verdicts[i]
         return {
             "RateLimit-Limit": str(limits[i].limit),
             "RateLimit-Remaining": str(verdict.remaining),
-            "RateLimit-Reset": str(max(0, math.ceil(verdict.reset_us / 1_000_000))),
+            "RateLimit-Reset": str(-(-verdict.reset_us // 1_000_000)),  # whole seconds, up
         }
 
     def note_dry_run(self) -> None:

@@ -23,12 +23,6 @@ class LimitSpec:
 
     def check(self, path: str) -> None:
         require(self.limit > 0, join(path, "limit"), "must be > 0")
-        # The token bucket's exact arithmetic needs burst * window (us) below 2**53.
-        require(
-            (self.burst or self.limit) * self.window * 1_000_000 < 2**53,
-            path,
-            "limit (or burst) * window is too large",
-        )
         require(self.window >= MIN_WINDOW, join(path, "window"), f"must be >= {MIN_WINDOW} s")
         if self.burst is not None:
             require(self.burst > 0, join(path, "burst"), "must be > 0")
@@ -156,6 +150,17 @@ def default_limits(settings: RateLimitSettings, path: str) -> tuple[Limit, ...] 
     if not own and settings.require_key and settings.tiers:
         return None
     return LimitSet(settings.limit, settings.window, settings.burst, settings.limits).resolve(path)
+
+
+def check_bucket_range(settings: RateLimitSettings, limits: tuple[Limit, ...], path: str) -> None:
+    """The token bucket's exact integer arithmetic needs burst * window (us) below 2**53."""
+    if settings.algorithm == TOKEN_BUCKET:
+        for lim in limits:
+            require(
+                lim.burst * lim.window_us < 2**53,
+                path,
+                f"burst {lim.burst} over {lim.window_us / 1e6:g} s is too large for token_bucket",
+            )
 
 
 def tier_limits(settings: RateLimitSettings, path: str) -> dict[str, tuple[Limit, ...]]:

@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 from node.autopipe import AutoPipeline, ReplyError, pack
 from node.redisconn import RedisConnection
-from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, state_ttl_us
+from plugins.ratelimit.algorithms import STEP, Limit, State, Verdict, decide, state_ttl_us
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
 # The embedded store forgets the least recently used clients beyond this many keys.
 MEMORY_MAX_KEYS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     allowed: bool
     verdicts: list[Verdict]  # one per limit, in order
@@ -64,13 +64,31 @@ class MemoryCounter:
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
         now = self.clock()
-        states = [self._load(key, now) for key in keys]
-        allowed, verdicts, new_states = decide(algorithm, states, limits, now, cost)
+        states = self._states
+        if len(keys) == 1:  # the common case, without the loops
+            key, lim = keys[0], limits[0]
+            entry = states.get(key)
+            old = entry[0] if entry is not None and entry[1] > now else None
+            verdict, state = STEP[algorithm](old, lim, now, cost)
+            allowed = verdict.retry_us == 0
+            if not allowed:  # report (and keep) the state without this request's cost
+                retry = verdict.retry_us
+                verdict, state = STEP[algorithm](old, lim, now, 0)
+                verdict.retry_us = retry
+            verdicts = [verdict]
+            states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
+            states.move_to_end(key)
+            if len(states) > self.max_keys:
+                states.popitem(last=False)
+            return Decision(allowed, verdicts)
+        allowed, verdicts, new_states = decide(
+            algorithm, [self._load(key, now) for key in keys], limits, now, cost
+        )
         for key, lim, state in zip(keys, limits, new_states, strict=True):
-            self._states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
-            self._states.move_to_end(key)
-        while len(self._states) > self.max_keys:
-            self._states.popitem(last=False)
+            states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
+            states.move_to_end(key)
+        if len(states) > self.max_keys:
+            states.popitem(last=False)
         return Decision(allowed, verdicts)
 
 
