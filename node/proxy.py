@@ -54,14 +54,15 @@ class UpstreamProxy:
     def forward_headers(self, call: Call) -> CIMultiDict[str]:
         incoming = call.headers
         headers = end_to_end(incoming, NOT_FORWARDED)
-        if self.trusted.is_trusted(call.client):
+        client = call.client
+        if self.trusted.is_trusted(client):
             # A trusted load balancer's view of the client is kept and extended.
             prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
-            headers["X-Forwarded-For"] = f"{prior}, {call.client}" if prior else call.client
+            headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
             headers["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", call.scheme)
             headers["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", call.host)
         else:
-            headers["X-Forwarded-For"] = call.client
+            headers["X-Forwarded-For"] = client
             headers["X-Forwarded-Proto"] = call.scheme
             headers["X-Forwarded-Host"] = call.host
         headers["X-Request-Id"] = call.request_id

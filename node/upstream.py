@@ -50,13 +50,15 @@ HEAD_REPLY_DROP = HOP_BY_HOP
 
 def end_to_end(headers: Mapping[str, str], drop: frozenset[str] = HOP_BY_HOP) -> CIMultiDict[str]:
     """A copy of `headers` without the lower-case names in `drop` (hop-by-hop ones by default)
-    nor those any Connection header names (RFC 9110 7.6.1). One pass, for the hot path."""
-    if "Connection" in headers:
-        named = ",".join(headers.getall("Connection"))  # type: ignore[attr-defined]
+    nor those any Connection header names (RFC 9110 7.6.1). The copy and the removals run in
+    multidict's C code: cheaper than a Python pass over every header."""
+    copy = CIMultiDict(headers)
+    if "Connection" in copy:
+        named = ",".join(copy.getall("Connection"))
         drop = drop | {token.strip().lower() for token in named.split(",")}
-    return CIMultiDict(
-        [(name, value) for name, value in headers.items() if name.lower() not in drop]
-    )
+    for name in drop:
+        copy.popall(name, None)
+    return copy
 
 
 class Member:
