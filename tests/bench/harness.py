@@ -184,6 +184,19 @@ def wait_ready(proc: Process, url: str, timeout: float = 20.0) -> Answer:
     )
 
 
+def wait_port(proc: Process, port: int, timeout: float = 20.0) -> None:
+    """Wait until 127.0.0.1:`port` accepts connections (for servers that do not speak HTTP)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check_alive(proc)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{proc.name} did not listen on {port} within {timeout:g} s")
+
+
 def check_alive(proc: Process) -> None:
     if proc.popen.poll() is not None:
         raise BenchError(f"{proc.name} died (exit {proc.popen.returncode}):\n{proc.log_tail()}")

@@ -26,7 +26,7 @@ class Server:
     argv: list[str]
     cpu: int
     port: int
-    ready_path: str = "/hello"  # answers 200 once the server is up
+    ready_path: str | None = "/hello"  # answers 200 once up; None: wait for the port only
     cwd: Path | None = None
     env: dict[str, str] | None = None
     notes: dict[str, str] = field(default_factory=dict)
@@ -136,6 +136,8 @@ access_log = false
 drain_timeout = 1.0
 log_level = "info"
 
+$backends
+
 [upstreams.origin]
 targets = ["http://127.0.0.1:$upstream_port"]
 timeout = 5.0
@@ -145,17 +147,39 @@ $routes
 
 
 def node(
-    root: Path, port: int, cpu: int, upstream_port: int, routes: str, project: Path = PROJECT_DIR
+    root: Path,
+    port: int,
+    cpu: int,
+    upstream_port: int,
+    routes: str,
+    project: Path = PROJECT_DIR,
+    *,
+    name: str = "node",
+    backends: str = "",
 ) -> Server:
-    """`python run.py` of `project` on a generated config; `routes` is TOML ($$upstream_port)."""
-    directory = root / "node"
+    """`python run.py` of `project` on a generated config; `routes` is TOML ($$upstream_port),
+    `backends` an optional [backends] table."""
+    directory = root / name
     directory.mkdir()
     config = directory / "bench.toml"
     body = Template(routes).substitute(upstream_port=upstream_port)
-    config.write_text(NODE_TOML.substitute(port=port, upstream_port=upstream_port, routes=body))
+    text = NODE_TOML.substitute(
+        port=port, upstream_port=upstream_port, routes=body, backends=backends
+    )
+    config.write_text(text)
     argv = [sys.executable, str(project / "run.py"), "--config", str(config)]
     argv += ["--port", str(port), "--name", "bench"]
-    return Server("node", argv, cpu, port, "/health", project, clean_env(), {"config": str(config)})
+    return Server(name, argv, cpu, port, "/health", project, clean_env(), {"config": str(config)})
+
+
+def redis(root: Path, port: int, cpu: int) -> Server:
+    """A private redis-server (no persistence), pinned like the load side: the node's CPU
+    measures the node, not Redis."""
+    directory = root / "redis"
+    directory.mkdir()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(directory)]
+    return Server("redis", argv, cpu, port, None, directory, clean_env())
 
 
 def bare_hello(port: int, cpu: int) -> Server:

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from testkit.servers import free_port, redis_cli, start_redis, stop, wait_until
 
 from node.errors import BackendUnavailable
 from node.redisconn import RedisConnection
@@ -33,50 +33,6 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float, failure: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(failure)
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    """A free port P whose cluster bus port P + 10000 is free too."""
-    while True:
-        port = random.randrange(20000, 30000)
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
-def cli(port: int, *args: str) -> str:
-    command = ["redis-cli", "-p", str(port), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
-
-
-def start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """redis-server in the foreground on `port`, answering PING before this returns."""
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--daemonize", "no", "--dir", str(workdir), *extra]
-    process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: cli(port, "ping").strip() == "PONG", 10, f"no redis on {port}")
-    except BaseException:
-        stop(process)
-        raise
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.kill()
-    process.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[str]:
     """A 3-master Redis Cluster on free ports, for the session; its URL."""
@@ -91,7 +47,7 @@ def cluster() -> Iterator[str]:
         nodes = [f"127.0.0.1:{port}" for port in ports]
         create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
         subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        ok = lambda: all("cluster_state:ok" in cli(p, "cluster", "info") for p in ports)  # noqa: E731
+        ok = lambda: all("cluster_state:ok" in redis_cli(p, "cluster", "info") for p in ports)  # noqa: E731
         wait_until(ok, 30, "the cluster never reached cluster_state:ok")
         yield f"redis+cluster://127.0.0.1:{ports[0]}"
     finally:
