@@ -1,0 +1,131 @@
+"""Instructions per request, counted by callgrind: the stable twin of run.py's req/s.
+
+    .venv/bin/python tests/bench/instructions.py [--seconds 8]
+
+This VM's speed drifts by 20 % or more within a minute, so req/s ratios measured a few
+seconds apart move with it. Instruction counts do not: each server runs under
+`valgrind --tool=callgrind` with counting off, is warmed up, then counted while wrk sends
+requests over 4 connections; the total divided by the requests wrk completed is the cost
+of one request, repeatable to about 1 %. Pairs are printed as ratios (baseline / system),
+comparable to run.py's req/s ratios on a CPU-bound server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import harness
+import servers
+import wrk
+from harness import BenchError
+
+ORIGIN_ROUTES = """\
+[[routes]]
+path = "/hello"
+methods = ["GET"]
+target = "handler:node.demo:hello"
+
+[[routes]]
+path = "/proxy/{tail:.*}"
+target = "upstream:origin"
+strip_prefix = "/proxy"
+
+[[routes]]
+path = "/limited"
+methods = ["GET"]
+target = "handler:node.demo:hello"
+ratelimit = { limit = 1000000000, window = 60, key = "ip" }
+"""
+
+# (label, server, path, baseline label)
+CASES = [
+    ("bare aiohttp hello", "bare-hello", "/hello", None),
+    ("node handler route", "node", "/hello", "bare aiohttp hello"),
+    ("bare aiohttp proxy", "bare-proxy", "/hello", None),
+    ("node proxy route", "node", "/proxy/hello", "bare aiohttp proxy"),
+    ("rate limited, embedded", "node", "/limited", "node handler route"),
+]
+
+
+def count(server: servers.Server, path: str, seconds: float, root: Path) -> tuple[int, int]:
+    """(instructions, requests) while wrk runs against `path` of `server` under callgrind."""
+    out = root / f"callgrind.{server.name}.{abs(hash(path))}"
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    proc = harness.start(
+        server.name,
+        argv + server.argv,
+        cpu=server.cpu,
+        log_dir=root,
+        cwd=server.cwd,
+        env=server.env,
+    )
+    try:
+        harness.wait_ready(proc, server.url(server.ready_path or "/"), timeout=120.0)
+        url = server.url(path)
+        wrk.run(url, duration=3.0, connections=4, threads=1, cpu=0)  # warm up, uncounted
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        result = wrk.run(url, duration=seconds, connections=4, threads=1, cpu=0)
+        subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1.0)
+    finally:
+        harness.stop(proc)
+    total = 0
+    for dump in root.glob(out.name + "*"):
+        # Each dump file ends with its part's total ("summary:" near the top is not it).
+        totals = re.findall(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
+        total += int(totals[-1]) if totals else 0
+    return total, result.requests
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per case")
+    args = parser.parse_args(argv)
+    try:
+        for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
+            harness.require_tool(tool)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="scalenode-instr-"))
+    origin = servers.upstream_nginx(harness.require_tool("nginx"), root, harness.free_port(), 0)
+    origin_proc = harness.start(origin.name, origin.argv, cpu=0, log_dir=root, cwd=origin.cwd)
+    per_request: dict[str, float] = {}
+    try:
+        harness.wait_ready(origin_proc, origin.url(origin.ready_path or "/"))
+        systems = {
+            "bare-hello": servers.bare_hello(harness.free_port(), 1),
+            "bare-proxy": servers.bare_proxy(harness.free_port(), 1, origin.port),
+            "node": servers.node(root, harness.free_port(), 1, origin.port, ORIGIN_ROUTES),
+        }
+        for label, name, path, _ in CASES:
+            instructions, requests = count(systems[name], path, args.seconds, root)
+            per_request[label] = instructions / max(requests, 1)
+            print(
+                f"bench: {label}: {requests} requests, {per_request[label]:,.0f} instr/request",
+                file=sys.stderr,
+            )
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        harness.stop(origin_proc)
+        shutil.rmtree(root, ignore_errors=True)
+    print("| system | instructions / request | ratio |\n|---|--:|---|")
+    for label, _, _, baseline in CASES:
+        ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}" if baseline else "—"
+        print(f"| {label} | {per_request[label]:,.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
