@@ -26,23 +26,7 @@ import servers
 import wrk
 from harness import BenchError
 
-ORIGIN_ROUTES = """\
-[[routes]]
-path = "/hello"
-methods = ["GET"]
-target = "handler:node.demo:hello"
-
-[[routes]]
-path = "/proxy/{tail:.*}"
-target = "upstream:origin"
-strip_prefix = "/proxy"
-
-[[routes]]
-path = "/limited"
-methods = ["GET"]
-target = "handler:node.demo:hello"
-ratelimit = { limit = 1000000000, window = 60, key = "ip" }
-"""
+from run import NODE_ROUTES  # the same routes as the req/s benchmark
 
 # (label, server, path, baseline label)
 CASES = [
@@ -105,7 +89,7 @@ def main(argv: list[str]) -> int:
         systems = {
             "bare-hello": servers.bare_hello(harness.free_port(), 1),
             "bare-proxy": servers.bare_proxy(harness.free_port(), 1, origin.port),
-            "node": servers.node(root, harness.free_port(), 1, origin.port, ORIGIN_ROUTES),
+            "node": servers.node(root, harness.free_port(), 1, origin.port, NODE_ROUTES),
         }
         for label, name, path, _ in CASES:
             instructions, requests = count(systems[name], path, args.seconds, root)
