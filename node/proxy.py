@@ -5,6 +5,7 @@ from __future__ import annotations
 from multidict import CIMultiDict
 
 from node.call import Call, Reply
+from node.errors import Rejected
 from node.forwarding import TrustedProxies
 from node.upstream import HOP_BY_HOP, UpstreamPool, end_to_end
 
@@ -69,9 +70,13 @@ class UpstreamProxy:
         return headers
 
     async def __call__(self, call: Call) -> Reply:
-        reply = await self.pool.send(
-            call.method, self.upstream_path(call), self.forward_headers(call), call.body
-        )
+        try:
+            reply = await self.pool.send(
+                call.method, self.upstream_path(call), self.forward_headers(call), call.body
+            )
+        except Rejected as exc:  # 502/504: the id lets the client's report meet the node's log
+            exc.headers.setdefault("X-Request-Id", call.request_id)
+            raise
         if "X-Request-Id" not in reply.headers:
             reply.headers["X-Request-Id"] = call.request_id  # type: ignore[index]
         return reply

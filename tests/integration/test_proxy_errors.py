@@ -42,6 +42,19 @@ async def test_upstream_down_is_502(node_factory: NodeFactory, closed_port: int)
         await assert_json_error(resp, 502, "bad_gateway")
 
 
+async def test_gateway_errors_carry_the_request_id(
+    node_factory: NodeFactory, closed_port: int
+) -> None:
+    """A 502 names the request: the client's X-Request-Id, or the one the node made."""
+    client = await node_factory(proxy_settings([f"http://127.0.0.1:{closed_port}"]))
+    async with client.get("/api/x", headers={"X-Request-Id": "req-42"}) as resp:
+        assert resp.status == 502
+        assert resp.headers["X-Request-Id"] == "req-42"
+    async with client.get("/api/x") as resp:
+        assert resp.status == 502
+        assert len(resp.headers["X-Request-Id"]) >= 16
+
+
 async def test_slow_upstream_is_504_within_the_timeout(
     node_factory: NodeFactory, upstream: Upstream
 ) -> None:
