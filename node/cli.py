@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from node.config import Settings, load_settings
+from node.config import Settings, load_settings, redact_url
 from node.errors import ConfigError
 from node.roles import ROLE_COMPONENTS, ROLES
 
@@ -74,8 +74,8 @@ def summary(settings: Settings, role: str) -> str:
     lines = [
         f"config ok: node {node.name} on {node.host}:{node.port}, role {role} "
         f"({', '.join(ROLE_COMPONENTS[role])})",
-        f"backends: redis={settings.backends.redis or 'embedded'} "
-        f"amqp={settings.backends.amqp or 'embedded'}",
+        f"backends: redis={redact_url(settings.backends.redis) or 'embedded'} "
+        f"amqp={redact_url(settings.backends.amqp) or 'embedded'}",
     ]
     for name, pool in settings.upstreams.items():
         lines.append(f"upstream {name}: {pool.balance} over {', '.join(pool.targets)}")

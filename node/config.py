@@ -247,6 +247,16 @@ class Settings:
                 methods[method] = i
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and summaries."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}" if user else f"{scheme}{sep}***@{host}"
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:

@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from node.autopipe import AutoPipeline
+from node.config import redact_url
 from node.errors import BackendUnavailable
 
 log = logging.getLogger("scalenode.redis")
@@ -98,7 +99,7 @@ class RedisConnection:
         self.outages += 1
         log.warning(
             "redis at %s unreachable (%s); failing fast and reconnecting",
-            redact(self.url),
+            redact_url(self.url),
             type(exc).__name__,
         )
         self._reconnecting = asyncio.ensure_future(self._reconnect())
@@ -111,7 +112,7 @@ class RedisConnection:
             except (*OUTAGE_ERRORS, RedisError):
                 continue
             self.available = True
-            log.warning("redis at %s answers again", redact(self.url))
+            log.warning("redis at %s answers again", redact_url(self.url))
             return
 
     async def close(self) -> None:
@@ -121,13 +122,3 @@ class RedisConnection:
         if self.pipeline is not None:
             await self.pipeline.close()
         await self.client.aclose()
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}" if user else f"{scheme}{sep}***@{host}"
-    return url

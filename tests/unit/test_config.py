@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import Settings, load_settings
+from node.config import Settings, load_settings, redact_url
 from node.errors import ConfigError
 
 UPSTREAM = '[upstreams.users]\ntargets = ["http://127.0.0.1:9001"]\n'
@@ -316,3 +316,17 @@ def test_cli_overrides_are_validated(tmp_path):
     """An out-of-range flag value is reported like a file value."""
     message = config_error(tmp_path, "", overrides={"port": 70000})
     assert message == "node.port: must be between 0 and 65535"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+        ("redis://:s3cret@h:6379/0", "redis://***@h:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("", ""),
+    ],
+)
+def test_redact_url_hides_passwords(url, shown):
+    """Backend URLs are shown (summaries, logs) without their password."""
+    assert redact_url(url) == shown
