@@ -100,10 +100,6 @@ class RequestCall(Call):
         return self._request.host
 
 
-def make_call(request: web.Request, route: str, body: bytes) -> Call:
-    return RequestCall(request, route, body)
-
-
 def to_response(reply: Reply, node: str) -> web.Response:
     if not reply.headers and reply.content_type == JSON_TYPE:
         # The common case, on aiohttp's cheapest path (callgrind: ~5k instructions less).

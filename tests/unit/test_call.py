@@ -1,4 +1,4 @@
-"""node/call.py and node/http.make_call: the Call and Reply that plugins and targets see."""
+"""node/call.py and node/http.RequestCall: the Call and Reply that plugins and targets see."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from node.call import MAX_REQUEST_ID, Call, Reply
-from node.http import make_call
+from node.http import RequestCall
 
 
 def peer(address: str) -> mock.Mock:
@@ -31,42 +31,42 @@ def call_for(
         match_info=match_info or {},
         transport=peer("203.0.113.9"),
     )
-    return make_call(request, "items", body)
+    return RequestCall(request, "items", body)
 
 
 def with_request_id(value: str) -> Call:
     return Call("GET", "/", headers=CIMultiDict({"X-Request-Id": value}))
 
 
-async def test_make_call_maps_method_path_and_route():
+async def test_request_call_maps_method_path_and_route():
     """The call carries the request's method, path (without query) and the route label."""
     call = call_for("PUT")
     assert (call.method, call.path, call.route) == ("PUT", "/items/7", "items")
 
 
-async def test_make_call_maps_params():
+async def test_request_call_maps_params():
     """Route {name} matches arrive as call.params."""
     assert call_for(match_info={"key": "7"}).params["key"] == "7"
 
 
-async def test_make_call_keeps_raw_query_string():
+async def test_request_call_keeps_raw_query_string():
     """The raw query string is kept for proxying, untouched."""
     assert call_for().query_string == "a=1&a=2&b="
 
 
-async def test_make_call_maps_headers_case_insensitively():
+async def test_request_call_maps_headers_case_insensitively():
     """Request headers are readable in any case."""
     call = call_for(headers={"Host": "h", "X-Custom": "v"})
     assert call.headers["x-custom"] == "v"
 
 
-async def test_make_call_maps_client_scheme_and_host():
+async def test_request_call_maps_client_scheme_and_host():
     """client is the peer address, scheme and host come from the request."""
     call = call_for()
     assert (call.client, call.scheme, call.host) == ("203.0.113.9", "http", "example.com:8080")
 
 
-async def test_make_call_carries_body():
+async def test_request_call_carries_body():
     """The body read by the adapter is the call's body, and call.json() parses it."""
     call = call_for("POST", body=b'{"n": 1}')
     assert call.body == b'{"n": 1}'
