@@ -1,13 +1,13 @@
--- Decide one request against all of a route's limits for one client, atomically, on Redis
--- time. Mirrors plugins/ratelimit/algorithms.py operation for operation (see there).
--- KEYS[i]: the state of limit i (a hash {w, c, p} for windows, {t, f} for the bucket);
--- every key shares one {hash tag}, so the script runs unchanged on Redis Cluster.
--- ARGV: algorithm ("sliding_window" | "fixed_window" | "token_bucket"), cost,
---       then limit, window_us, burst for each key.
--- Returns: {allowed (0/1), then remaining, reset_us, retry_us for each limit}.
+-- Decide a batch of requests, each against all of its route's limits for its client,
+-- atomically, on Redis time. Mirrors plugins/ratelimit/algorithms.py operation for
+-- operation (see there). A node sends every check of one event-loop tick as one batch.
+-- KEYS: each request's limit states in order (a hash {w, c, p} for windows, {t, f} for the
+-- bucket); one request's keys share a {hash tag}, and on Redis Cluster a batch is one request.
+-- ARGV: the number of requests, then for each: its number of limits n, algorithm
+--       ("sliding_window" | "fixed_window" | "token_bucket"), cost, then n x (limit,
+--       window_us, burst).
+-- Returns, for each request: allowed (0/1), then remaining, reset_us, retry_us per limit.
 
-local algorithm = ARGV[1]
-local cost = tonumber(ARGV[2])
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
@@ -83,15 +83,14 @@ local function bucket(key, limit, win, burst, c)
   return remaining, reset, retry, state, math.max(1, q + 1)
 end
 
-local function step(i, c)
-  local base = 3 + (i - 1) * 3
+local function step(algorithm, key, base, c)
   local limit, win, burst = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-  if algorithm == "token_bucket" then return bucket(KEYS[i], limit, win, burst, c) end
-  if algorithm == "fixed_window" then return fixed(KEYS[i], limit, win, c) end
-  return sliding(KEYS[i], limit, win, c)
+  if algorithm == "token_bucket" then return bucket(key, limit, win, burst, c) end
+  if algorithm == "fixed_window" then return fixed(key, limit, win, c) end
+  return sliding(key, limit, win, c)
 end
 
-local function store(key, state, ttl_us)
+local function store(algorithm, key, state, ttl_us)
   local ttl_ms = math.ceil(ttl_us / 1000)
   if algorithm == "token_bucket" then
     redis.call("HSET", key, "t", string.format("%.0f", state[1]), "f", string.format("%.0f", state[2]))
@@ -101,25 +100,31 @@ local function store(key, state, ttl_us)
   redis.call("PEXPIRE", key, ttl_ms)
 end
 
-local n = #KEYS
-local trial, allowed = {}, true
-for i = 1, n do
-  local remaining, reset, retry, state, ttl = step(i, cost)
-  trial[i] = {remaining, reset, retry, state, ttl}
-  if retry > 0 then allowed = false end
-end
-
-local out = {allowed and 1 or 0}
-for i = 1, n do
-  local r = trial[i]
-  if not allowed then
-    -- Rejected: report (and keep) each limit's state without this request's cost.
-    local remaining, reset, _, state, ttl = step(i, 0)
-    r = {remaining, reset, r[3], state, ttl}
+local out = {}
+local key_at, arg_at = 0, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n, algorithm, cost = tonumber(ARGV[arg_at]), ARGV[arg_at + 1], tonumber(ARGV[arg_at + 2])
+  local first = arg_at + 3
+  local trial, allowed = {}, true
+  for i = 1, n do
+    local remaining, reset, retry, state, ttl = step(algorithm, KEYS[key_at + i], first + (i - 1) * 3, cost)
+    trial[i] = {remaining, reset, retry, state, ttl}
+    if retry > 0 then allowed = false end
   end
-  store(KEYS[i], r[4], r[5])
-  out[#out + 1] = r[1]
-  out[#out + 1] = r[2]
-  out[#out + 1] = r[3]
+  out[#out + 1] = allowed and 1 or 0
+  for i = 1, n do
+    local r = trial[i]
+    if not allowed then
+      -- Rejected: report (and keep) each limit's state without this request's cost.
+      local remaining, reset, _, state, ttl = step(algorithm, KEYS[key_at + i], first + (i - 1) * 3, 0)
+      r = {remaining, reset, r[3], state, ttl}
+    end
+    store(algorithm, KEYS[key_at + i], r[4], r[5])
+    out[#out + 1] = r[1]
+    out[#out + 1] = r[2]
+    out[#out + 1] = r[3]
+  end
+  key_at = key_at + n
+  arg_at = first + n * 3
 end
 return out

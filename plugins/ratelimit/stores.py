@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from node.autopipe import AutoPipeline, ReplyError, pack
+from node.autopipe import AutoPipeline, ReplyError
+from node.errors import BackendUnavailable
 from node.redisconn import RedisConnection
 from plugins.ratelimit.algorithms import STEP, Limit, State, Verdict, decide, state_ttl_us
 
@@ -92,36 +93,39 @@ class MemoryCounter:
         return Decision(allowed, verdicts)
 
 
-class RedisCounter:
-    """One EVALSHA per request for all its limits, on Redis time; Cluster-safe key tags.
+def bulk(value: str | int) -> bytes:
+    data = str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
-    Concurrent requests' scripts are auto-pipelined (one write per loop tick); the
-    command's constant part is packed once per limit set.
+
+class RedisCounter:
+    """All limits of a request in one script run, on Redis time; Cluster-safe key tags.
+
+    The checks of one event-loop tick travel as ONE script call (a batch: one command to
+    write, one reply to parse, one script run), over the auto-pipeline's connection. Each
+    request's arguments are packed once per limit set. On Redis Cluster, where one
+    script may only touch one slot, each request is its own batch through redis-py.
     """
 
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
         self.script = connection.client.register_script(LUA)
-        self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, bytes]] = {}
+        self._sha = bulk(self.script.sha)
+        self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, int]] = {}
+        self._batch: list[tuple[Sequence[str], bytes, int, asyncio.Future[list[int]]]] = []
         self._loading: asyncio.Future[Any] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
-    def packed_parts(
-        self, algorithm: str, limits: Sequence[Limit], cost: int
-    ) -> tuple[bytes, bytes]:
-        """The RESP bytes before the keys (command, sha, key count) and after them (ARGV)."""
+    def request_args(self, algorithm: str, limits: Sequence[Limit], cost: int) -> tuple[bytes, int]:
+        """One request's part of ARGV, packed as RESP, and how many arguments it holds."""
         key = (algorithm, tuple(limits), cost)
-        parts = self._packed.get(key)
-        if parts is None:
-            args = [algorithm, cost]
+        packed = self._packed.get(key)
+        if packed is None:
+            args: list[str | int] = [len(limits), algorithm, cost]
             for lim in limits:
                 args += (lim.limit, lim.window_us, lim.burst)
-            n_keys = len(limits)
-            head = pack(b"EVALSHA", self.script.sha.encode(), str(n_keys).encode())
-            # Re-head the array with the full element count: 3 + keys + args.
-            head = b"*%d\r\n" % (3 + n_keys + len(args)) + head.split(b"\r\n", 1)[1]
-            tail = pack(*(str(a).encode() for a in args)).split(b"\r\n", 1)[1]
-            parts = self._packed[key] = (head, tail)
-        return parts
+            packed = self._packed[key] = (b"".join(bulk(a) for a in args), len(args))
+        return packed
 
     async def _evalsha(self, pipeline: AutoPipeline, command: bytes) -> Any:
         try:
@@ -141,16 +145,57 @@ class RedisCounter:
     ) -> Decision:
         pipeline = self.connection.pipeline
         if pipeline is None:  # Redis Cluster: redis-py routes the script to the keys' slot
-            args: list[str | int] = [algorithm, cost]
+            args: list[str | int] = [1, len(limits), algorithm, cost]
             for lim in limits:
                 args += (lim.limit, lim.window_us, lim.burst)
             raw = await self.connection.run(lambda c: self.script(keys=list(keys), args=args))
         else:
-            head, tail = self.packed_parts(algorithm, limits, cost)
-            packed_keys = b"".join(b"$%d\r\n%s\r\n" % (len(k), k.encode()) for k in keys)
-            command = head + packed_keys + tail
-            raw = await self.connection.run(lambda _: self._evalsha(pipeline, command))
+            if not self.connection.available:
+                raise BackendUnavailable("redis is unreachable; reconnecting")
+            packed, count = self.request_args(algorithm, limits, cost)
+            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            self._batch.append((keys, packed, count, future))
+            if len(self._batch) == 1:
+                asyncio.get_running_loop().call_soon(self._flush, pipeline)
+            raw = await future
         verdicts = [
             Verdict(int(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(1, len(raw), 3)
         ]
         return Decision(bool(raw[0]), verdicts)
+
+    def _flush(self, pipeline: AutoPipeline) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._send(pipeline, batch))
+        self._sending.add(task)  # a task nobody references may be collected mid-flight
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self,
+        pipeline: AutoPipeline,
+        batch: list[tuple[Sequence[str], bytes, int, asyncio.Future[list[int]]]],
+    ) -> None:
+        keys = [key for request in batch for key in request[0]]
+        argc = 1 + sum(request[2] for request in batch)
+        command = b"".join(
+            [
+                b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + argc),
+                self._sha,
+                bulk(len(keys)),
+                *(bulk(key) for key in keys),
+                bulk(len(batch)),
+                *(request[1] for request in batch),
+            ]
+        )
+        try:
+            raw = await self.connection.run(lambda _: self._evalsha(pipeline, command))
+        except Exception as exc:  # every request of the batch learns why, none hangs
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(BackendUnavailable(str(exc)))
+            return
+        at = 0
+        for request_keys, _, _, future in batch:
+            width = 1 + 3 * len(request_keys)
+            if not future.done():
+                future.set_result(raw[at : at + width])
+            at += width
