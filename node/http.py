@@ -8,7 +8,6 @@ becomes its status with `{"error", "detail"}`; anything else is logged and becom
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
 from collections.abc import Mapping
 from time import perf_counter
 
@@ -17,7 +16,7 @@ from multidict import CIMultiDictProxy, istr
 
 from node.call import JSON_TYPE, ByteStream, Call, Handler, Reply
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
-from node.metrics import LATENCY_BOUNDS, RouteStats
+from node.metrics import RouteStats
 from node.targets import as_reply
 
 log = logging.getLogger("scalenode.http")
@@ -141,7 +140,6 @@ async def stream_reply(
 def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
     """The aiohttp handler of one route: the adapter around its composed pipeline."""
     label = stats.label
-    statuses, buckets = stats.statuses, stats.buckets  # RouteStats.record, inlined
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         stats.in_flight += 1
@@ -161,12 +159,8 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
                 return to_response(reply, node)
             return await stream_reply(request, reply, reply.stream, node)
         finally:
-            elapsed = perf_counter() - started
             stats.in_flight -= 1
-            status = reply.status
-            statuses[status] = statuses.get(status, 0) + 1
-            buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-            stats.latency_sum += elapsed
+            stats.record(reply.status, perf_counter() - started)
 
     return endpoint
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from node.autopipe import AutoPipeline, ReplyError
 from node.errors import BackendUnavailable
 from node.redisconn import RedisConnection
-from plugins.ratelimit.algorithms import STEP, Limit, State, Verdict, decide, state_ttl_us
+from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, state_ttl_us
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
 # The embedded store forgets the least recently used clients beyond this many keys.
@@ -66,22 +66,6 @@ class MemoryCounter:
     ) -> Decision:
         now = self.clock()
         states = self._states
-        if len(keys) == 1:  # the common case, without the loops
-            key, lim = keys[0], limits[0]
-            entry = states.get(key)
-            old = entry[0] if entry is not None and entry[1] > now else None
-            verdict, state = STEP[algorithm](old, lim, now, cost)
-            allowed = verdict.retry_us == 0
-            if not allowed:  # report (and keep) the state without this request's cost
-                retry = verdict.retry_us
-                verdict, state = STEP[algorithm](old, lim, now, 0)
-                verdict.retry_us = retry
-            verdicts = [verdict]
-            states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
-            states.move_to_end(key)
-            if len(states) > self.max_keys:
-                states.popitem(last=False)
-            return Decision(allowed, verdicts)
         allowed, verdicts, new_states = decide(
             algorithm, [self._load(key, now) for key in keys], limits, now, cost
         )
@@ -111,19 +95,29 @@ class RedisCounter:
         self.connection = connection
         self.script = connection.client.register_script(LUA)
         self._sha = bulk(self.script.sha)
+        self._args: dict[tuple[str, tuple[Limit, ...], int], list[str | int]] = {}
         self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, int]] = {}
         self._batch: list[tuple[Sequence[str], bytes, int, asyncio.Future[list[int]]]] = []
         self._loading: asyncio.Future[Any] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
-    def request_args(self, algorithm: str, limits: Sequence[Limit], cost: int) -> tuple[bytes, int]:
-        """One request's part of ARGV, packed as RESP, and how many arguments it holds."""
+    def request_args(self, algorithm: str, limits: Sequence[Limit], cost: int) -> list[str | int]:
+        """One request's part of ARGV: its limit count, algorithm, cost and limits."""
+        key = (algorithm, tuple(limits), cost)
+        args = self._args.get(key)
+        if args is None:
+            args = [len(limits), algorithm, cost]
+            for lim in limits:
+                args += (lim.limit, lim.window_us, lim.burst)
+            self._args[key] = args
+        return args
+
+    def packed_args(self, algorithm: str, limits: Sequence[Limit], cost: int) -> tuple[bytes, int]:
+        """The same, packed as RESP, and how many arguments it holds."""
         key = (algorithm, tuple(limits), cost)
         packed = self._packed.get(key)
         if packed is None:
-            args: list[str | int] = [len(limits), algorithm, cost]
-            for lim in limits:
-                args += (lim.limit, lim.window_us, lim.burst)
+            args = self.request_args(algorithm, limits, cost)
             packed = self._packed[key] = (b"".join(bulk(a) for a in args), len(args))
         return packed
 
@@ -145,14 +139,12 @@ class RedisCounter:
     ) -> Decision:
         pipeline = self.connection.pipeline
         if pipeline is None:  # Redis Cluster: redis-py routes the script to the keys' slot
-            args: list[str | int] = [1, len(limits), algorithm, cost]
-            for lim in limits:
-                args += (lim.limit, lim.window_us, lim.burst)
+            args = [1, *self.request_args(algorithm, limits, cost)]  # a batch of one
             raw = await self.connection.run(lambda c: self.script(keys=list(keys), args=args))
         else:
             if not self.connection.available:
                 raise BackendUnavailable("redis is unreachable; reconnecting")
-            packed, count = self.request_args(algorithm, limits, cost)
+            packed, count = self.packed_args(algorithm, limits, cost)
             future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             self._batch.append((keys, packed, count, future))
             if len(self._batch) == 1:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from e2e_harness import in_flight, refuses_connections, request, wait_for
 
 SLOW_CONFIG = """
@@ -60,9 +60,10 @@ def test_sigterm_when_idle_exits_0_quickly(start_node, write_config) -> None:
     assert "Traceback" not in node.stderr()
 
 
-def test_sigterm_drain_is_bounded_by_drain_timeout(start_node, write_config) -> None:
-    """A request longer than drain_timeout = 1 does not keep the node alive: exit 0 in ~1 s."""
-    config = write_config(SLOW_CONFIG.format(drain_timeout=1))
+@pytest.mark.parametrize("drain", [1, 2])
+def test_drain_timeout_bounds_the_whole_drain(start_node, write_config, drain) -> None:
+    """A request longer than drain_timeout gets that long after SIGTERM, not twice it: exit 0."""
+    config = write_config(SLOW_CONFIG.format(drain_timeout=drain))
     node = start_node("--config", str(config))
     with ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(request, node.port, "/slow?seconds=30", timeout=15.0)
@@ -77,22 +78,5 @@ def test_sigterm_drain_is_bounded_by_drain_timeout(start_node, write_config) -> 
         except (OSError, http.client.HTTPException):
             status = None
     assert code == 0
-    assert 0.8 <= elapsed < 1.0 + 3.0, f"exited {elapsed:.2f} s after SIGTERM"
+    assert 0.8 * drain <= elapsed < drain + 1.0, f"exited {elapsed:.2f} s, drain_timeout {drain}"
     assert status != 200
-
-
-def test_drain_timeout_bounds_the_whole_drain(start_node, write_config) -> None:
-    """A stuck request gets drain_timeout (2 s) after SIGTERM, not twice that."""
-    config = write_config(SLOW_CONFIG.format(drain_timeout=2))
-    node = start_node("--config", str(config))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        slow = pool.submit(request, node.port, "/slow?seconds=30", timeout=15.0)
-        assert wait_for(lambda: in_flight(node.port, "/slow") >= 1, timeout=5.0)
-        signalled = time.monotonic()
-        node.proc.send_signal(signal.SIGTERM)
-        code = node.proc.wait(timeout=10.0)
-        elapsed = time.monotonic() - signalled
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            slow.result(timeout=5.0)
-    assert code == 0
-    assert elapsed < 2.0 + 1.0, f"exited {elapsed:.2f} s after SIGTERM with drain_timeout = 2"
