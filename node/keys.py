@@ -8,3 +8,6 @@ NODES_INDEX = "sn:{nodes}:index"  # sorted set: node name → last heartbeat (Re
 NODE_INFO = "sn:{nodes}:node:"  # + node name: its heartbeat record, expiring with a TTL
 RATELIMIT = "sn:rl:"  # + {scope:client digest}:algorithm:window: a limit's state
 API_KEY_TIERS = "sn:rl:apikeys"  # hash: sha256(API key) → tier name
+# Cluster bus channels (node/bus.py); pub/sub channels are cluster-wide, no slot needed.
+CACHE_EVENTS = "sn:bus:cache"  # invalidations: every node drops matching L1 entries
+BREAKER_EVENTS = "sn:bus:breaker"  # trips and closes of upstream members

@@ -1,6 +1,6 @@
-"""App-wide objects that plugins share: the Redis connection, the node registry, admin
-routes, and one slot per plugin for what its routes share. Built with the app (no I/O),
-started and closed by the app's cleanup context."""
+"""App-wide objects that plugins share: the Redis connection, the node registry, the
+cluster bus, admin routes, and one slot per plugin for what its routes share. Built with
+the app (no I/O), started and closed by the app's cleanup context."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from node.bus import ClusterBus
 from node.config import Settings
 from node.forwarding import TrustedProxies
 from node.redisconn import RedisConnection
@@ -25,6 +26,7 @@ class Resources:
     redis: RedisConnection | None
     registry: NodeRegistry
     trusted: TrustedProxies
+    bus: ClusterBus
     admin_routes: list[web.RouteDef] = field(default_factory=list)
     # Backends whose outage every user degrades through (fail open, local share): their
     # failure marks /ready "degraded" but keeps it 200, so the balancer keeps the node.
@@ -39,7 +41,8 @@ class Resources:
         redis = RedisConnection(settings.backends.redis) if settings.backends.redis else None
         node = settings.node
         registry = NodeRegistry(node.name, role, f"{node.host}:{node.port}", redis, version=VERSION)
-        return cls(settings, redis, registry, TrustedProxies(node.trusted_proxies))
+        trusted = TrustedProxies(node.trusted_proxies)
+        return cls(settings, redis, registry, trusted, ClusterBus(redis))
 
     def shared(self, name: str, make: Callable[[], T]) -> T:
         """The one object called `name` that every route's plugin shares, made on first use."""
@@ -49,7 +52,9 @@ class Resources:
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         await self.registry.start()
+        await self.bus.start()
         yield
+        await self.bus.stop()
         await self.registry.stop()
         if self.redis is not None:
             await self.redis.close()

@@ -15,7 +15,6 @@ import orjson
 import pytest
 from ratelimit_helpers import (
     SHARED_REDIS,
-    RedisServer,
     avoid_window_edge,
     burst,
     connect,
@@ -27,6 +26,7 @@ from ratelimit_helpers import (
     url,
     wait_until,
 )
+from testkit.servers import RedisServer
 
 LIMIT = 20  # per window across the cluster in the outage tests
 WINDOW = 60

@@ -11,15 +11,20 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
+from testkit.servers import free_port, redis_cli, start_redis, stop, wait_until
 
 from node.app import build_app
 from node.config import Settings
@@ -244,3 +249,26 @@ async def node_factory() -> AsyncIterator[NodeFactory]:
 async def node(node_factory: NodeFactory, upstream: Upstream) -> TestClient:
     """The node with the default settings, proxying /api/... to one upstream."""
     return await node_factory(proxy_settings([upstream.url]))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[str]:
+    """A 3-master Redis Cluster on free ports, for the session; its URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="scalenode-cluster-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = []
+        for _ in range(3):
+            ports.append(free_port())
+            conf = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{ports[-1]}.conf"]
+            processes.append(start_redis(ports[-1], workdir, *conf))
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
+        subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        ok = lambda: all("cluster_state:ok" in redis_cli(p, "cluster", "info") for p in ports)  # noqa: E731
+        wait_until(ok, 30, "the cluster never reached cluster_state:ok")
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for process in processes:
+            stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
