@@ -11,6 +11,7 @@ from node.admin import admin_app
 from node.backends import build_probes
 from node.config import Settings, route_methods
 from node.errors import ConfigError
+from node.health import health_context
 from node.http import route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
 from node.pipeline import BuildContext, PluginFactory, build_plugins, compose
@@ -65,6 +66,8 @@ def build_app(
         app.add_subapp("/admin", admin)
     app.cleanup_ctx.append(resources.lifespan)
     app.cleanup_ctx.append(pools_context)
+    if ROUTES in components:
+        app.cleanup_ctx.append(health_context(pools))  # stopped before the pools close
     resources = list(app.router.resources())
     app.router.add_route("*", "/{tail:.*}", unmatched_endpoint(node, resources))
     return app
@@ -81,7 +84,7 @@ def add_routes(
     trusted = resources.trusted
     for i, route in enumerate(settings.routes):
         path = join("routes", i)
-        ctx = BuildContext(settings, route, path, resources)
+        ctx = BuildContext(settings, route, path, resources, pools)
         plugins = build_plugins(ctx, factories)
         stats.plugins.extend((route.label, plugin) for plugin in plugins)
         target = build_target(

@@ -11,3 +11,8 @@ API_KEY_TIERS = "sn:rl:apikeys"  # hash: sha256(API key) → tier name
 # Cluster bus channels (node/bus.py); pub/sub channels are cluster-wide, no slot needed.
 CACHE_EVENTS = "sn:bus:cache"  # invalidations: every node drops matching L1 entries
 BREAKER_EVENTS = "sn:bus:breaker"  # trips and closes of upstream members
+# Breakers (plugins/breaker/shared.py): + pool|member. A trip's record, expiring when the
+# member's open period ends (for nodes that start or reconnect meanwhile), and the token of
+# the one node that may send half-open trial calls.
+BREAKER_TRIPS = "sn:br:trip:"
+BREAKER_PROBES = "sn:br:probe:"

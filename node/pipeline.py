@@ -7,7 +7,7 @@ A plugin wraps the rest of the chain: `await plugin(call, next)` may answer earl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from node.call import Call, Handler, Reply
@@ -15,6 +15,7 @@ from node.config import RouteSettings, Settings
 from node.errors import ConfigError
 from node.resources import Resources
 from node.schema import join
+from node.upstream import UpstreamPool
 
 
 class Plugin(Protocol):
@@ -29,13 +30,15 @@ class Plugin(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BuildContext:
-    """What a plugin factory may use while it builds: the settings, its route, and the
-    node's shared resources (Redis, the registry, admin routes)."""
+    """What a plugin factory may use while it builds: the settings, its route, the node's
+    shared resources (Redis, the registry, admin routes) and its upstream pools (the
+    breaker guards their members)."""
 
     settings: Settings
     route: RouteSettings
     path: str  # e.g. "routes[2]"
     resources: Resources
+    pools: Mapping[str, UpstreamPool] = field(default_factory=dict)
 
 
 class PluginFactory(Protocol):

@@ -72,7 +72,11 @@ class UpstreamProxy:
     async def __call__(self, call: Call) -> Reply:
         try:
             reply = await self.pool.send(
-                call.method, self.upstream_path(call), self.forward_headers(call), call.body
+                call.method,
+                self.upstream_path(call),
+                self.forward_headers(call),
+                call.body,
+                call.shard,  # set by the shard plugin: picks the member of a hash pool
             )
         except Rejected as exc:  # 502/504: the id lets the client's report meet the node's log
             exc.headers.setdefault("X-Request-Id", call.request_id)

@@ -4,7 +4,7 @@ the app (no I/O), started and closed by the app's cleanup context."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,6 +34,9 @@ class Resources:
     # Backends some user cannot do without (a rate limit that fails closed): their outage
     # makes /ready 503 even if other users tolerate it.
     required: set[str] = field(default_factory=set)
+    # Run once the bus is started / before it stops: what a plugin shares must load or let go.
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _shared: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -53,7 +56,11 @@ class Resources:
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         await self.registry.start()
         await self.bus.start()
+        for start in self.on_start:
+            await start()
         yield
+        for stop in self.on_stop:
+            await stop()
         await self.bus.stop()
         await self.registry.stop()
         if self.redis is not None:

@@ -11,6 +11,7 @@ import io
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -19,6 +20,8 @@ from yarl import URL
 from node.call import Reply
 from node.config import UpstreamSettings
 from node.errors import BadGateway, GatewayTimeout
+from node.failover import Failover, MemberCircuit, member_snapshot
+from node.ring import HashRing
 
 # Upstream responses up to this size are read whole (the fast path, and cacheable);
 # longer or unsized ones are streamed through to the client chunk by chunk.
@@ -62,14 +65,28 @@ def end_to_end(headers: Mapping[str, str], drop: frozenset[str] = HOP_BY_HOP) ->
 
 
 class Member:
-    __slots__ = ("failures", "in_flight", "requests", "timeouts", "url")
+    __slots__ = (
+        "circuit",
+        "failures",
+        "healthy",
+        "in_flight",
+        "name",
+        "requests",
+        "retries",
+        "timeouts",
+        "url",
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
+        self.name = urlsplit(self.url).netloc  # host:port, as ketama rings name servers
         self.in_flight = 0
         self.requests = 0
         self.failures = 0  # answered 502: refused, reset, broken response
         self.timeouts = 0  # answered 504
+        self.retries = 0  # retries sent here after another member failed
+        self.healthy = True  # False while active health checks eject it
+        self.circuit: MemberCircuit | None = None  # its breaker, when a route has one
 
     def done(self) -> None:
         self.in_flight -= 1
@@ -186,7 +203,11 @@ class BodyStream:
 
 
 class UpstreamPool:
-    """A named set of members and the policy that picks one per call."""
+    """A named set of members and the policy that picks one per call.
+
+    A plain pool sends with `_send_plain`; breakers, health checks, retries or a hash ring
+    switch it to its `Failover`, so a pool that needs none of them pays for none.
+    """
 
     def __init__(self, name: str, settings: UpstreamSettings, client: UpstreamClient) -> None:
         self.name = name
@@ -196,6 +217,17 @@ class UpstreamPool:
         self._cycle = itertools.cycle(self.members)
         self._turn = 0  # least_conn: whose turn it is among the least busy
         self.pick = self._least_conn if settings.balance == "least_conn" else self._round_robin
+        self.ring: HashRing | None = None
+        if settings.balance == "hash":
+            self.ring = HashRing([m.name for m in self.members], points=settings.ring_points)
+        self.failover = Failover(self)
+        self.send = self._send_plain
+        if self.ring is not None or settings.retries or settings.health is not None:
+            self.guard()
+
+    def guard(self) -> None:
+        """Send through the failover path from now on (built once, before serving)."""
+        self.send = self.failover.send  # type: ignore[assignment]
 
     def _round_robin(self) -> Member:
         return next(self._cycle)
@@ -208,8 +240,20 @@ class UpstreamPool:
         self._turn = turn + 1
         return idle[turn % len(idle)]
 
-    async def send(self, method: str, path: str, headers: CIMultiDict[str], body: bytes) -> Reply:
-        member = self.pick()
+    async def _send_plain(
+        self,
+        method: str,
+        path: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        key: str | None = None,
+    ) -> Reply:
+        return await self.exchange(self.pick(), method, path, headers, body)
+
+    async def exchange(
+        self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
+    ) -> Reply:
+        """One exchange with `member`, counted on it."""
         member.in_flight += 1
         member.requests += 1
         try:
@@ -230,17 +274,16 @@ class UpstreamPool:
         return reply
 
     def snapshot(self) -> dict[str, object]:
+        shares = self.ring.shares() if self.ring is not None else None
+        failover = self.failover
         return {
             "balance": self.settings.balance,
+            "retries": sum(m.retries for m in self.members),
+            "budget_exhausted": failover.budget.exhausted,
+            "rejected": failover.rejected,
             "members": [
-                {
-                    "url": m.url,
-                    "in_flight": m.in_flight,
-                    "requests": m.requests,
-                    "failures": m.failures,
-                    "timeouts": m.timeouts,
-                }
-                for m in self.members
+                member_snapshot(m, shares[i] if shares else None)
+                for i, m in enumerate(self.members)
             ],
         }
 

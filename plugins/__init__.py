@@ -7,8 +7,12 @@ each plugin's issue adds its row (ratelimit, cache, queue, shard, breaker).
 from __future__ import annotations
 
 from node.pipeline import PluginFactory
+from plugins.breaker import build_circuit_breaker
 from plugins.ratelimit import build_rate_limiter
+from plugins.shard import build_shard_router
 
 FACTORIES: dict[str, PluginFactory] = {
     "ratelimit": build_rate_limiter,
+    "shard": build_shard_router,
+    "breaker": build_circuit_breaker,
 }

@@ -1,0 +1,62 @@
+"""Circuit breaking per upstream member: the state machine, trips shared across nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from node.errors import ConfigError
+from node.pipeline import BuildContext
+from node.schema import build, join
+from plugins.breaker.circuit import Circuit
+from plugins.breaker.plugin import CircuitBreaker, guard_pool
+from plugins.breaker.settings import BreakerSettings
+from plugins.breaker.shared import TripExchange
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """A pool already given circuits, by the route at `path`."""
+
+    settings: BreakerSettings
+    path: str
+    circuits: list[Circuit]
+
+
+def build_circuit_breaker(table: dict[str, Any], path: str, ctx: BuildContext) -> CircuitBreaker:
+    """Routes sharing a pool share its members' circuits, so they must agree on the settings."""
+    settings = build(BreakerSettings, table, path)
+    kind, _, name = ctx.route.target.partition(":")
+    if kind != "upstream":
+        raise ConfigError(f"{path}: guards upstream members; the target must be upstream:NAME")
+    pool = ctx.pools[name]
+    resources = ctx.resources
+    guarded: dict[str, Guarded] = resources.shared("breaker.pools", dict)
+    prior = guarded.get(name)
+    if prior is not None:
+        if prior.settings != settings:
+            raise ConfigError(
+                f"{path}: upstream {name!r} already has a breaker from {prior.path} with "
+                "other settings; routes to one pool share its breakers, so give them one table"
+            )
+        return CircuitBreaker(pool, prior.circuits)
+    shared = settings.shared if settings.shared is not None else resources.redis is not None
+    redis = resources.redis
+    if shared and redis is None:
+        raise ConfigError(f"{join(path, 'shared')}: sharing trips needs backends.redis")
+    circuits = guard_pool(pool, settings)
+    guarded[name] = Guarded(settings, path, circuits)
+    if shared and redis is not None:
+
+        def make_exchange() -> TripExchange:
+            made = TripExchange(ctx.settings.node.name, redis, resources.bus)
+            resources.on_start.append(made.load)
+            resources.on_stop.append(made.stop)
+            return made
+
+        exchange = resources.shared("breaker.exchange", make_exchange)
+        resources.tolerated.add("redis")  # an outage only unshares trips
+        # A trial token outlives the slowest trial call, then another node may try.
+        for circuit in circuits:
+            exchange.register(circuit, pool.settings.timeout + 1)
+    return CircuitBreaker(pool, circuits)

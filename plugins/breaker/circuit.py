@@ -91,6 +91,11 @@ class Circuit:
         if bad or slow:
             self._evaluate(now, number)
 
+    def abandon(self, admitted: int) -> None:
+        """A call admitted but never judged (cancelled): a trial slot is given back."""
+        if admitted == PROBE and self.probing:
+            self.probing -= 1
+
     def _trial_done(self, now: float, failed: bool) -> None:
         if self.probing:
             self.probing -= 1

@@ -109,7 +109,7 @@ ERRORS = {
     ),
     "upstream balance": (
         UPSTREAM + 'balance = "random"',
-        "upstreams.users.balance: must be one of round_robin, least_conn, got 'random'",
+        "upstreams.users.balance: must be one of round_robin, least_conn, hash, got 'random'",
     ),
     "upstream timeout": (UPSTREAM + "timeout = 0", "upstreams.users.timeout: must be > 0"),
     "upstream unknown key": (

@@ -1,0 +1,242 @@
+"""A pool's careful way to send: skip open and ejected members, retry elsewhere, within a budget.
+
+A pool without breakers, health checks, retries or a hash ring never comes here (it keeps
+its plain send); one with any of them sends through `Failover.send`. The breaker's
+state machine stays behind the small `MemberCircuit` interface, so the node imports no plugin.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from multidict import CIMultiDict
+
+from node.call import Reply
+from node.errors import BadGateway, CircuitOpen, GatewayTimeout, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from node.upstream import Member, UpstreamPool
+
+REJECT, PASS = 0, 1  # what MemberCircuit.admit answers (PROBE = 2 is passed back as is)
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))  # RFC 9110 9.2.2
+RETRY_STATUSES = frozenset((502, 503, 504))  # an upstream answering these may be retried
+MIN_RETRIES_PER_SECOND = 3  # a quiet pool may still retry this often, whatever the ratio
+
+
+class MemberCircuit(Protocol):
+    def admit(self, now: float) -> int: ...
+
+    def record(self, now: float, bad: bool, slow: bool, admitted: int) -> None: ...
+
+    def abandon(self, admitted: int) -> None: ...
+
+    def retry_after(self, now: float) -> float: ...
+
+    # for snapshots
+    trips: int
+    rejections: int
+    probes: int
+
+    @property
+    def state_name(self) -> str: ...
+
+
+def admit(member: Member, now: float) -> int:
+    """Whether `member` may take a call now: healthy, and its circuit (if any) agrees."""
+    if not member.healthy:
+        return REJECT
+    circuit = member.circuit
+    return PASS if circuit is None else circuit.admit(now)
+
+
+class RetryBudget:
+    """Retries may be `ratio` of the requests of this second or the last one (the larger),
+    and at least MIN_RETRIES_PER_SECOND: a failing pool is not hit with a retry storm."""
+
+    __slots__ = ("exhausted", "previous", "ratio", "requests", "retries", "second")
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+        self.second = 0
+        self.requests = 0
+        self.previous = 0
+        self.retries = 0
+        self.exhausted = 0
+
+    def request(self, now: float) -> None:
+        second = int(now)
+        if second != self.second:
+            self.previous = self.requests if second == self.second + 1 else 0
+            self.second, self.requests, self.retries = second, 0, 0
+        self.requests += 1
+
+    def allow(self) -> bool:
+        """Spend one retry of this second's budget, or count that there was none left."""
+        limit = max(MIN_RETRIES_PER_SECOND, self.ratio * max(self.requests, self.previous))
+        if self.retries < limit:
+            self.retries += 1
+            return True
+        self.exhausted += 1
+        return False
+
+
+class Failover:
+    """Sends one call for `pool`: picks an admissible member, retries idempotent calls on
+    another one after a connect error, timeout or 502/503/504, within the retry budget."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.budget = RetryBudget(pool.settings.retry_budget)
+        self.retries = pool.settings.retries
+        self.rejected = 0  # calls answered 503 because no member could take them
+        self.failure_statuses: frozenset[int] = frozenset()
+        self.slow_seconds: float | None = None
+
+    async def send(
+        self, method: str, path: str, headers: CIMultiDict[str], body: bytes, key: str | None
+    ) -> Reply:
+        now = time.monotonic()  # the one clock read of a call (two with slow-call detection)
+        retries = self.retries if method in IDEMPOTENT else 0
+        if retries:
+            self.budget.request(now)
+        tried: list[Member] = []
+        chosen = self.find(now, key, tried)
+        if chosen is None:
+            raise self.unavailable(now)
+        member, admitted = chosen
+        while True:
+            tried.append(member)
+            try:
+                reply = await self.exchange(member, admitted, now, method, path, headers, body)
+            except (BadGateway, GatewayTimeout):
+                chosen = self.another(now, key, tried, retries)
+                if chosen is None:
+                    raise
+                member, admitted = chosen
+                continue
+            if reply.status in RETRY_STATUSES and reply.stream is None:
+                chosen = self.another(now, key, tried, retries)
+                if chosen is not None:
+                    member, admitted = chosen
+                    continue
+            if key is not None:
+                reply.headers["X-Shard"] = member.name  # type: ignore[index]
+            return reply
+
+    def another(
+        self, now: float, key: str | None, tried: list[Member], retries: int
+    ) -> tuple[Member, int] | None:
+        """The member for a retry, if retries, the budget and the pool allow one."""
+        if len(tried) > retries:
+            return None
+        chosen = self.find(now, key, tried)
+        if chosen is None:
+            return None
+        member, admitted = chosen
+        if not self.budget.allow():
+            if member.circuit is not None:
+                member.circuit.abandon(admitted)
+            return None
+        member.retries += 1
+        return chosen
+
+    def find(self, now: float, key: str | None, tried: list[Member]) -> tuple[Member, int] | None:
+        """The first admissible member in the balancer's order that was not tried yet."""
+        pool = self.pool
+        members = pool.members
+        ring = pool.ring
+        order: Iterator[int]
+        if key is not None and ring is not None:
+            if pool.settings.load_factor:
+                loads = [m.in_flight for m in members]
+                order = ring.bounded(key, loads, pool.settings.load_factor)
+            else:
+                order = ring.walk(key)
+        elif pool.settings.balance != "least_conn":
+            # Round robin: a skipped member's turn passes to the next pick, so its share
+            # spreads evenly over the others instead of landing on its neighbour.
+            for _ in range(len(members)):
+                member = pool.pick()
+                if member not in tried:
+                    admitted = admit(member, now)
+                    if admitted != REJECT:
+                        return member, admitted
+            return None
+        else:
+            first = tried[-1] if tried else pool.pick()
+            if not tried:
+                admitted = admit(first, now)
+                if admitted != REJECT:
+                    return first, admitted  # the common case: the balancer's pick is fine
+            start, count = members.index(first), len(members)
+            order = ((start + step) % count for step in range(1, count))
+        for index in order:
+            member = members[index]
+            if member in tried:
+                continue
+            admitted = admit(member, now)
+            if admitted != REJECT:
+                return member, admitted
+        return None
+
+    def unavailable(self, now: float) -> ServiceUnavailable:
+        self.rejected += 1
+        waits = [m.circuit.retry_after(now) for m in self.pool.members if m.circuit and m.healthy]
+        if not waits:
+            return ServiceUnavailable(f"no healthy member in upstream {self.pool.name}")
+        seconds = max(1, math.ceil(min(waits)))
+        return CircuitOpen(
+            f"every member of upstream {self.pool.name} has an open circuit",
+            headers={"Retry-After": str(seconds)},
+        )
+
+    async def exchange(
+        self,
+        member: Member,
+        admitted: int,
+        now: float,
+        method: str,
+        path: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> Reply:
+        """One try on `member`, counted on it and recorded by its circuit."""
+        circuit = member.circuit
+        try:
+            reply = await self.pool.exchange(member, method, path, headers, body)
+        except (BadGateway, GatewayTimeout):
+            if circuit is not None:
+                circuit.record(now, True, False, admitted)
+            raise
+        except BaseException:  # cancelled (the client left): a trial slot is given back
+            if circuit is not None:
+                circuit.abandon(admitted)
+            raise
+        if circuit is not None:
+            slow_seconds = self.slow_seconds
+            slow = slow_seconds is not None and time.monotonic() - now >= slow_seconds
+            circuit.record(now, reply.status in self.failure_statuses, slow, admitted)
+        return reply
+
+
+def member_snapshot(member: Member, share: float | None) -> dict[str, object]:
+    """A member's stats; `state` and the breaker counters read its circuit, if it has one."""
+    circuit = member.circuit
+    return {
+        "url": member.url,
+        "name": member.name,
+        "in_flight": member.in_flight,
+        "requests": member.requests,
+        "failures": member.failures,
+        "timeouts": member.timeouts,
+        "retries": member.retries,
+        "healthy": member.healthy,
+        "state": circuit.state_name if circuit is not None else "closed",
+        "trips": circuit.trips if circuit is not None else 0,
+        "rejections": circuit.rejections if circuit is not None else 0,
+        "probes": circuit.probes if circuit is not None else 0,
+        "ring_share": share,
+    }

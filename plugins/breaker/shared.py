@@ -1,0 +1,169 @@
+"""Breaker trips shared by every node: one node's trip opens that member everywhere at once.
+
+A trip goes out on the cluster bus (pub/sub: every node opens the member within
+milliseconds) and into a key that expires with the open period (a node that starts or
+reconnects meanwhile reads it). When the period ends, only the node that wins a
+`SET NX PX` token half-opens and sends trial calls; its verdict (close, or a re-trip)
+goes out the same way. Each node still judges trips by its own outcomes. Redis down:
+nothing is shared, nothing fails; every node decides alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from node.bus import ClusterBus
+from node.errors import BackendUnavailable
+from node.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
+from node.redisconn import RedisConnection
+from plugins.breaker.circuit import OPEN, Circuit
+
+log = logging.getLogger("scalenode.breaker")
+
+
+class TripExchange:
+    """The node's one link between its shared circuits and the other nodes' (by circuit name:
+    `pool|host:port`, the same on every node with the same config)."""
+
+    def __init__(
+        self,
+        node: str,
+        redis: RedisConnection,
+        bus: ClusterBus,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node
+        self.redis = redis
+        self.bus = bus
+        self.clock = clock
+        self.circuits: dict[str, Circuit] = {}
+        self.trial_ttl: dict[str, float] = {}  # seconds a trial token is held at most
+        self.published = 0
+        self.heard = 0
+        self.backend_errors = 0
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        bus.subscribe(BREAKER_EVENTS, self.hear, self.resync)
+
+    def register(self, circuit: Circuit, trial_ttl: float) -> None:
+        circuit.on_trip = self.tripped
+        circuit.on_close = self.closed
+        circuit.auto_half_open = False  # the token decides who half-opens
+        self.circuits[circuit.name] = circuit
+        self.trial_ttl[circuit.name] = trial_ttl
+
+    def tripped(self, circuit: Circuit, seconds: float) -> None:
+        """This node's outcomes opened `circuit`: tell the others, keep a record."""
+        self._arm(circuit, seconds)
+        message = self._message("trip", circuit, seconds)
+        key, ms = BREAKER_TRIPS + circuit.name, max(1, int(seconds * 1000))
+        self._spawn(self._send(message, lambda c: c.set(key, message, px=ms)))
+
+    def closed(self, circuit: Circuit) -> None:
+        """A trial here closed `circuit`: every node closes it, the records go."""
+        self._disarm(circuit.name)
+        keys = (BREAKER_TRIPS + circuit.name, BREAKER_PROBES + circuit.name)
+        message = self._message("close", circuit, 0.0)
+        self._spawn(self._send(message, lambda c: c.delete(*keys)))
+
+    def hear(self, payload: bytes) -> None:
+        """Another node's trip or close (this node's own come back too, and are ignored)."""
+        message = orjson.loads(payload)
+        circuit = self.circuits.get(message.get("member", ""))
+        if circuit is None or message.get("node") == self.node:
+            return
+        self.heard += 1
+        if message["kind"] == "trip":
+            seconds = float(message["seconds"])
+            circuit.open_for(self.clock(), seconds, int(message["level"]))
+            self._arm(circuit, seconds)
+        elif message["kind"] == "close":
+            self._disarm(circuit.name)
+            circuit.close()
+
+    def resync(self) -> None:
+        self._spawn(self.load())
+
+    async def load(self) -> None:
+        """Open every member another node has tripped and whose period is still running."""
+        for name, circuit in self.circuits.items():
+            key = BREAKER_TRIPS + name
+            try:
+                record = await self.redis.run(lambda c, key=key: c.get(key))
+                ms = await self.redis.run(lambda c, key=key: c.pttl(key))
+            except BackendUnavailable:
+                self.backend_errors += 1
+                return
+            if record is None or ms <= 0:
+                continue
+            circuit.open_for(self.clock(), ms / 1000, int(orjson.loads(record)["level"]))
+            self._arm(circuit, ms / 1000)
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _message(self, kind: str, circuit: Circuit, seconds: float) -> bytes:
+        return orjson.dumps(
+            {
+                "kind": kind,
+                "member": circuit.name,
+                "seconds": seconds,
+                "level": circuit.level,
+                "node": self.node,
+            }
+        )
+
+    async def _send(self, message: bytes, record: Callable[[Any], Any]) -> None:
+        try:
+            await self.bus.publish(BREAKER_EVENTS, message)
+            self.published += 1
+            await self.redis.run(record)
+        except BackendUnavailable:
+            self.backend_errors += 1  # the others learn by their own outcomes instead
+
+    def _arm(self, circuit: Circuit, seconds: float) -> None:
+        self._disarm(circuit.name)
+        loop = asyncio.get_running_loop()
+        self._timers[circuit.name] = loop.call_later(seconds, self._due, circuit)
+
+    def _disarm(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _due(self, circuit: Circuit) -> None:
+        self._timers.pop(circuit.name, None)
+        if circuit.state == OPEN:
+            self._spawn(self._claim(circuit))
+
+    async def _claim(self, circuit: Circuit) -> None:
+        """Half-open if this node wins the trial token; else wait for the winner's verdict
+        (or for its token to expire, should the winner die mid-trial)."""
+        ttl = self.trial_ttl[circuit.name]
+        key, ms = BREAKER_PROBES + circuit.name, max(1, int(ttl * 1000))
+        try:
+            won = await self.redis.run(lambda c: c.set(key, self.node, nx=True, px=ms))
+        except BackendUnavailable:
+            self.backend_errors += 1
+            won = True  # alone, this node tries for itself
+        if circuit.state != OPEN:
+            return
+        if won:
+            circuit.half_open()
+        else:
+            self._arm(circuit, ttl)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
