@@ -1,0 +1,219 @@
+"""Breakers, retries and health checks against real upstreams, and trips shared by two
+nodes over the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from testkit.servers import RedisServer
+
+from node.app import POOLS, build_app
+from node.config import Settings
+from node.keys import BREAKER_PROBES, BREAKER_TRIPS
+from node.schema import build
+from node.upstream import UpstreamPool
+
+from .conftest import Upstream, UpstreamFactory
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+FAIL = {"X-Want-Status": "500"}
+Start = Callable[..., Awaitable[TestClient]]
+
+
+def settings(
+    targets: list[str],
+    *,
+    breaker: dict[str, Any] | None = None,
+    pool: dict[str, Any] | None = None,
+    redis: str = "",
+    name: str = "node-a",
+) -> Settings:
+    route: dict[str, Any] = {"path": "/api/{tail:.*}", "target": "upstream:app"}
+    route["strip_prefix"] = "/api"
+    if breaker is not None:
+        route["breaker"] = breaker
+    data = {
+        "node": {"name": name},
+        "backends": {"redis": redis},
+        "upstreams": {"app": {"targets": targets, **(pool or {})}},
+        "routes": [route],
+    }
+    return build(Settings, data, "")
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Starts nodes with every plugin factory; closes them afterwards."""
+    clients: list[TestClient] = []
+
+    async def make(node_settings: Settings) -> TestClient:
+        client = TestClient(TestServer(build_app(node_settings, "all"), host="127.0.0.1"))
+        clients.append(client)
+        await client.start_server()
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def pool_of(client: TestClient) -> UpstreamPool:
+    return client.app[POOLS]["app"]  # type: ignore[index]
+
+
+async def statuses(client: TestClient, count: int, **headers: str) -> list[int]:
+    replies = []
+    for _ in range(count):
+        async with client.get("/api/x", headers=headers) as response:
+            await response.read()
+            replies.append(response.status)
+    return replies
+
+
+async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.005)
+
+
+async def test_failing_upstream_trips_then_recovers(start: Start, upstream: Upstream) -> None:
+    """5 failures open the circuit: fast 503 + Retry-After, the upstream sees nothing more;
+    after open_seconds one trial call closes it again."""
+    table = {"open_seconds": 0.3, "min_requests": 5}
+    node = await start(settings([upstream.url], breaker=table))
+    assert await statuses(node, 5, **FAIL) == [500] * 5
+    seen = len(upstream.seen)
+    async with node.get("/api/x") as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert (await response.json())["error"] == "circuit_open"
+    assert len(upstream.seen) == seen
+    await asyncio.sleep(0.35)
+    assert await statuses(node, 3) == [200] * 3
+    member = pool_of(node).snapshot()["members"][0]  # type: ignore[index]
+    assert (member["state"], member["trips"], member["probes"]) == ("closed", 1, 1)
+
+
+async def test_pool_with_a_dead_member_answers_every_request(
+    start: Start, upstream_factory: UpstreamFactory, closed_port: int
+) -> None:
+    """One of three members refuses connections: retries cover it until its breaker opens,
+    and no client sees an error."""
+    ups = [await upstream_factory("a"), await upstream_factory("b")]
+    targets = [ups[0].url, f"http://127.0.0.1:{closed_port}", ups[1].url]
+    # The budget covers the retries until the breaker opens (4 of the first ~12 calls).
+    node = await start(
+        settings(targets, breaker={"min_requests": 4}, pool={"retries": 1, "retry_budget": 0.5})
+    )
+    assert await statuses(node, 60) == [200] * 60
+    dead = pool_of(node).snapshot()["members"][1]  # type: ignore[index]
+    assert dead["state"] == "open"
+    assert dead["failures"] == 4
+
+
+async def health_upstream(health: dict[str, int]) -> tuple[web.AppRunner, str]:
+    """A server whose /health answers health["status"]; everything else 200."""
+
+    async def check(request: web.Request) -> web.Response:
+        return web.Response(status=health["status"])
+
+    async def other(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/health", check)
+    app.router.add_route("*", "/{tail:.*}", other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_health_checks_eject_and_readmit(start: Start, upstream: Upstream) -> None:
+    """A member failing /health twice gets no calls; passing twice brings it back."""
+    health = {"status": 200}
+    runner, sick_url = await health_upstream(health)
+    try:
+        check = {"path": "/health", "interval": 0.05, "timeout": 0.5, "healthy": 2}
+        check["unhealthy"] = 2
+        node = await start(settings([upstream.url, sick_url], pool={"health": check}))
+        members = pool_of(node).members
+        health["status"] = 503
+        await eventually(lambda: not members[1].healthy)
+        before = len(upstream.seen)
+        assert await statuses(node, 6) == [200] * 6
+        assert len(upstream.seen) - before == 6
+        health["status"] = 200
+        await eventually(lambda: members[1].healthy)
+        assert pool_of(node).snapshot()["members"][1]["healthy"] is True  # type: ignore[index]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+async def test_a_trip_on_one_node_stops_the_other_within_100_ms(
+    start: Start, upstream: Upstream, redis_client: aioredis.Redis
+) -> None:
+    """Node A's trip reaches node B over Redis: B opens the member within 100 ms and answers
+    503 without calling the upstream; B's trial is the cluster's only one."""
+    table = {"open_seconds": 0.5, "min_requests": 5, "shared": True}
+    suffix = uuid.uuid4().hex[:8]
+    a = await start(settings([upstream.url], breaker=table, redis=REDIS_URL, name=f"a-{suffix}"))
+    b = await start(settings([upstream.url], breaker=table, redis=REDIS_URL, name=f"b-{suffix}"))
+    circuit_b = pool_of(b).members[0].circuit
+    assert circuit_b is not None
+    circuit_name = circuit_b.name
+    try:
+        await eventually(lambda: b.app is not None)
+        await asyncio.sleep(0.2)  # both subscribers are listening
+        assert await statuses(a, 5, **FAIL) == [500] * 5
+        tripped = time.monotonic()
+        await eventually(lambda: circuit_b.state_name == "open", within=1.0)
+        assert time.monotonic() - tripped < 0.1
+        seen = len(upstream.seen)
+        assert await statuses(b, 3) == [503] * 3
+        assert len(upstream.seen) == seen
+        assert await redis_client.pttl(BREAKER_TRIPS + circuit_name) > 0
+        # After the open period exactly one node wins the trial token and half-opens.
+        await asyncio.sleep(0.6)
+        circuits = [pool_of(n).members[0].circuit for n in (a, b)]
+        assert sorted(c.state_name for c in circuits) == ["half_open", "open"]  # type: ignore[union-attr]
+    finally:
+        await redis_client.delete(BREAKER_TRIPS + circuit_name, BREAKER_PROBES + circuit_name)
+
+
+async def test_redis_down_keeps_the_breaker_working_locally(
+    start: Start, upstream: Upstream, tmp_path: Path
+) -> None:
+    """With the shared breaker's Redis gone, trips still open locally and nothing errs."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        table = {"open_seconds": 0.3, "min_requests": 5}
+        node = await start(settings([upstream.url], breaker=table, redis=server.url))
+        server.kill()
+        assert await statuses(node, 5, **FAIL) == [500] * 5
+        assert await statuses(node, 2) == [503] * 2
+        await asyncio.sleep(0.4)
+        await eventually(lambda: pool_of(node).members[0].circuit.state_name != "open")  # type: ignore[union-attr]
+        assert await statuses(node, 2) == [200] * 2
+    finally:
+        server.kill()
