@@ -88,9 +88,13 @@ class Failover:
     another one after a connect error, timeout or 502/503/504, within the retry budget."""
 
     def __init__(self, pool: UpstreamPool) -> None:
+        from node.upstream import BodyStream  # a cycle at import time; a pool exists now
+
+        self.body_stream = BodyStream
         self.pool = pool
         self.budget = RetryBudget(pool.settings.retry_budget)
         self.retries = pool.settings.retries
+        self.rotates = pool.settings.balance != "least_conn"  # round robin picks (hash: keyless)
         self.rejected = 0  # calls answered 503 because no member could take them
         self.failure_statuses: frozenset[int] = frozenset()
         self.slow_seconds: float | None = None
@@ -155,11 +159,10 @@ class Failover:
                 order = ring.bounded(key, loads, pool.settings.load_factor)
             else:
                 order = ring.walk(key)
-        elif pool.settings.balance != "least_conn":
+        elif self.rotates:
             # Round robin: a skipped member's turn passes to the next pick, so its share
             # spreads evenly over the others instead of landing on its neighbour.
-            for _ in range(len(members)):
-                member = pool.pick()
+            for member in pool.turns(len(members)):
                 if member not in tried:
                     admitted = admit(member, now)
                     if admitted != REJECT:
@@ -203,18 +206,31 @@ class Failover:
         headers: CIMultiDict[str],
         body: bytes,
     ) -> Reply:
-        """One try on `member`, counted on it and recorded by its circuit."""
+        """One try on `member`: counted on it as the plain send counts, judged by its circuit.
+        (The plain send's counting is repeated here, not shared, to save a coroutine frame.)"""
         circuit = member.circuit
+        member.in_flight += 1
+        member.requests += 1
         try:
-            reply = await self.pool.exchange(member, method, path, headers, body)
-        except (BadGateway, GatewayTimeout):
+            reply = await self.pool.client.send(member, method, path, headers, body)
+        except (BadGateway, GatewayTimeout) as exc:
+            member.in_flight -= 1
+            if isinstance(exc, GatewayTimeout):
+                member.timeouts += 1
+            else:
+                member.failures += 1
             if circuit is not None:
                 circuit.record(now, True, False, admitted)
             raise
         except BaseException:  # cancelled (the client left): a trial slot is given back
+            member.in_flight -= 1
             if circuit is not None:
                 circuit.abandon(admitted)
             raise
+        if isinstance(reply.stream, self.body_stream):
+            reply.stream.on_close = member.done  # busy until the body has gone through
+        else:
+            member.in_flight -= 1
         if circuit is not None:
             slow_seconds = self.slow_seconds
             slow = slow_seconds is not None and time.monotonic() - now >= slow_seconds

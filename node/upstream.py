@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -232,6 +232,10 @@ class UpstreamPool:
     def _round_robin(self) -> Member:
         return next(self._cycle)
 
+    def turns(self, count: int) -> Iterator[Member]:
+        """The next `count` round-robin picks, taken one at a time as they are used."""
+        return itertools.islice(self._cycle, count)
+
     def _least_conn(self) -> Member:
         # Among the least busy members, take turns, so ties spread evenly.
         fewest = min(member.in_flight for member in self.members)
@@ -248,12 +252,7 @@ class UpstreamPool:
         body: bytes,
         key: str | None = None,
     ) -> Reply:
-        return await self.exchange(self.pick(), method, path, headers, body)
-
-    async def exchange(
-        self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
-    ) -> Reply:
-        """One exchange with `member`, counted on it."""
+        member = self.pick()
         member.in_flight += 1
         member.requests += 1
         try:

@@ -34,6 +34,7 @@ CASES = [
     ("node handler route", "node", "/hello", "bare aiohttp hello"),
     ("bare aiohttp proxy", "bare-proxy", "/hello", None),
     ("node proxy route", "node", "/proxy/hello", "bare aiohttp proxy"),
+    ("proxy route with breaker", "node", "/guarded/hello", "node proxy route"),
     ("rate limited, embedded", "node", "/limited", "node handler route"),
 ]
 
@@ -73,7 +74,12 @@ def count(server: servers.Server, path: str, seconds: float, root: Path) -> tupl
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per case")
+    labels = "; ".join(label for label, *_ in CASES)
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated subset of the cases (with baselines): {labels}"
+    )
     args = parser.parse_args(argv)
+    cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
     try:
         for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
             harness.require_tool(tool)
@@ -91,7 +97,7 @@ def main(argv: list[str]) -> int:
             "bare-proxy": servers.bare_proxy(harness.free_port(), 1, origin.port),
             "node": servers.node(root, harness.free_port(), 1, origin.port, NODE_ROUTES),
         }
-        for label, name, path, _ in CASES:
+        for label, name, path, _ in cases:
             instructions, requests = count(systems[name], path, args.seconds, root)
             per_request[label] = instructions / max(requests, 1)
             print(
@@ -105,8 +111,12 @@ def main(argv: list[str]) -> int:
         harness.stop(origin_proc)
         shutil.rmtree(root, ignore_errors=True)
     print("| system | instructions / request | ratio |\n|---|--:|---|")
-    for label, _, _, baseline in CASES:
-        ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}" if baseline else "—"
+    for label, _, _, baseline in cases:
+        ratio = (
+            f"{per_request[baseline] / per_request[label]:.2f}x {baseline}"
+            if baseline in per_request
+            else "—"
+        )
         print(f"| {label} | {per_request[label]:,.0f} | {ratio} |")
     return 0
 

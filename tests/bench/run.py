@@ -52,6 +52,18 @@ path = "/limited"
 methods = ["GET"]
 target = "handler:node.demo:hello"
 ratelimit = { limit = 1000000000, window = 60, key = "ip" }
+
+# The proxy route with a breaker that never trips, on a pool of its own (the same origin):
+# the cost of the failover path and of the circuits' bookkeeping.
+[[routes]]
+path = "/guarded/{tail:.*}"
+target = "upstream:guarded"
+strip_prefix = "/guarded"
+breaker = { open_seconds = 5 }
+
+[upstreams.guarded]
+targets = ["http://127.0.0.1:$upstream_port"]
+timeout = 5.0
 """
 
 # The same routes on a node whose rate limit counts in Redis (a private one, see build_servers).
@@ -79,6 +91,14 @@ SCENARIOS = [
     Scenario("node_handler", "node handler route", "node", "/hello", HELLO_BODY, "bare_hello"),
     Scenario("bare_proxy", "bare aiohttp proxy", "bare-proxy", "/hello", UPSTREAM_BODY),
     Scenario("node_proxy", "node proxy route", "node", "/proxy/hello", UPSTREAM_BODY, "bare_proxy"),
+    Scenario(
+        "node_breaker",
+        "proxy route with breaker",
+        "node",
+        "/guarded/hello",
+        UPSTREAM_BODY,
+        "node_proxy",
+    ),
     Scenario("nginx_proxy", "nginx proxy (reference)", "proxy-nginx", "/hello", UPSTREAM_BODY),
     Scenario(
         "node_limited", "rate limited, embedded", "node", "/limited", HELLO_BODY, "node_handler"
@@ -99,6 +119,7 @@ RATIOS = [
     Ratio("node_proxy", "bare_proxy", "node proxy / bare proxy"),
     Ratio("node_proxy", "nginx_proxy", "node proxy / nginx proxy (reference)"),
     Ratio("node_limited", "node_handler", "rate limit (embedded) / same route without it"),
+    Ratio("node_breaker", "node_proxy", "breaker on / same proxy route without it"),
     Ratio("redis_limited", "redis_node_hello", "rate limit (Redis) / same route without it"),
 ]
 

@@ -112,6 +112,35 @@ ERRORS = {
         "upstreams.users.balance: must be one of round_robin, least_conn, hash, got 'random'",
     ),
     "upstream timeout": (UPSTREAM + "timeout = 0", "upstreams.users.timeout: must be > 0"),
+    "upstream retries": (UPSTREAM + "retries = -1", "upstreams.users.retries: must be >= 0"),
+    "upstream retry budget": (
+        UPSTREAM + "retry_budget = 1.5",
+        "upstreams.users.retry_budget: must be between 0 and 1",
+    ),
+    "upstream ring points": (
+        UPSTREAM + "ring_points = 2",
+        "upstreams.users.ring_points: must be >= 4",
+    ),
+    "upstream load factor": (
+        UPSTREAM + "load_factor = 0.5",
+        "upstreams.users.load_factor: must be 0 (off) or > 1",
+    ),
+    "upstream repeated member": (
+        '[upstreams.users]\ntargets = ["http://a:1", "http://a:1/"]',
+        "upstreams.users.targets: must not repeat a host:port",
+    ),
+    "health path": (
+        UPSTREAM + 'health = { path = "health" }',
+        "upstreams.users.health.path: must start with '/'",
+    ),
+    "health thresholds": (
+        UPSTREAM + "health = { unhealthy = 0 }",
+        "upstreams.users.health.unhealthy: must be >= 1",
+    ),
+    "health unknown key": (
+        UPSTREAM + "health = { intervall = 1 }",
+        "upstreams.users.health.intervall: unknown key; did you mean 'interval'?",
+    ),
     "upstream unknown key": (
         '[upstreams.users]\ntarget = ["http://a"]',
         "upstreams.users.target: unknown key; did you mean 'targets'?",
