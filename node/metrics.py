@@ -38,6 +38,19 @@ LATENCY_BOUNDS = (
 )
 
 
+MEMBER_COUNTERS = {
+    "trips": "Times the member's circuit opened.",
+    "rejections": "Calls its open circuit turned away from the member.",
+    "probes": "Half-open trial calls sent to the member.",
+    "retries": "Retries sent to the member after another one failed.",
+}
+POOL_COUNTERS = {  # snapshot key: (metric name, help)
+    "retries": ("retries", "Retries sent by the pool."),
+    "budget_exhausted": ("budget_exhausted", "Retries the retry budget did not allow."),
+    "rejected": ("unavailable", "Calls answered 503: no member could take them."),
+}
+
+
 class RouteStats:
     __slots__ = ("buckets", "in_flight", "label", "latency_sum", "statuses")
 
@@ -145,7 +158,8 @@ class NodeCollector:
         busy = GaugeMetricFamily(
             "scalenode_upstream_in_flight", "Requests waiting on an upstream member.", labels=labels
         )
-        for pool, snapshot in self.upstreams().items():
+        snapshots = self.upstreams()
+        for pool, snapshot in snapshots.items():
             for member in snapshot["members"]:
                 key = [self.node, pool, member["url"]]
                 sent.add_metric(key, member["requests"])
@@ -153,6 +167,47 @@ class NodeCollector:
                 errors.add_metric([*key, "timeout"], member["timeouts"])
                 busy.add_metric(key, member["in_flight"])
         yield from (sent, errors, busy)
+        yield from self.collect_resilience(snapshots)
+
+    def collect_resilience(self, snapshots: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+        """Breaker state, health, trips, rejections, trials, retries and ring shares per
+        member; retries, exhausted budget and 503s per pool."""
+        labels = ["node", "upstream", "member"]
+        state = GaugeMetricFamily(
+            "scalenode_upstream_breaker_state",
+            "1 for the member's circuit state (closed, open, half_open).",
+            labels=[*labels, "state"],
+        )
+        healthy = GaugeMetricFamily(
+            "scalenode_upstream_healthy", "1 unless health checks ejected it.", labels=labels
+        )
+        share = GaugeMetricFamily(
+            "scalenode_upstream_ring_share", "The member's share of the hash ring.", labels=labels
+        )
+        counted = {
+            key: CounterMetricFamily(f"scalenode_upstream_{key}", help_text, labels=labels)
+            for key, help_text in MEMBER_COUNTERS.items()
+        }
+        pooled = {
+            key: CounterMetricFamily(
+                f"scalenode_upstream_pool_{name}", help_text, labels=["node", "upstream"]
+            )
+            for key, (name, help_text) in POOL_COUNTERS.items()
+        }
+        for pool, snapshot in snapshots.items():
+            for key, family in pooled.items():
+                family.add_metric([self.node, pool], snapshot.get(key, 0))
+            for member in snapshot["members"]:
+                names = [self.node, pool, member["url"]]
+                current = member.get("state", "closed")
+                for name in ("closed", "open", "half_open"):
+                    state.add_metric([*names, name], 1 if name == current else 0)
+                healthy.add_metric(names, 1 if member.get("healthy", True) else 0)
+                for key, family in counted.items():
+                    family.add_metric(names, member.get(key, 0))
+                if member.get("ring_share") is not None:
+                    share.add_metric(names, member["ring_share"])
+        yield from (state, healthy, share, *counted.values(), *pooled.values())
 
 
 def make_registry(collector: NodeCollector) -> CollectorRegistry:

@@ -60,10 +60,13 @@ def build_plugins(ctx: BuildContext, factories: Mapping[str, PluginFactory]) -> 
 
 
 def compose(plugins: list[Plugin], target: Handler) -> Handler:
-    """Fold the plugins around the target: plugins[0] runs first."""
+    """Fold the plugins around the target: plugins[0] runs first. A plugin that declares
+    `passes_through = True` (it acts elsewhere, e.g. the breaker inside the pool, and only
+    reports) is left out of the chain: two coroutine frames less per call."""
     handler = target
     for plugin in reversed(plugins):
-        handler = _bind(plugin, handler)
+        if not getattr(plugin, "passes_through", False):
+            handler = _bind(plugin, handler)
     return handler
 
 

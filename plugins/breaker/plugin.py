@@ -2,7 +2,7 @@
 
 The pool consults the circuits when it picks a member (so an open member is skipped and
 a call nobody can take is a 503 `CircuitOpen` before any upstream is touched); the plugin
-itself passes calls on and reports the circuits' stats.
+only reports the circuits' stats, so it stays out of the call chain (`passes_through`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def guard_pool(pool: UpstreamPool, settings: BreakerSettings) -> list[Circuit]:
 
 class CircuitBreaker:
     name = "breaker"
+    passes_through = True  # the pool does the work; compose() leaves this out of the chain
 
     def __init__(self, pool: UpstreamPool, circuits: list[Circuit]) -> None:
         self.pool = pool

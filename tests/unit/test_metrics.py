@@ -143,3 +143,36 @@ def test_make_registry_adds_process_metrics():
     text = generate_latest(make_registry(NodeCollector("n1", stats, dict))).decode()
     assert "process_cpu_seconds_total" in text
     assert 'scalenode_requests_total{node="n1",route="/a",status="200"} 1.0' in text
+
+
+def test_resilience_series_per_member_and_pool():
+    """Breaker state (one-hot), health, breaker and retry counters, ring share, pool totals."""
+    member = {
+        "url": "http://a:1",
+        "in_flight": 0,
+        "requests": 9,
+        "failures": 0,
+        "timeouts": 0,
+        "state": "open",
+        "healthy": False,
+        "trips": 2,
+        "rejections": 7,
+        "probes": 1,
+        "retries": 3,
+        "ring_share": 0.25,
+    }
+    pool = {"members": [member], "retries": 3, "budget_exhausted": 4, "rejected": 5}
+    samples = scrape(NodeStats(), {"users": pool})
+    key = {"upstream": "users", "member": "http://a:1"}
+    state = "scalenode_upstream_breaker_state"
+    assert samples[state, labels(**key, state="open")] == 1
+    assert samples[state, labels(**key, state="closed")] == 0
+    assert samples["scalenode_upstream_healthy", labels(**key)] == 0
+    assert samples["scalenode_upstream_trips_total", labels(**key)] == 2
+    assert samples["scalenode_upstream_rejections_total", labels(**key)] == 7
+    assert samples["scalenode_upstream_probes_total", labels(**key)] == 1
+    assert samples["scalenode_upstream_retries_total", labels(**key)] == 3
+    assert samples["scalenode_upstream_ring_share", labels(**key)] == 0.25
+    pool_key = labels(upstream="users")
+    assert samples["scalenode_upstream_pool_budget_exhausted_total", pool_key] == 4
+    assert samples["scalenode_upstream_pool_unavailable_total", pool_key] == 5

@@ -178,6 +178,19 @@ async def test_plugin_can_annotate_the_call():
     assert seen == ["s1"]
 
 
+async def test_pass_through_plugin_is_left_out_of_the_chain():
+    """A plugin declaring passes_through is never awaited: the chain goes around it."""
+
+    async def explode(call, next):
+        raise AssertionError("a pass-through plugin was called")
+
+    silent = Plugin("breaker", explode)
+    silent.passes_through = True
+    handler = compose([silent], target)
+    assert handler is target
+    assert (await handler(Call("GET", "/a"))).body == b"from target"
+
+
 def test_missing_plugin_is_a_config_error(tmp_path, log):
     """A route naming a plugin absent from the factories table is refused, never skipped."""
     text = '[[routes]]\npath = "/a"\ntarget = "handler:fake_handlers:ok"\nratelimit = {}\n'
