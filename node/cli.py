@@ -78,7 +78,13 @@ def summary(settings: Settings, role: str) -> str:
         f"amqp={redact_url(settings.backends.amqp) or 'embedded'}",
     ]
     for name, pool in settings.upstreams.items():
-        lines.append(f"upstream {name}: {pool.balance} over {', '.join(pool.targets)}")
+        extras = []
+        if pool.health is not None:
+            extras.append(f"health GET {pool.health.path} every {pool.health.interval:g} s")
+        if pool.retries:
+            extras.append(f"retries {pool.retries} (budget {pool.retry_budget:.0%})")
+        more = f"; {'; '.join(extras)}" if extras else ""
+        lines.append(f"upstream {name}: {pool.balance} over {', '.join(pool.targets)}{more}")
     for route in settings.routes:
         plugins = [name for name, _ in route.plugin_tables()]
         lines.append(
