@@ -8,6 +8,7 @@ from typing import Any
 from node.errors import ConfigError
 from node.pipeline import BuildContext
 from node.schema import build, join
+from plugins.breaker.admin import BreakerAdmin
 from plugins.breaker.circuit import Circuit
 from plugins.breaker.plugin import CircuitBreaker, guard_pool
 from plugins.breaker.settings import BreakerSettings
@@ -46,6 +47,13 @@ def build_circuit_breaker(table: dict[str, Any], path: str, ctx: BuildContext) -
         raise ConfigError(f"{join(path, 'shared')}: sharing trips needs backends.redis")
     circuits = guard_pool(pool, settings)
     guarded[name] = Guarded(settings, path, circuits)
+
+    def make_admin() -> BreakerAdmin:
+        made = BreakerAdmin(ctx.settings.node.name)
+        resources.admin_routes.extend(made.routes())
+        return made
+
+    resources.shared("breaker.admin", make_admin).pools[name] = circuits
     if shared and redis is not None:
 
         def make_exchange() -> TripExchange:

@@ -217,3 +217,18 @@ async def test_redis_down_keeps_the_breaker_working_locally(
         assert await statuses(node, 2) == [200] * 2
     finally:
         server.kill()
+
+
+async def test_admin_lists_and_resets_circuits(start: Start, upstream: Upstream) -> None:
+    """GET /admin/breaker shows an open member; POST /admin/breaker/reset closes it."""
+    table = {"open_seconds": 60, "min_requests": 5}
+    node = await start(settings([upstream.url], breaker=table))
+    await statuses(node, 5, **FAIL)
+    async with node.get("/admin/breaker") as response:
+        listed = (await response.json())["upstreams"]["app"]
+    assert [(m["state"], m["trips"]) for m in listed] == [("open", 1)]
+    async with node.post("/admin/breaker/reset", json={"upstream": "nope"}) as response:
+        assert response.status == 400
+    async with node.post("/admin/breaker/reset", json={"upstream": "app"}) as response:
+        assert (await response.json())["reset"] == [listed[0]["member"]]
+    assert await statuses(node, 2) == [200, 200]
