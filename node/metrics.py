@@ -184,6 +184,11 @@ class NodeCollector:
         share = GaugeMetricFamily(
             "scalenode_upstream_ring_share", "The member's share of the hash ring.", labels=labels
         )
+        deviation = GaugeMetricFamily(
+            "scalenode_upstream_pool_ring_max_deviation",
+            "The hash ring's worst member share relative to a fair one (0.06 = 6 % off).",
+            labels=["node", "upstream"],
+        )
         counted = {
             key: CounterMetricFamily(f"scalenode_upstream_{key}", help_text, labels=labels)
             for key, help_text in MEMBER_COUNTERS.items()
@@ -197,6 +202,8 @@ class NodeCollector:
         for pool, snapshot in snapshots.items():
             for key, family in pooled.items():
                 family.add_metric([self.node, pool], snapshot.get(key, 0))
+            if snapshot.get("ring_max_deviation") is not None:
+                deviation.add_metric([self.node, pool], snapshot["ring_max_deviation"])
             for member in snapshot["members"]:
                 names = [self.node, pool, member["url"]]
                 current = member.get("state", "closed")
@@ -207,7 +214,7 @@ class NodeCollector:
                     family.add_metric(names, member.get(key, 0))
                 if member.get("ring_share") is not None:
                     share.add_metric(names, member["ring_share"])
-        yield from (state, healthy, share, *counted.values(), *pooled.values())
+        yield from (state, healthy, share, deviation, *counted.values(), *pooled.values())
 
 
 def make_registry(collector: NodeCollector) -> CollectorRegistry:

@@ -60,6 +60,7 @@ class HashRing:
                 placed[point] = index  # on a collision the later member wins, as in ketama
         self.points = sorted(placed)
         self.owners = [placed[p] for p in self.points]
+        self._shares: list[float] | None = None
 
     def index_of(self, key: str) -> int:
         """The position on the ring that owns `key`."""
@@ -96,7 +97,12 @@ class HashRing:
         return iter(light + [i for i in order if loads[i] + 1 > cap])
 
     def shares(self) -> list[float]:
-        """Each member's fraction of the circle (what share of keys it owns)."""
+        """Each member's fraction of the circle (what share of keys it owns); computed once."""
+        if self._shares is None:
+            self._shares = self._measure()
+        return self._shares
+
+    def _measure(self) -> list[float]:
         owned = [0] * len(self.names)
         previous = self.points[-1] - 2**32
         for point, owner in zip(self.points, self.owners, strict=True):

@@ -53,4 +53,5 @@ async def test_keys_spread_over_the_members(sharded: TestClient) -> None:
     async with sharded.get("/metrics") as response:
         text = await response.text()
     assert text.count("scalenode_upstream_ring_share{") == 3
+    assert "scalenode_upstream_pool_ring_max_deviation{" in text
     assert "scalenode_shard_routed_total" in text
