@@ -169,13 +169,17 @@ class Failover:
                         return member, admitted
             return None
         else:
-            first = tried[-1] if tried else pool.pick()
+            refused = None
             if not tried:
+                first = pool.pick()
                 admitted = admit(first, now)
                 if admitted != REJECT:
                     return first, admitted  # the common case: the balancer's pick is fine
-            start, count = members.index(first), len(members)
-            order = ((start + step) % count for step in range(1, count))
+                refused = first
+            # least_conn with its pick refused: the least busy of the rest, in list order on
+            # ties (walking on from the refused one would send its share to its neighbour).
+            busy = sorted(range(len(members)), key=lambda i: members[i].in_flight)
+            order = (i for i in busy if members[i] is not refused)
         for index in order:
             member = members[index]
             if member in tried:

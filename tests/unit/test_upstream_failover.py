@@ -218,3 +218,14 @@ async def test_bounded_load_moves_keys_off_a_busy_owner() -> None:
     pool.members[owner].in_flight = 10
     await send(pool, key="k")
     assert client.sent[0] != pool.members[owner].url
+
+
+async def test_least_conn_spreads_an_open_members_share_by_load() -> None:
+    """least_conn with an idle but open member: calls go to the least busy of the others."""
+    client = ScriptedClient()
+    pool = make_pool(client, balance="least_conn")
+    guard_pool(pool, BreakerSettings())
+    pool.members[0].circuit.open_for(pool_now(), 60, 0)  # type: ignore[union-attr]
+    pool.members[1].in_flight = 5
+    await send(pool)
+    assert client.sent == [URLS[2]]
