@@ -116,26 +116,28 @@ class Failover:
             try:
                 reply = await self.exchange(member, admitted, now, method, path, headers, body)
             except (BadGateway, GatewayTimeout):
-                chosen = self.another(now, key, tried, retries)
+                chosen = self.another(key, tried, retries)
                 if chosen is None:
                     raise
-                member, admitted = chosen
+                member, admitted, now = chosen
                 continue
             if reply.status in RETRY_STATUSES and reply.stream is None:
-                chosen = self.another(now, key, tried, retries)
+                chosen = self.another(key, tried, retries)
                 if chosen is not None:
-                    member, admitted = chosen
+                    member, admitted, now = chosen
                     continue
             if key is not None:
                 reply.headers["X-Shard"] = member.name  # type: ignore[index]
             return reply
 
     def another(
-        self, now: float, key: str | None, tried: list[Member], retries: int
-    ) -> tuple[Member, int] | None:
-        """The member for a retry, if retries, the budget and the pool allow one."""
+        self, key: str | None, tried: list[Member], retries: int
+    ) -> tuple[Member, int, float] | None:
+        """The member for a retry, if retries, the budget and the pool allow one, and the
+        retry's own start time (its circuit judges its speed, not the failed try's)."""
         if len(tried) > retries:
             return None
+        now = time.monotonic()
         chosen = self.find(now, key, tried)
         if chosen is None:
             return None
@@ -145,7 +147,7 @@ class Failover:
                 member.circuit.abandon(admitted)
             return None
         member.retries += 1
-        return chosen
+        return member, admitted, now
 
     def find(self, now: float, key: str | None, tried: list[Member]) -> tuple[Member, int] | None:
         """The first admissible member in the balancer's order that was not tried yet."""
