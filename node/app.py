@@ -9,8 +9,9 @@ from aiohttp import web
 
 from node.admin import admin_app
 from node.backends import build_probes
-from node.config import Settings, route_methods
+from node.config import Settings, UpstreamSettings, route_methods
 from node.errors import ConfigError
+from node.fastclient import FastClient
 from node.health import health_context
 from node.http import route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
@@ -20,7 +21,7 @@ from node.roles import ROLE_COMPONENTS, ROUTES
 from node.schema import join
 from node.system import add_system_routes
 from node.targets import build_target
-from node.upstream import AiohttpClient, UpstreamPool, close_pools
+from node.upstream import AiohttpClient, UpstreamClient, UpstreamPool, close_pools
 
 STATS = web.AppKey("stats", NodeStats)
 POOLS = web.AppKey("pools", dict[str, UpstreamPool])
@@ -39,7 +40,7 @@ def build_app(
     app = web.Application(client_max_size=largest_body)
     stats = NodeStats()
     pools = {
-        name: UpstreamPool(name, pool, AiohttpClient(pool))
+        name: UpstreamPool(name, pool, upstream_client(pool))
         for name, pool in settings.upstreams.items()
     }
     resources = Resources.build(settings, role)
@@ -101,6 +102,13 @@ def add_routes(
                 app.router.add_route(method, route.path, endpoint)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"{join(path, 'path')}: {exc}") from None
+
+
+def upstream_client(pool: UpstreamSettings) -> UpstreamClient:
+    """The lean client for plain-http pools; aiohttp's for TLS."""
+    if all(target.startswith("http://") for target in pool.targets):
+        return FastClient(pool)
+    return AiohttpClient(pool)
 
 
 async def pools_context(app: web.Application) -> AsyncIterator[None]:

@@ -88,9 +88,6 @@ class Failover:
     another one after a connect error, timeout or 502/503/504, within the retry budget."""
 
     def __init__(self, pool: UpstreamPool) -> None:
-        from node.upstream import BodyStream  # a cycle at import time; a pool exists now
-
-        self.body_stream = BodyStream
         self.pool = pool
         self.budget = RetryBudget(pool.settings.retry_budget)
         self.retries = pool.settings.retries
@@ -233,8 +230,8 @@ class Failover:
             if circuit is not None:
                 circuit.abandon(admitted)
             raise
-        if isinstance(reply.stream, self.body_stream):
-            reply.stream.on_close = member.done  # busy until the body has gone through
+        if reply.stream is not None:
+            reply.stream.on_close = member.done  # type: ignore[attr-defined]  # busy until sent
         else:
             member.in_flight -= 1
         if circuit is not None:

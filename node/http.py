@@ -100,9 +100,13 @@ class RequestCall(Call):
 
 
 def to_response(reply: Reply, node: str) -> web.Response:
-    if not reply.headers and reply.content_type == JSON_TYPE:
-        # The common case, on aiohttp's cheapest path (callgrind: ~5k instructions less).
+    headers = reply.headers
+    if reply.content_type == JSON_TYPE and CONTENT_TYPE not in headers:
+        # The common case, on aiohttp's cheapest path (callgrind: ~5k instructions less);
+        # extending its headers costs less than having aiohttp copy a headers dict.
         response = web.Response(body=reply.body, status=reply.status, content_type=JSON_TYPE)
+        if headers:
+            response.headers.extend(headers)
     else:
         # An empty headers dict is not copied; istr keys skip a case-folding step.
         response = web.Response(body=reply.body, status=reply.status, headers=reply.headers or None)

@@ -266,8 +266,8 @@ class UpstreamPool:
             if isinstance(exc, BadGateway):
                 member.failures += 1
             raise
-        if isinstance(reply.stream, BodyStream):
-            reply.stream.on_close = member.done  # busy until the body has gone through
+        if reply.stream is not None:
+            reply.stream.on_close = member.done  # type: ignore[attr-defined]  # busy until the body has gone through
         else:
             member.in_flight -= 1
         return reply

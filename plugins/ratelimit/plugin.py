@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from multidict import istr
+
 from node.call import Call, Handler, Reply
 from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
 from node.forwarding import TrustedProxies
@@ -23,6 +25,10 @@ from plugins.ratelimit.tiers import TierDirectory
 log = logging.getLogger("scalenode.ratelimit")
 
 DRY_RUN_LOG_INTERVAL = 1.0  # seconds between dry-run summaries, so floods don't flood the log
+KEYS_REMEMBERED = 65536  # clients whose store keys are kept built, as `digest` keeps digests
+RATELIMIT_LIMIT = istr("RateLimit-Limit")  # istr: aiohttp need not case-fold these names
+RATELIMIT_REMAINING = istr("RateLimit-Remaining")
+RATELIMIT_RESET = istr("RateLimit-Reset")
 
 
 @lru_cache(maxsize=65536)  # clients repeat; their digest need not be recomputed
@@ -75,22 +81,18 @@ class RateLimiter:
             "unlimited_by_outage": 0,
         }
         self._dry_run_logged = 0.0
-        # Per limit set, the end of each limit's store key: "}:<algorithm>:<window>".
-        self._suffixes: dict[tuple[Limit, ...], list[str]] = {}
+        self._keys: dict[str, list[str]] = {}  # client digest → its default limits' keys
+        self.memory = store if isinstance(store, MemoryCounter) else None
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         client, api_key = self.identify(call)
         limits = self.policy.default if self.directory is None else await self.limits_for(api_key)
-        suffixes = self._suffixes.get(limits)  # type: ignore[arg-type]
-        if suffixes is None:
-            suffixes = self._suffixes[limits] = [  # type: ignore[index]
-                f"}}:{self.algorithm}:{lim.window_us}"
-                for lim in limits  # type: ignore[union-attr]
-            ]
-        prefix = self.prefix + client
-        keys = [prefix + suffix for suffix in suffixes]
+        keys = self.keys_of(client, limits)  # type: ignore[arg-type]
         try:
-            decision = await self.store.hit(keys, self.algorithm, limits)
+            if self.memory is not None:  # the embedded store decides without a coroutine
+                decision = self.memory.decide_now(keys, self.algorithm, limits)  # type: ignore[arg-type]
+            else:
+                decision = await self.store.hit(keys, self.algorithm, limits)  # type: ignore[arg-type]
         except BackendUnavailable:
             self.counters["backend_errors"] += 1
             if self.mode == "closed":
@@ -121,6 +123,22 @@ class RateLimiter:
         reply = await next(call)
         reply.headers.update(headers)  # type: ignore[attr-defined]
         return reply
+
+    def keys_of(self, client: str, limits: tuple[Limit, ...]) -> list[str]:
+        """The store keys of `client`'s limits; for the default limits, remembered for the
+        clients seen lately (keyed by client alone: hashing a Limit runs Python code)."""
+        if limits is not self.policy.default:
+            return self.build_keys(client, limits)
+        keys = self._keys.get(client)
+        if keys is None:
+            if len(self._keys) >= KEYS_REMEMBERED:
+                self._keys.clear()
+            keys = self._keys[client] = self.build_keys(client, limits)
+        return keys
+
+    def build_keys(self, client: str, limits: tuple[Limit, ...]) -> list[str]:
+        prefix = self.prefix + client
+        return [f"{prefix}}}:{self.algorithm}:{lim.window_us}" for lim in limits]
 
     def identify(self, call: Call) -> tuple[str, str | None]:
         """The client's digest (bounded whatever its key's length) and its API key, if any."""
@@ -190,9 +208,9 @@ class RateLimiter:
                 i = j
         verdict = verdicts[i]
         return {
-            "RateLimit-Limit": str(limits[i].limit),
-            "RateLimit-Remaining": str(verdict.remaining),
-            "RateLimit-Reset": str(-(-verdict.reset_us // 1_000_000)),  # whole seconds, up
+            RATELIMIT_LIMIT: str(limits[i].limit),
+            RATELIMIT_REMAINING: str(verdict.remaining),
+            RATELIMIT_RESET: str(-(-verdict.reset_us // 1_000_000)),  # whole seconds, up
         }
 
     def note_dry_run(self) -> None:

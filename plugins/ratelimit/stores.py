@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,38 +42,41 @@ def wall_clock_us() -> int:
 
 
 class MemoryCounter:
-    """The algorithms run in-process; state in a bounded LRU with per-key expiry."""
+    """The algorithms run in-process; state in a bounded LRU with per-key expiry.
+
+    `decide_now` is the synchronous core, so the plugin saves a coroutine per request;
+    `hit` is the store interface over it.
+    """
 
     def __init__(
         self, clock: Callable[[], int] = wall_clock_us, max_keys: int = MEMORY_MAX_KEYS
     ) -> None:
         self.clock = clock
         self.max_keys = max_keys
-        self._states: OrderedDict[str, tuple[State, int]] = OrderedDict()  # key → (state, expiry)
+        # key → (state, expiry); a plain dict keeps insertion order, so re-inserting a key
+        # on every hit makes its first key the least recently used.
+        self._states: dict[str, tuple[State, int]] = {}
 
-    def _load(self, key: str, now: int) -> State | None:
-        entry = self._states.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= now:
-            del self._states[key]
-            return None
-        return entry[0]
-
-    async def hit(
+    def decide_now(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
         now = self.clock()
         states = self._states
-        allowed, verdicts, new_states = decide(
-            algorithm, [self._load(key, now) for key in keys], limits, now, cost
-        )
+        loaded: list[State | None] = []
+        for key in keys:
+            entry = states.pop(key, None)
+            loaded.append(entry[0] if entry is not None and entry[1] > now else None)
+        allowed, verdicts, new_states = decide(algorithm, loaded, limits, now, cost)
         for key, lim, state in zip(keys, limits, new_states, strict=True):
             states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
-            states.move_to_end(key)
-        if len(states) > self.max_keys:
-            states.popitem(last=False)
+        while len(states) > self.max_keys:
+            del states[next(iter(states))]
         return Decision(allowed, verdicts)
+
+    async def hit(
+        self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
+    ) -> Decision:
+        return self.decide_now(keys, algorithm, limits, cost)
 
 
 def bulk(value: str | int) -> bytes:

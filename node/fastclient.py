@@ -1,0 +1,343 @@
+"""A lean HTTP/1.1 client for plain-http upstreams: keep-alive connections and httptools.
+
+aiohttp's client spends most of a proxied request's CPU on machinery a proxy does not use
+(URL objects, timers per phase, tracing, cookie jars). This client writes the request in
+one buffer, parses the reply with llhttp (httptools) and hands back a `Reply`: whole when
+it is small and sized, streamed otherwise. One timer per exchange bounds it (`timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict
+
+from node.call import Reply
+from node.config import UpstreamSettings
+from node.errors import BadGateway, GatewayTimeout
+from node.upstream import HEAD_REPLY_DROP, READ_WHOLE_LIMIT, REPLY_DROP, end_to_end
+
+PAUSE_AT = 4 * 64 * 1024  # bytes a streamed reply may buffer before reading pauses
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send Content-Length: 0 when empty
+NO_BODY = frozenset({204, 304})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+BYTES_AS_SENT = ("utf-8", "surrogateescape")
+
+
+class Exchange(asyncio.Protocol):
+    """One keep-alive connection to one member; one request/reply at a time."""
+
+    def __init__(self, url: str, timeout: float, release: Callable[[Exchange], None]) -> None:
+        self.url = url
+        self.host_header = f"Host: {urlsplit(url).netloc}\r\n".encode("latin-1")
+        self.timeout = timeout
+        self.release = release
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.head: asyncio.Future[None] | None = None
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.stream: ReplyStream | None = None
+        self.complete = False
+        self.keep_alive = False
+        self.head_only = False
+        self.in_use = False
+        self.served = 0  # exchanges completed on this connection
+        self.answered = False  # any byte of the current reply arrived
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(BadGateway(f"upstream sent a malformed reply: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.complete or not self.in_use:
+            return
+        if exc is None and self.stream is not None and self.read_until_close():
+            self.complete = True  # a body without length or chunks ends with the connection
+            self.stream.finish()
+            self.give_back()
+        else:
+            self.fail(BadGateway("upstream closed the connection mid-reply"))
+
+    def read_until_close(self) -> bool:
+        framing = {k.lower() for k, _ in self.headers}
+        return "content-length" not in framing and "transfer-encoding" not in framing
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim reply (100 Continue): the real one follows
+            self.headers = []
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        length = next((v for k, v in self.headers if k.lower() == "content-length"), None)
+        if self.head_only:
+            self.complete, self.keep_alive = True, False  # no body follows; don't reuse
+            self._resolve_head()
+        elif status not in NO_BODY and (length is None or int(length) > READ_WHOLE_LIMIT):
+            self.stream = ReplyStream(self, self.timeout)
+            self._resolve_head()
+
+    def on_body(self, body: bytes) -> None:
+        if self.stream is not None:
+            self.stream.push(body)
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:  # the end of an interim reply
+            return
+        self.complete = True
+        if self.stream is not None:
+            self.stream.finish()
+            if self.stream.paused and self.transport is not None:
+                self.transport.resume_reading()  # the connection goes on without the stream
+            self.done()
+        else:
+            self._resolve_head()
+
+    def _resolve_head(self) -> None:
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+
+    def fail(self, exc: Exception) -> None:
+        self.keep_alive = False
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(exc)
+        elif self.stream is not None:
+            self.stream.fail(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def done(self) -> None:
+        """The exchange is over: back to the idle list if the connection can go on."""
+        if not (self.complete and self.keep_alive) or self.closed:
+            self.close()
+        self.give_back()
+
+    def give_back(self) -> None:
+        if self.in_use:  # once per exchange, whichever path ends it first
+            self.in_use = False
+            self.served += 1
+            self.release(self)
+
+    def send(self, method: str, path: str, headers: CIMultiDict[str], body: bytes) -> None:
+        self.head = asyncio.get_running_loop().create_future()
+        self.status, self.headers, self.body = 0, [], []
+        self.stream, self.complete, self.keep_alive = None, False, False
+        self.head_only = method == "HEAD"
+        self.in_use, self.answered = True, False
+        # aiohttp decoded the client's bytes as UTF-8 with surrogateescape: this restores them.
+        lines = [f"{method} {path} HTTP/1.1\r\n".encode(*BYTES_AS_SENT), self.host_header]
+        lines += [f"{k}: {v}\r\n".encode(*BYTES_AS_SENT) for k, v in headers.items()]
+        if body or method in BODY_METHODS:
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines.append(b"\r\n")
+        assert self.transport is not None
+        self.transport.write(b"".join(lines) + body if len(body) < 65536 else b"".join(lines))
+        if len(body) >= 65536:
+            self.transport.write(body)
+
+
+class ReplyStream:
+    """A reply body passed through as it arrives; reading pauses while the client lags."""
+
+    def __init__(self, exchange: Exchange, timeout: float) -> None:
+        self.exchange = exchange
+        self.timeout = timeout  # seconds the upstream may stay silent mid-body
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.ended = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+        self.on_close: Callable[[], None] | None = None
+        self._closed = False
+
+    def push(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered > PAUSE_AT and not self.paused and self.exchange.transport is not None:
+            self.paused = True
+            self.exchange.transport.pause_reading()
+        self._wake()
+
+    def finish(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def fail(self, exc: Exception) -> None:
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            if self.chunks:
+                chunk = self.chunks.popleft()
+                self.buffered -= len(chunk)
+                if self.paused and self.buffered <= PAUSE_AT // 2:
+                    self.paused = False
+                    if self.exchange.transport is not None:
+                        self.exchange.transport.resume_reading()
+                yield chunk
+            elif self.error is not None:
+                raise self.error
+            elif self.ended:
+                return
+            else:
+                self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.wait_for(self.waiter, self.timeout)
+                except TimeoutError:
+                    self.exchange.close()
+                    raise GatewayTimeout("upstream stalled mid-response") from None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self.ended:  # the client left early: this connection cannot be reused
+            self.exchange.close()
+            self.exchange.give_back()
+        if self.on_close is not None:
+            self.on_close()
+
+
+class FastClient:
+    """The `UpstreamClient` for http:// members (https:// pools keep `AiohttpClient`)."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self.idle: dict[str, list[Exchange]] = {}
+        self.slots = asyncio.Semaphore(settings.max_connections)
+        self.open: set[Exchange] = set()
+
+    async def send(
+        self, member: object, method: str, path: str, headers: CIMultiDict[str], body: bytes
+    ) -> Reply:
+        url: str = member.url  # type: ignore[attr-defined]
+        exchange = await self.acquire(url)
+        reused = exchange.served > 0
+        try:
+            return await self.exchange(exchange, url, method, path, headers, body)
+        except BadGateway:
+            # A kept-alive connection the upstream closed just as we used it (its idle
+            # timeout): nothing was answered, so an idempotent request goes again, once.
+            if not reused or exchange.answered or method not in IDEMPOTENT:
+                raise
+        return await self.exchange(await self.acquire(url), url, method, path, headers, body)
+
+    async def exchange(
+        self,
+        exchange: Exchange,
+        url: str,
+        method: str,
+        path: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> Reply:
+        timer = asyncio.get_running_loop().call_later(
+            self.settings.timeout, exchange.fail, GatewayTimeout(f"upstream {url} timed out")
+        )
+        try:
+            exchange.send(method, path, headers, body)
+            await exchange.head  # type: ignore[misc]
+        except BaseException:
+            exchange.close()
+            exchange.give_back()
+            raise
+        finally:
+            timer.cancel()
+        reply_headers = end_to_end(
+            CIMultiDict(exchange.headers), HEAD_REPLY_DROP if method == "HEAD" else REPLY_DROP
+        )
+        stream = exchange.stream
+        if stream is not None:
+            length = reply_headers.get("Content-Length") or next(
+                (v for k, v in exchange.headers if k.lower() == "content-length"), None
+            )
+            if length is not None:
+                reply_headers["Content-Length"] = length
+            return Reply(exchange.status, b"", reply_headers, stream=stream)
+        exchange.done()
+        return Reply(exchange.status, b"".join(exchange.body), reply_headers)
+
+    async def acquire(self, url: str) -> Exchange:
+        idle = self.idle.get(url)
+        while idle:
+            exchange = idle.pop()
+            if not exchange.closed:
+                return exchange
+            self._forget(exchange)  # its connection died while idle
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.settings.timeout)
+        except TimeoutError:
+            raise GatewayTimeout(f"no free connection to {url} in time") from None
+        try:
+            return await self.connect(url)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    async def connect(self, url: str) -> Exchange:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        timeout = self.settings.timeout
+        loop = asyncio.get_running_loop()
+        try:
+            _, exchange = await asyncio.wait_for(
+                loop.create_connection(lambda: Exchange(url, timeout, self._release), host, port),
+                self.settings.connect_timeout,
+            )
+        except TimeoutError:
+            raise GatewayTimeout(f"upstream {url} did not accept a connection in time") from None
+        except OSError as exc:
+            raise BadGateway(f"upstream {url} failed: {type(exc).__name__}") from exc
+        self.open.add(exchange)
+        return exchange
+
+    def _release(self, exchange: Exchange) -> None:
+        if exchange.closed:
+            self._forget(exchange)
+        else:
+            self.idle.setdefault(exchange.url, []).append(exchange)
+
+    def _forget(self, exchange: Exchange) -> None:
+        if exchange in self.open:
+            self.open.discard(exchange)
+            self.slots.release()
+
+    async def close(self) -> None:
+        for exchange in list(self.open):
+            exchange.close()
+        self.open.clear()
+        self.idle.clear()

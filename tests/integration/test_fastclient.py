@@ -1,0 +1,215 @@
+"""The lean upstream client against raw TCP servers that answer the way odd upstreams do:
+interim replies, bodies ended by close, malformed replies, stalls, and keep-alive reuse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from multidict import CIMultiDict
+
+from node.config import UpstreamSettings
+from node.errors import BadGateway, GatewayTimeout
+from node.fastclient import FastClient
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Member:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+class RawServer:
+    """A TCP server whose every connection runs `answer`; it counts connections."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def member(self) -> Member:
+        assert self.server is not None
+        return Member(f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}")
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[RawServer]]]:
+    servers: list[RawServer] = []
+
+    async def start(answer: Answer) -> RawServer:
+        raw = RawServer(answer)
+        raw.server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+        servers.append(raw)
+        return raw
+
+    yield start
+    for raw in servers:
+        assert raw.server is not None
+        raw.server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def client(timeout: float = 2.0) -> FastClient:
+    return FastClient(UpstreamSettings(targets=("http://127.0.0.1:1",), timeout=timeout))
+
+
+async def get(fast: FastClient, raw: RawServer, method: str = "GET") -> tuple[int, bytes, dict]:
+    reply = await fast.send(raw.member, method, "/x", CIMultiDict({"Accept": "*/*"}), b"")
+    body = reply.body
+    if reply.stream is not None:
+        body = b"".join([chunk async for chunk in reply.stream])
+        await reply.stream.aclose()
+    return reply.status, body, dict(reply.headers)
+
+
+async def keep_alive_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello")
+        await writer.drain()
+
+
+async def test_keeps_one_connection_alive_across_requests(serve) -> None:
+    """Ten sequential requests travel over one upstream connection."""
+    raw, fast = await serve(keep_alive_hello), client()
+    for _ in range(10):
+        assert await get(fast, raw) == (200, b"hello", {"X-Up": "1"})
+    assert raw.connections == 1
+    await fast.close()
+
+
+async def test_skips_an_interim_100_continue(serve) -> None:
+    """A 100 Continue before the real reply is not mistaken for it."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    assert (await get(fast, await serve(answer)))[:2] == (201, b"ok")
+    await fast.close()
+
+
+async def test_a_body_ended_by_close_is_streamed_whole(serve) -> None:
+    """HTTP/1.0-style: no length, no chunks; the body ends when the upstream closes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"z" * 100_000)
+        await writer.drain()
+
+    fast = client()
+    status, body, _ = await get(fast, await serve(answer))
+    assert (status, len(body)) == (200, 100_000)
+    await fast.close()
+
+
+async def test_a_malformed_reply_is_a_502(serve) -> None:
+    """Garbage instead of a status line: BadGateway, never a crash."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP READY\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    await fast.close()
+
+
+async def test_a_silent_upstream_times_out_and_frees_its_slot(serve) -> None:
+    """No answer within `timeout`: 504, and the connection does not count against the cap."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    fast = client(timeout=0.2)
+    raw = await serve(answer)
+    with pytest.raises(GatewayTimeout):
+        await get(fast, raw)
+    assert not fast.open
+    await fast.close()
+
+
+async def test_a_stall_mid_body_is_a_504(serve) -> None:
+    """Headers, some of a large body, then silence: the stream raises GatewayTimeout."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    fast = client(timeout=0.3)
+    with pytest.raises(GatewayTimeout):
+        await get(fast, await serve(answer))
+    await fast.close()
+
+
+async def test_head_keeps_content_length_and_does_not_wait_for_a_body(serve) -> None:
+    """HEAD: the headers describe the GET body; no body is awaited."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    status, body, headers = await get(fast, await serve(answer), "HEAD")
+    assert (status, body, headers["Content-Length"]) == (200, b"", "1234")
+    await fast.close()
+
+
+async def test_a_connection_closed_while_idle_is_replaced(serve) -> None:
+    """The upstream drops a kept-alive connection between requests: the next one reconnects."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()  # and close: the handler returns
+
+    raw, fast = await serve(answer), client()
+    assert (await get(fast, raw))[:2] == (200, b"ok")
+    await asyncio.sleep(0.05)
+    assert (await get(fast, raw))[:2] == (200, b"ok")
+    assert raw.connections == 2
+    await fast.close()
+
+
+async def test_a_keep_alive_race_is_retried_on_a_new_connection(serve) -> None:
+    """The upstream closes a kept-alive connection as the next request arrives (its idle
+    timeout): an idempotent request goes again on a fresh connection, no 502."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the second request: closed unanswered
+
+    raw, fast = await serve(answer), client()
+    assert (await get(fast, raw))[:2] == (200, b"ok")
+    assert (await get(fast, raw))[:2] == (200, b"ok")
+    assert raw.connections == 2
+    await fast.close()
