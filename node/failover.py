@@ -108,16 +108,25 @@ class Failover:
         if chosen is None:
             raise self.unavailable(now)
         member, admitted = chosen
+        client = self.pool.client
         while True:
             tried.append(member)
+            # The bookkeeping around the await is plain calls: no coroutine frame per try.
+            member.in_flight += 1
+            member.requests += 1
             try:
-                reply = await self.exchange(member, admitted, now, method, path, headers, body)
-            except (BadGateway, GatewayTimeout):
+                reply = await client.send(member, method, path, headers, body)
+            except (BadGateway, GatewayTimeout) as exc:
+                self.failed(member, admitted, now, exc)
                 chosen = self.another(key, tried, retries)
                 if chosen is None:
                     raise
                 member, admitted, now = chosen
                 continue
+            except BaseException:
+                self.abandoned(member, admitted)
+                raise
+            self.answered(member, admitted, now, reply)
             if reply.status in RETRY_STATUSES and reply.stream is None:
                 chosen = self.another(key, tried, retries)
                 if chosen is not None:
@@ -199,46 +208,33 @@ class Failover:
             headers={"Retry-After": str(seconds)},
         )
 
-    async def exchange(
-        self,
-        member: Member,
-        admitted: int,
-        now: float,
-        method: str,
-        path: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-    ) -> Reply:
-        """One try on `member`: counted on it as the plain send counts, judged by its circuit.
-        (The plain send's counting is repeated here, not shared, to save a coroutine frame.)"""
-        circuit = member.circuit
-        member.in_flight += 1
-        member.requests += 1
-        try:
-            reply = await self.pool.client.send(member, method, path, headers, body)
-        except (BadGateway, GatewayTimeout) as exc:
-            member.in_flight -= 1
-            if isinstance(exc, GatewayTimeout):
-                member.timeouts += 1
-            else:
-                member.failures += 1
-            if circuit is not None:
-                circuit.record(now, True, False, admitted)
-            raise
-        except BaseException:  # cancelled (the client left): a trial slot is given back
-            member.in_flight -= 1
-            if circuit is not None:
-                circuit.abandon(admitted)
-            raise
+    def answered(self, member: Member, admitted: int, now: float, reply: Reply) -> None:
+        """A try that got a reply: counted as the plain send counts, judged by the circuit."""
         if reply.stream is not None:
             reply.stream.on_close = member.done  # type: ignore[attr-defined]  # busy until sent
         else:
             member.in_flight -= 1
+        circuit = member.circuit
         if circuit is not None:
             slow_seconds = self.slow_seconds
             slow = slow_seconds is not None and time.monotonic() - now >= slow_seconds
             circuit.record(now, reply.status in self.failure_statuses, slow, admitted)
-        return reply
+
+    def failed(self, member: Member, admitted: int, now: float, exc: Exception) -> None:
+        """A try that got no reply (502: refused, reset, broken; 504: timed out)."""
+        member.in_flight -= 1
+        if isinstance(exc, GatewayTimeout):
+            member.timeouts += 1
+        else:
+            member.failures += 1
+        if member.circuit is not None:
+            member.circuit.record(now, True, False, admitted)
+
+    def abandoned(self, member: Member, admitted: int) -> None:
+        """A try cancelled (the client left): not judged; a trial slot is given back."""
+        member.in_flight -= 1
+        if member.circuit is not None:
+            member.circuit.abandon(admitted)
 
 
 def member_snapshot(member: Member, share: float | None) -> dict[str, object]:
