@@ -168,9 +168,14 @@ class Failover:
             else:
                 order = ring.walk(key)
         elif self.rotates:
-            # Round robin: a skipped member's turn passes to the next pick, so its share
+            member = pool.pick()
+            if member not in tried:
+                admitted = admit(member, now)
+                if admitted != REJECT:
+                    return member, admitted  # the common case: the balancer's pick is fine
+            # Round robin: a refused member's turn passes to the next pick, so its share
             # spreads evenly over the others instead of landing on its neighbour.
-            for member in pool.turns(len(members)):
+            for member in pool.turns(len(members) - 1):
                 if member not in tried:
                     admitted = admit(member, now)
                     if admitted != REJECT:
