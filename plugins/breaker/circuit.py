@@ -149,6 +149,11 @@ class Circuit:
         self.state = HALF_OPEN
         self.passed = 0
 
+    def withdraw(self) -> None:
+        """Half-open back to open without a verdict (a shared trial this node never sent)."""
+        if self.state == HALF_OPEN:
+            self.state = OPEN
+
     def close(self) -> None:
         """Closed with a clean window: the failures that tripped it are history."""
         self.state = CLOSED

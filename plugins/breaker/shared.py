@@ -22,7 +22,7 @@ from node.bus import ClusterBus
 from node.errors import BackendUnavailable
 from node.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
 from node.redisconn import RedisConnection
-from plugins.breaker.circuit import OPEN, Circuit
+from plugins.breaker.circuit import HALF_OPEN, OPEN, Circuit
 
 log = logging.getLogger("scalenode.breaker")
 
@@ -160,8 +160,20 @@ class TripExchange:
             return
         if won:
             circuit.half_open()
+            # No call here to try with before the token expires: let another node try.
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(ttl, self._idle, circuit, circuit.probes)
+            self._timers[circuit.name] = timer
         else:
             self._arm(circuit, ttl)
+
+    def _idle(self, circuit: Circuit, probes: int) -> None:
+        """Back to open if this node sent no trial since it won the token, so that a node
+        with traffic can win it: trials stay one node's at a time."""
+        self._timers.pop(circuit.name, None)
+        if circuit.state == HALF_OPEN and circuit.probes == probes:
+            circuit.withdraw()
+            self._arm(circuit, 0.0)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
