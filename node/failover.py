@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict
@@ -158,49 +158,41 @@ class Failover:
     def find(self, now: float, key: str | None, tried: list[Member]) -> tuple[Member, int] | None:
         """The first admissible member in the balancer's order that was not tried yet."""
         pool = self.pool
-        members = pool.members
-        ring = pool.ring
-        order: Iterator[int]
-        if key is not None and ring is not None:
-            if pool.settings.load_factor:
-                loads = [m.in_flight for m in members]
-                order = ring.bounded(key, loads, pool.settings.load_factor)
-            else:
-                order = ring.walk(key)
-        elif self.rotates:
+        refused = None
+        if (key is None or pool.ring is None) and (self.rotates or not tried):
             member = pool.pick()
             if member not in tried:
                 admitted = admit(member, now)
                 if admitted != REJECT:
                     return member, admitted  # the common case: the balancer's pick is fine
-            # Round robin: a refused member's turn passes to the next pick, so its share
-            # spreads evenly over the others instead of landing on its neighbour.
-            for member in pool.turns(len(members) - 1):
-                if member not in tried:
-                    admitted = admit(member, now)
-                    if admitted != REJECT:
-                        return member, admitted
-            return None
-        else:
-            refused = None
-            if not tried:
-                first = pool.pick()
-                admitted = admit(first, now)
-                if admitted != REJECT:
-                    return first, admitted  # the common case: the balancer's pick is fine
-                refused = first
-            # least_conn with its pick refused: the least busy of the rest, in list order on
-            # ties (walking on from the refused one would send its share to its neighbour).
-            busy = sorted(range(len(members)), key=lambda i: members[i].in_flight)
-            order = (i for i in busy if members[i] is not refused)
-        for index in order:
-            member = members[index]
-            if member in tried:
+                refused = member
+        for member in self.fallbacks(key):
+            if member in tried or member is refused:
                 continue
             admitted = admit(member, now)
             if admitted != REJECT:
                 return member, admitted
         return None
+
+    def fallbacks(self, key: str | None) -> Iterable[Member]:
+        """Whom to try when the balancer's pick cannot take the call (or, for a key, the
+        ring's order from the key's owner on)."""
+        pool = self.pool
+        members = pool.members
+        ring = pool.ring
+        if key is not None and ring is not None:
+            factor = pool.settings.load_factor
+            if factor:
+                order = ring.bounded(key, [m.in_flight for m in members], factor)
+            else:
+                order = ring.walk(key)
+            return (members[i] for i in order)
+        if self.rotates:
+            # Round robin: a refused member's turn passes to the next pick, so its share
+            # spreads evenly over the others instead of landing on its neighbour.
+            return pool.turns(len(members) - 1)
+        # least_conn: the least busy of the rest (list order on ties), for the same reason.
+        return sorted(members, key=lambda m: m.in_flight)
 
     def unavailable(self, now: float) -> ServiceUnavailable:
         self.rejected += 1

@@ -171,50 +171,61 @@ class NodeCollector:
 
     def collect_resilience(self, snapshots: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         """Breaker state, health, trips, rejections, trials, retries and ring shares per
-        member; retries, exhausted budget and 503s per pool."""
-        labels = ["node", "upstream", "member"]
-        state = GaugeMetricFamily(
+        member; retries, exhausted budget, 503s and ring balance per pool."""
+        families = resilience_families()
+        for pool, snapshot in snapshots.items():
+            key = [self.node, pool]
+            for field, (name, _) in POOL_COUNTERS.items():
+                families[f"pool_{name}"].add_metric(key, snapshot.get(field, 0))
+            if snapshot.get("ring_max_deviation") is not None:
+                families["pool_ring_max_deviation"].add_metric(key, snapshot["ring_max_deviation"])
+            for member in snapshot["members"]:
+                add_member([self.node, pool, member["url"]], member, families)
+        yield from families.values()
+
+
+Families = dict[str, GaugeMetricFamily | CounterMetricFamily]
+
+
+def resilience_families() -> Families:
+    """The resilience metric families, by name without the `scalenode_upstream_` prefix."""
+    member, pool = ["node", "upstream", "member"], ["node", "upstream"]
+    families: Families = {
+        "breaker_state": GaugeMetricFamily(
             "scalenode_upstream_breaker_state",
             "1 for the member's circuit state (closed, open, half_open).",
-            labels=[*labels, "state"],
-        )
-        healthy = GaugeMetricFamily(
-            "scalenode_upstream_healthy", "1 unless health checks ejected it.", labels=labels
-        )
-        share = GaugeMetricFamily(
-            "scalenode_upstream_ring_share", "The member's share of the hash ring.", labels=labels
-        )
-        deviation = GaugeMetricFamily(
+            labels=[*member, "state"],
+        ),
+        "healthy": GaugeMetricFamily(
+            "scalenode_upstream_healthy", "1 unless health checks ejected it.", labels=member
+        ),
+        "ring_share": GaugeMetricFamily(
+            "scalenode_upstream_ring_share", "The member's share of the hash ring.", labels=member
+        ),
+        "pool_ring_max_deviation": GaugeMetricFamily(
             "scalenode_upstream_pool_ring_max_deviation",
             "The hash ring's worst member share relative to a fair one (0.06 = 6 % off).",
-            labels=["node", "upstream"],
+            labels=pool,
+        ),
+    }
+    for key, help_text in MEMBER_COUNTERS.items():
+        families[key] = CounterMetricFamily(f"scalenode_upstream_{key}", help_text, labels=member)
+    for name, help_text in POOL_COUNTERS.values():
+        families[f"pool_{name}"] = CounterMetricFamily(
+            f"scalenode_upstream_pool_{name}", help_text, labels=pool
         )
-        counted = {
-            key: CounterMetricFamily(f"scalenode_upstream_{key}", help_text, labels=labels)
-            for key, help_text in MEMBER_COUNTERS.items()
-        }
-        pooled = {
-            key: CounterMetricFamily(
-                f"scalenode_upstream_pool_{name}", help_text, labels=["node", "upstream"]
-            )
-            for key, (name, help_text) in POOL_COUNTERS.items()
-        }
-        for pool, snapshot in snapshots.items():
-            for key, family in pooled.items():
-                family.add_metric([self.node, pool], snapshot.get(key, 0))
-            if snapshot.get("ring_max_deviation") is not None:
-                deviation.add_metric([self.node, pool], snapshot["ring_max_deviation"])
-            for member in snapshot["members"]:
-                names = [self.node, pool, member["url"]]
-                current = member.get("state", "closed")
-                for name in ("closed", "open", "half_open"):
-                    state.add_metric([*names, name], 1 if name == current else 0)
-                healthy.add_metric(names, 1 if member.get("healthy", True) else 0)
-                for key, family in counted.items():
-                    family.add_metric(names, member.get(key, 0))
-                if member.get("ring_share") is not None:
-                    share.add_metric(names, member["ring_share"])
-        yield from (state, healthy, share, deviation, *counted.values(), *pooled.values())
+    return families
+
+
+def add_member(names: list[str], member: dict[str, Any], families: Families) -> None:
+    current = member.get("state", "closed")
+    for state in ("closed", "open", "half_open"):
+        families["breaker_state"].add_metric([*names, state], 1 if state == current else 0)
+    families["healthy"].add_metric(names, 1 if member.get("healthy", True) else 0)
+    for key in MEMBER_COUNTERS:
+        families[key].add_metric(names, member.get(key, 0))
+    if member.get("ring_share") is not None:
+        families["ring_share"].add_metric(names, member["ring_share"])
 
 
 def make_registry(collector: NodeCollector) -> CollectorRegistry:

@@ -7,6 +7,8 @@ from typing import Any
 
 from node.errors import ConfigError
 from node.pipeline import BuildContext
+from node.redisconn import RedisConnection
+from node.resources import Resources
 from node.schema import build, join
 from plugins.breaker.admin import BreakerAdmin
 from plugins.breaker.circuit import Circuit
@@ -47,24 +49,36 @@ def build_circuit_breaker(table: dict[str, Any], path: str, ctx: BuildContext) -
         raise ConfigError(f"{join(path, 'shared')}: sharing trips needs backends.redis")
     circuits = guard_pool(pool, settings)
     guarded[name] = Guarded(settings, path, circuits)
+    node = ctx.settings.node.name
 
     def make_admin() -> BreakerAdmin:
-        made = BreakerAdmin(ctx.settings.node.name)
+        made = BreakerAdmin(node)
         resources.admin_routes.extend(made.routes())
         return made
 
     resources.shared("breaker.admin", make_admin).pools[name] = circuits
     if shared and redis is not None:
-
-        def make_exchange() -> TripExchange:
-            made = TripExchange(ctx.settings.node.name, redis, resources.bus)
-            resources.on_start.append(made.load)
-            resources.on_stop.append(made.stop)
-            return made
-
-        exchange = resources.shared("breaker.exchange", make_exchange)
-        resources.tolerated.add("redis")  # an outage only unshares trips
-        # A trial token outlives the slowest trial call, then another node may try.
-        for circuit in circuits:
-            exchange.register(circuit, pool.settings.timeout + 1)
+        share_trips(circuits, resources, redis, node, trial_ttl=pool.settings.timeout + 1)
     return CircuitBreaker(pool, circuits)
+
+
+def share_trips(
+    circuits: list[Circuit],
+    resources: Resources,
+    redis: RedisConnection,
+    node: str,
+    trial_ttl: float,
+) -> None:
+    """Hand `circuits` to the node's one TripExchange (made, and tied to the app's life,
+    on first use). `trial_ttl`: a trial token outlives the slowest trial call."""
+
+    def make_exchange() -> TripExchange:
+        made = TripExchange(node, redis, resources.bus)
+        resources.on_start.append(made.load)
+        resources.on_stop.append(made.stop)
+        return made
+
+    exchange = resources.shared("breaker.exchange", make_exchange)
+    resources.tolerated.add("redis")  # an outage only unshares trips
+    for circuit in circuits:
+        exchange.register(circuit, trial_ttl)
