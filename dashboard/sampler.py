@@ -19,8 +19,9 @@ from typing import Any
 from dashboard.aggregate import quantile
 from node.metrics import LATENCY_BOUNDS, NodeStats
 
-WINDOW = 10  # seconds of readings kept: the "last 10 s" of every rate
-MIN_INTERVAL = 0.5  # seconds; a second caller within this gets the cached snapshot
+WINDOW = 10.0  # seconds of readings kept: the "last 10 s" of every rate
+MIN_INTERVAL = 0.04  # seconds; a second caller within this gets the cached snapshot
+MAX_READINGS = 256  # bounds the ring whatever the callers' pace (10 s at 0.05 s apart)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -64,7 +65,7 @@ class NodeSampler:
         self.pools = pools
         self.clock = clock
         self.cpu_clock = cpu_clock
-        self._ring: deque[Reading] = deque(maxlen=WINDOW + 1)
+        self._ring: deque[Reading] = deque(maxlen=MAX_READINGS)
         self._cached: dict[str, Any] = {}
 
     def read(self) -> tuple[Reading, list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -98,9 +99,12 @@ class NodeSampler:
         if self._ring and self.clock() - self._ring[-1].t < MIN_INTERVAL and self._cached:
             return self._cached
         now, plugins, pools = self.read()
-        self._ring.append(now)
-        last = self._ring[-2] if len(self._ring) > 1 else now
-        first = self._ring[0]
+        ring = self._ring
+        ring.append(now)
+        while len(ring) > 2 and ring[1].t <= now.t - WINDOW:
+            ring.popleft()  # the oldest kept is the last one at least WINDOW old
+        first = ring[0]
+        last = next((r for r in reversed(ring) if r.t <= now.t - 1.0), first)
         span, span_1s = now.t - first.t, now.t - last.t
         window_buckets = [a - b for a, b in zip(now.buckets, first.buckets, strict=True)]
         metrics = {

@@ -7,6 +7,7 @@ token: `?token=` once sets an HttpOnly cookie, `Authorization: Bearer` serves sc
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -26,9 +27,11 @@ log = logging.getLogger("scalenode.dashboard")
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "scalenode_dashboard"
-# A viewer gets ~1 frame a second; a small kernel buffer makes a stalled browser show up
-# as a full queue within seconds instead of after megabytes of buffered frames.
-SEND_BUFFER = 64 * 1024
+# A viewer gets ~1 frame a second; small socket buffers make a stalled browser show up as
+# a full queue within seconds instead of after megabytes of buffered frames. 32 KiB a
+# round trip is still far more than a frame a second needs, even across an ocean.
+SEND_BUFFER = 32 * 1024
+WRITE_HIGH_WATER = 16 * 1024  # bytes unsent in the transport before a send waits
 HUB = web.AppKey("dashboard_hub", FeedHub)
 
 
@@ -100,8 +103,11 @@ async def cluster(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def shrink_send_buffer(transport: object) -> None:
-    sock = getattr(transport, "get_extra_info", lambda _: None)("socket")
+def shrink_send_buffer(transport: asyncio.Transport | None) -> None:
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
