@@ -115,15 +115,25 @@
   function axes(unit) {
     const grid = { stroke: css("--line"), width: 1 };
     return [
-      { stroke: css("--muted"), grid, ticks: grid },
+      { stroke: css("--muted"), grid, ticks: grid, values: (u, ticks) => ticks.map(clock) },
       { stroke: css("--muted"), grid, ticks: grid, size: 56, values: (u, vals) => vals.map((v) => v + unit) },
     ];
+  }
+  const two = (n) => String(n).padStart(2, "0");
+  function clock(t) {
+    const d = new Date(t * 1000);
+    const hm = two(d.getHours()) + ":" + two(d.getMinutes());
+    return state.windowS > 300 ? hm : hm + ":" + two(d.getSeconds());
   }
   function makeChart(el, series, unit, key) {
     if (state.charts[key]) state.charts[key].destroy();
     const opts = {
       width: el.clientWidth || 600, height: 200, series: [{}, ...series], axes: axes(unit),
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] } },
+      scales: {
+        // The whole chosen window, filling from the right as history arrives.
+        x: { time: true, range: (u, min, max) => [max - state.windowS, max] },
+        y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] },
+      },
       legend: { live: true }, cursor: { drag: { x: false, y: false } },
     };
     state.charts[key] = new uPlot(opts, [[], ...series.map(() => [])], el);
@@ -175,7 +185,7 @@
     $("replicas-reason").textContent = `${r.reason} · min ${r.minimum}, max ${r.maximum}`;
     const H = state.hist;
     spark($("spark-rps"), windowSlice(H.rps), css("--accent"));
-    spark($("spark-errors"), windowSlice(H.error_pct), css("--bad"));
+    spark($("spark-errors"), windowSlice(H.error_pct), c.error_pct > 0 ? css("--bad") : css("--ok"));
     const banner = $("banner");
     if (c.problem) { banner.hidden = false; banner.className = "banner info"; banner.textContent = "▲ " + c.problem; }
     else if (state.ws && state.ws.readyState === 1) banner.hidden = true;
