@@ -84,3 +84,24 @@ def test_dashboard_follows_the_cluster(start_node, write_config, redis_server, p
     )
     assert page.locator("#link").text_content() == "● live"
     assert errors == []
+
+
+def test_page_shows_the_lost_connection_and_reconnects(start_node, page):
+    """Node stopped: "disconnected, retrying" on the page; node back: live again, by itself."""
+    page, errors = page
+    port = free_port()
+    node = start_node(port=port)
+    page.goto(f"http://127.0.0.1:{port}/dashboard")
+    page.wait_for_function("document.getElementById('link').textContent === '● live'")
+    assert node.terminate() == 0
+    page.wait_for_function(
+        "document.getElementById('banner').textContent.includes('Disconnected')", timeout=WAIT_MS
+    )
+    assert "reconnecting" in page.locator("#link").text_content()
+    start_node(port=port)
+    page.wait_for_function(
+        "document.getElementById('link').textContent === '● live'", timeout=WAIT_MS
+    )
+    assert page.locator("#banner").is_hidden()
+    # The browser itself reports the refused reconnects; nothing else may be logged.
+    assert [e for e in errors if "ERR_CONNECTION_REFUSED" not in e] == []
