@@ -45,9 +45,12 @@ class Viewer:
         self.sender = asyncio.ensure_future(self._send())
 
     async def _send(self) -> None:
-        while True:
-            frame = await self.queue.get()
-            await self.ws.send_frame(frame, WSMsgType.TEXT)
+        try:
+            while True:
+                frame = await self.queue.get()
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            pass  # the viewer left; its handler unsubscribes it
 
     def drop(self) -> None:
         """Cut the connection at once: closing politely would wait on the slow client."""
