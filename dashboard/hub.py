@@ -117,8 +117,7 @@ class FeedHub:
         cluster["replicas"] = {
             **asdict(self.recommendation),
             "direction": self.recommendation.direction,
-            "minimum": self.policy.minimum,
-            "maximum": self.policy.maximum,
+            **asdict(self.policy),
         }
         cluster["problem"] = problem
         self.history.append(now, rows, cluster)

@@ -164,6 +164,8 @@
   }
 
   // ---- tiles --------------------------------------------------------------------------
+  // Threshold colours (with the number itself as the text): amber from `warn`, red from `bad`.
+  const level = (x, warn, bad) => (x == null ? "" : x >= bad ? "state-bad" : x >= warn ? "state-warn" : "");
   function renderTiles(f) {
     const c = f.cluster;
     $("served-by").textContent = f.served_by;
@@ -173,11 +175,14 @@
     document.querySelectorAll("[data-agg]").forEach((el) => { el.textContent = `cluster + per node · ${c.reporting}/${c.nodes} nodes`; });
     $("rps").textContent = fmtRate(c.rps);
     $("errors").textContent = fix(c.error_pct, 2);
+    $("errors").className = "num " + level(c.error_pct, 1, 5);
     $("p50").textContent = fmtMs(c.p50);
     $("p95").textContent = fmtMs(c.p95);
+    $("p95").className = "num " + level(c.p95, 0.8 * c.replicas.p95_target_ms, c.replicas.p95_target_ms);
     $("p99").textContent = fmtMs(c.p99);
     $("inflight").textContent = String(c.in_flight);
     $("cpu").textContent = fix(c.cpu_percent, 1);
+    $("cpu").className = "num " + level(c.cpu_percent, 0.8 * c.replicas.scale_up_cpu, c.replicas.scale_up_cpu);
     $("interval").textContent = String(f.interval);
     const r = c.replicas;
     const arrow = { up: ["▲", "up"], down: ["▼", "down-arrow"], hold: ["=", "hold"] }[r.direction];
@@ -247,7 +252,7 @@
     const checks = (r.allowed || 0) + (r.limited || 0);
     return `<div class="card"><h4>Rate limit <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
       <div class="big2"><div><span>allowed</span>${fmtRate(r.allowed || 0)}<small class="hint">/s</small></div>
-      <div><span>limited</span><span class="${(r.limited || 0) > 0 ? "state-warn" : ""}" style="display:inline;font-size:inherit;color:inherit">${fmtRate(r.limited || 0)}</span><small class="hint">/s</small></div>
+      <div class="${(r.limited || 0) > 0 ? "state-warn" : ""}"><span>limited</span>${fmtRate(r.limited || 0)}<small class="hint">/s</small></div>
       <div><span>limited share</span>${pct(r.limited || 0, checks)}<small class="hint">%</small></div></div>
       <div class="kv">${kvRows([["allowed, total", (c.allowed || 0).toLocaleString()], ["limited, total", (c.limited || 0).toLocaleString()],
         ["backend errors", (c.backend_errors || 0).toLocaleString()], ["let through by outage", (c.unlimited_by_outage || 0).toLocaleString()]])}</div></div>`;
@@ -300,7 +305,7 @@
       }).join("");
       return `<div class="card"><h4>${esc(name)} <span class="hint">${esc(p.balance)} · ${p.nodes} node(s)</span></h4>
         <div class="big2"><div><span>requests</span>${fmtRate(p.rps)}<small class="hint">/s</small></div>
-        <div><span>errors</span><span class="${p.error_pct > 5 ? "state-bad" : ""}" style="display:inline;font-size:inherit;color:inherit">${fix(p.error_pct, 1)}</span><small class="hint">%</small></div></div>
+        <div class="${level(p.error_pct, 1, 5)}"><span>errors</span>${fix(p.error_pct, 1)}<small class="hint">%</small></div></div>
         <canvas class="vol" data-pool="${esc(name)}"></canvas>${members}</div>`;
     }).join("");
     $("upstreams").innerHTML = html || '<div class="card empty">No upstream pool configured on the reporting nodes.</div>';
