@@ -137,6 +137,12 @@ def dashboard_app(hub: FeedHub, node: str, token: str, host: str) -> web.Applica
     app.router.add_get("/api/cluster", cluster, name="cluster")
     app.router.add_static("/static", HERE / "static", name="static")
 
+    async def not_found(request: web.Request) -> web.Response:
+        body = {"error": "not_found", "detail": f"no dashboard path {request.path}"}
+        return json_response(body, 404, node)
+
+    app.router.add_route("*", "/{tail:.*}", not_found)  # errors are JSON here too
+
     async def start(app: web.Application) -> None:
         if not token and listens_beyond_loopback(host):
             log.warning(

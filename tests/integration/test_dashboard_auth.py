@@ -89,3 +89,10 @@ async def test_no_token_on_loopback_is_quiet_and_open(caplog):
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         assert (await client.get("/dashboard")).status == 200
     assert "open to anyone" not in caplog.text
+
+
+async def test_unknown_dashboard_path_is_a_json_404(client):
+    """Past the guard, an unknown path under /dashboard is a JSON 404 like the node's own."""
+    resp = await client.get("/dashboard/nope", headers=BEARER)
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not_found"
