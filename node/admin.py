@@ -22,14 +22,17 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
-def admin_app(node: str, token: str, routes: list[web.RouteDef]) -> web.Application:
-    expected = f"Bearer {token}".encode()
+def has_bearer(request: web.Request, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>` (compared in constant time)."""
+    given = request.headers.get("Authorization", "").encode()
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
 
+
+def admin_app(node: str, token: str, routes: list[web.RouteDef]) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler):
         if token:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not has_bearer(request, token):
                 return json_response(
                     {"error": "unauthorized", "detail": "admin endpoints need the admin token"},
                     401,

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from dashboard import build_dashboard
+from dashboard.sampler import NodeSampler
 from node.admin import admin_app
 from node.backends import build_probes
 from node.config import Settings, UpstreamSettings, route_methods
@@ -17,7 +19,7 @@ from node.http import route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
 from node.pipeline import BuildContext, PluginFactory, build_plugins, compose
 from node.resources import Resources
-from node.roles import ROLE_COMPONENTS, ROUTES
+from node.roles import DASHBOARD, ROLE_COMPONENTS, ROUTES
 from node.schema import join
 from node.system import add_system_routes
 from node.targets import build_target
@@ -47,9 +49,12 @@ def build_app(
     app[STATS] = stats
     app[POOLS] = pools
     app[RESOURCES] = resources
-    registry = make_registry(
-        NodeCollector(node, stats, lambda: {n: p.snapshot() for n, p in pools.items()})
-    )
+
+    def pool_snapshots() -> dict[str, dict]:
+        return {name: pool.snapshot() for name, pool in pools.items()}
+
+    registry = make_registry(NodeCollector(node, stats, pool_snapshots))
+    resources.registry.snapshot = NodeSampler(stats, pool_snapshots).snapshot
     add_system_routes(
         app,
         node=node,
@@ -62,6 +67,8 @@ def build_app(
     components = ROLE_COMPONENTS[role]
     if ROUTES in components:
         add_routes(app, settings, factories, pools, stats, resources)
+    if DASHBOARD in components:
+        app.add_subapp("/dashboard", build_dashboard(settings, resources.registry, registry))
     if resources.admin_routes:
         admin = admin_app(node, settings.node.admin_token, resources.admin_routes)
         app.add_subapp("/admin", admin)

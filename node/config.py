@@ -236,6 +236,32 @@ class RouteSettings:
             require(self.max_body > 0, join(path, "max_body"), "must be > 0")
 
 
+@dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    interval: float = 1.0  # seconds between the feed's frames (one aggregation each)
+    replicas_min: int = 1  # bounds of the recommended replica count
+    replicas_max: int = 10
+    scale_up_cpu: float = 70.0  # percent of a core, averaged over the nodes
+    scale_down_cpu: float = 30.0
+    p95_target_ms: float = 250.0  # p95 latency over this recommends another replica
+
+    def check(self, path: str) -> None:
+        # Under 50 ms a frame costs more than it shows; over 10 s the feed looks dead.
+        require(0.05 <= self.interval <= 10.0, join(path, "interval"), "must be 0.05 to 10 s")
+        require(self.replicas_min >= 1, join(path, "replicas_min"), "must be >= 1")
+        require(
+            self.replicas_max >= self.replicas_min,
+            join(path, "replicas_max"),
+            f"must be >= replicas_min ({self.replicas_min})",
+        )
+        require(
+            0 < self.scale_down_cpu < self.scale_up_cpu,
+            join(path, "scale_down_cpu"),
+            f"must be > 0 and < scale_up_cpu ({self.scale_up_cpu:g})",
+        )
+        require(self.p95_target_ms > 0, join(path, "p95_target_ms"), "must be > 0")
+
+
 def route_methods(route: RouteSettings) -> tuple[str, ...]:
     """The methods a route answers: its list ("*" when empty), GET bringing HEAD."""
     methods = route.methods or ("*",)
@@ -251,6 +277,7 @@ class Settings:
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     shards: dict[str, ShardSetSettings] = field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     def check(self, path: str) -> None:
         claimed: dict[str, dict[str, int]] = {}  # path → method ("*" = any) → route index

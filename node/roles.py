@@ -5,14 +5,14 @@ from __future__ import annotations
 SYSTEM = "system"  # /health, /ready, /metrics
 ROUTES = "routes"  # the configured routes and their plugin pipelines
 WORKER = "worker"  # queue consumers (the queue issue adds it)
-DASHBOARD = "dashboard"  # /dashboard and its feed (the dashboard issue adds it)
+DASHBOARD = "dashboard"  # /dashboard, its feed, and the replica recommendation in /metrics
 
 # Components are listed only once they exist, so a role never claims what it cannot do;
-# worker and dashboard gain their own component in their issues.
+# worker gains its own component in its issue.
 ROLE_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "all": (SYSTEM, ROUTES),
-    "gateway": (SYSTEM, ROUTES),
+    "all": (SYSTEM, ROUTES, DASHBOARD),
+    "gateway": (SYSTEM, ROUTES, DASHBOARD),
     "worker": (SYSTEM,),
-    "dashboard": (SYSTEM,),
+    "dashboard": (SYSTEM, DASHBOARD),
 }
 ROLES = tuple(ROLE_COMPONENTS)

@@ -58,7 +58,19 @@ ERRORS = {
     "unknown section": ("[nodes]\nport = 1", "nodes: unknown key; did you mean 'node'?"),
     "unknown key, no close match": (
         "[zzz]\n",
-        "zzz: unknown key (known: backends, node, routes, shards, upstreams)",
+        "zzz: unknown key (known: backends, dashboard, node, routes, shards, upstreams)",
+    ),
+    "dashboard interval": (
+        "[dashboard]\ninterval = 0",
+        "dashboard.interval: must be 0.05 to 10 s",
+    ),
+    "dashboard replicas bounds": (
+        "[dashboard]\nreplicas_min = 4\nreplicas_max = 2",
+        "dashboard.replicas_max: must be >= replicas_min (4)",
+    ),
+    "dashboard cpu thresholds": (
+        "[dashboard]\nscale_down_cpu = 80",
+        "dashboard.scale_down_cpu: must be > 0 and < scale_up_cpu (70)",
     ),
     "string for int": ('[node]\nport = "80"', "node.port: must be an integer, got a string"),
     "bool for int": ("[node]\nport = true", "node.port: must be an integer, got a boolean"),

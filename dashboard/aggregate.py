@@ -1,0 +1,218 @@
+"""Cluster aggregation of heartbeat records: pure functions with explicit inputs.
+
+Honest by construction: counters and rates are summed, latency histogram buckets are
+merged and only then turned into quantiles (never an average of p99s), and every
+aggregate says how many of the known nodes it covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from node.metrics import LATENCY_BOUNDS
+
+STALE_AFTER = 3.0  # seconds without a heartbeat (three intervals) before a node is stale
+SKEW_LOW, SKEW_HIGH = 0.5, 1.5  # a share outside [0.5, 1.5] x fair is off balance
+SKEW_STREAK = 3  # ... for this many consecutive frames before it is flagged
+SKEW_MIN_RPS = 1.0  # below this much cluster traffic, shares say nothing
+
+
+def quantile(q: float, buckets: Sequence[int], bounds: Sequence[float] = LATENCY_BOUNDS):
+    """The q-quantile (seconds) of a histogram whose `buckets` count per upper bound
+    (`bounds`, then +Inf), interpolated linearly inside the bucket as Prometheus's
+    histogram_quantile does; None without observations."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            if i >= len(bounds):  # the +Inf bucket: the largest finite bound is all we know
+                return float(bounds[-1])
+            lower = bounds[i - 1] if i > 0 else 0.0
+            return lower + (bounds[i] - lower) * (rank - seen) / count
+        seen += count
+    return float(bounds[-1])
+
+
+def merge_buckets(histograms: Iterable[Sequence[int]], size: int = len(LATENCY_BOUNDS) + 1):
+    """Bucket-wise sum of histograms with the same bounds."""
+    merged = [0] * size
+    for buckets in histograms:
+        for i, count in enumerate(buckets[:size]):
+            merged[i] += count
+    return merged
+
+
+def error_percent(status: Mapping[str, int]) -> float:
+    """Server errors (5xx) as a percentage of all answers; 0 without answers."""
+    total = sum(status.values())
+    return 100.0 * status.get("5xx", 0) / total if total else 0.0
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def node_row(record: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """One node's table row from its heartbeat record."""
+    metrics = record.get("metrics") or {}
+    age = max(0.0, now - float(record.get("heartbeat", now)))
+    return {
+        "name": record.get("name", "?"),
+        "role": record.get("role", "?"),
+        "address": record.get("address", ""),
+        "version": record.get("version", ""),
+        "pid": record.get("pid"),
+        "uptime": max(0.0, now - float(record.get("started", now))),
+        "age": age,
+        "stale": age > STALE_AFTER,
+        "reporting": bool(metrics) and age <= STALE_AFTER,
+        "rps": metrics.get("rps_10s", 0.0),
+        "rps_1s": metrics.get("rps_1s", 0.0),
+        "p50": metrics.get("p50"),
+        "p95": metrics.get("p95"),
+        "p99": metrics.get("p99"),
+        "error_pct": error_percent(metrics.get("status_10s", {})),
+        "in_flight": metrics.get("in_flight", 0),
+        "cpu_percent": metrics.get("cpu_percent", 0.0),
+        "rss_bytes": metrics.get("rss_bytes", 0),
+        "share": 0.0,
+        "fair": 0.0,
+        "skewed": False,
+    }
+
+
+def add(into: dict[str, float], values: Mapping[str, float]) -> None:
+    for key, value in values.items():
+        if isinstance(value, int | float):
+            into[key] = into.get(key, 0) + value
+
+
+def merge_plugins(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Plugin snapshots summed per plugin name, and per route within it."""
+    plugins: dict[str, Any] = {}
+    for record in records:
+        seen: set[str] = set()
+        for entry in record.get("plugins", []):
+            name = entry.get("name", "?")
+            merged = plugins.setdefault(
+                name, {"nodes": 0, "counters": {}, "rates": {}, "gauges": {}, "routes": {}}
+            )
+            if name not in seen:
+                seen.add(name)
+                merged["nodes"] += 1
+            route = merged["routes"].setdefault(
+                entry.get("route", "?"), {"counters": {}, "rates": {}}
+            )
+            for kind in ("counters", "rates", "gauges"):
+                add(merged[kind], entry.get(kind, {}))
+            add(route["counters"], entry.get("counters", {}))
+            add(route["rates"], entry.get("rates", {}))
+    return plugins
+
+
+def merge_upstreams(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per pool and member: summed rates, error %, and breaker state as "k of N nodes"."""
+    pools: dict[str, Any] = {}
+    for record in records:
+        for pool, snap in (record.get("upstreams") or {}).items():
+            merged = pools.setdefault(
+                pool, {"balance": snap.get("balance", ""), "nodes": 0, "members": {}}
+            )
+            merged["nodes"] += 1
+            for member in snap.get("members", []):
+                m = merged["members"].setdefault(
+                    member["url"],
+                    {
+                        "url": member["url"],
+                        "nodes": 0,
+                        "open": 0,
+                        "half_open": 0,
+                        "unhealthy": 0,
+                        "rps": 0.0,
+                        "errors_rps": 0.0,
+                        "in_flight": 0,
+                    },
+                )
+                state = member.get("state", "closed")  # before breakers: always closed
+                m["nodes"] += 1
+                m["open"] += state == "open"
+                m["half_open"] += state == "half_open"
+                m["unhealthy"] += not member.get("healthy", True)
+                rates = member.get("rates", {})
+                m["rps"] += rates.get("requests", 0.0)
+                m["errors_rps"] += rates.get("errors", 0.0)
+                m["in_flight"] += member.get("in_flight", 0)
+    for merged in pools.values():
+        members = list(merged["members"].values())
+        for m in members:
+            m["error_pct"] = 100.0 * m["errors_rps"] / m["rps"] if m["rps"] else 0.0
+        merged["members"] = members
+        merged["rps"] = sum(m["rps"] for m in members)
+        errors = sum(m["errors_rps"] for m in members)
+        merged["error_pct"] = 100.0 * errors / merged["rps"] if merged["rps"] else 0.0
+    return pools
+
+
+def aggregate(records: Sequence[Mapping[str, Any]], now: float) -> tuple[list, dict[str, Any]]:
+    """(node rows, cluster totals) from every live node's heartbeat record at wall time `now`.
+    Only nodes whose heartbeat is fresh count towards the totals."""
+    pairs = sorted(((node_row(r, now), r) for r in records), key=lambda pair: pair[0]["name"])
+    rows = [row for row, _ in pairs]
+    fresh = [record for row, record in pairs if row["reporting"]]
+    metrics = [r["metrics"] for r in fresh]
+    buckets = merge_buckets(m.get("buckets_10s", []) for m in metrics)
+    status: dict[str, float] = {}
+    for m in metrics:
+        add(status, m.get("status_10s", {}))
+    rps = sum(m.get("rps_10s", 0.0) for m in metrics)
+    reporting = [row for row in rows if row["reporting"]]
+    fair = 1.0 / len(reporting) if reporting else 0.0
+    for row in reporting:
+        row["share"] = row["rps"] / rps if rps else 0.0
+        row["fair"] = fair
+    cluster = {
+        "nodes": len(rows),
+        "reporting": len(reporting),
+        "healthy": sum(not row["stale"] for row in rows),
+        "rps": rps,
+        "rps_1s": sum(m.get("rps_1s", 0.0) for m in metrics),
+        "requests": sum(m.get("requests", 0) for m in metrics),
+        "p50": ms(quantile(0.50, buckets)),
+        "p95": ms(quantile(0.95, buckets)),
+        "p99": ms(quantile(0.99, buckets)),
+        "status_10s": status,
+        "error_pct": error_percent(status),
+        "in_flight": sum(m.get("in_flight", 0) for m in metrics),
+        "cpu_percent": sum(m.get("cpu_percent", 0.0) for m in metrics) / len(metrics)
+        if metrics
+        else 0.0,
+        "rss_bytes": sum(m.get("rss_bytes", 0) for m in metrics),
+        "plugins": merge_plugins(fresh),
+        "upstreams": merge_upstreams(fresh),
+    }
+    return rows, cluster
+
+
+class SkewTracker:
+    """Flags a node whose traffic share stays off its fair share for SKEW_STREAK frames."""
+
+    def __init__(self) -> None:
+        self.streaks: dict[str, int] = {}
+
+    def update(self, rows: list[dict[str, Any]], cluster_rps: float) -> None:
+        streaks: dict[str, int] = {}
+        for row in rows:
+            fair = row["fair"]
+            off = (
+                row["reporting"]
+                and fair < 1.0
+                and cluster_rps >= SKEW_MIN_RPS
+                and not SKEW_LOW * fair <= row["share"] <= SKEW_HIGH * fair
+            )
+            streaks[row["name"]] = self.streaks.get(row["name"], 0) + 1 if off else 0
+            row["skewed"] = streaks[row["name"]] >= SKEW_STREAK
+        self.streaks = streaks  # departed nodes drop out: bounded by the live node count

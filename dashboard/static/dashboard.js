@@ -1,0 +1,413 @@
+// Scalenode dashboard: renders the feed's frames. One WebSocket, reconnects with backoff and
+// jitter; history arrives whole in the first frame, then one point per frame.
+"use strict";
+(() => {
+  const body = document.body;
+  const $ = (id) => document.getElementById(id);
+  const PALETTE = ["#7aa2f7", "#e0af68", "#9ece6a", "#f7768e", "#bb9af7", "#2ac3de",
+                   "#ff9e64", "#73daca", "#c0caf5", "#db4b4b", "#41a6b5", "#d4b26b"];
+  const state = {
+    frame: null, hist: null, paused: false, behind: 0, windowS: 300, received: 0,
+    sort: { key: "name", asc: true }, colors: new Map(), charts: {}, seriesKey: "",
+    ws: null, retry: 0, retryAt: 0,
+  };
+  try {
+    const saved = JSON.parse(localStorage.getItem("scalenode.dashboard") || "{}");
+    if ([60, 300, 900].includes(saved.windowS)) state.windowS = saved.windowS;
+  } catch (e) { /* private mode: defaults */ }
+
+  // ---- formatting: fixed decimals and a unit on every number --------------------------
+  const dash = "–";
+  const fix = (x, d) => (x == null || !isFinite(x) ? dash : x.toFixed(d));
+  const fmtRate = (x) => (x == null ? dash : x >= 1000 ? (x / 1000).toFixed(2) + "k" : x.toFixed(1));
+  const fmtMs = (x) => (x == null ? dash : x >= 100 ? x.toFixed(0) : x.toFixed(1));
+  function fmtBytes(b) {
+    if (b == null) return dash;
+    const units = ["B", "KiB", "MiB", "GiB"];
+    let i = 0;
+    while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+    return b.toFixed(1) + " " + units[i];
+  }
+  function fmtDur(s) {
+    if (s == null) return dash;
+    if (s < 60) return s.toFixed(0) + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + String(Math.floor(s % 60)).padStart(2, "0") + " s";
+    if (s < 86400) return Math.floor(s / 3600) + " h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + " min";
+    return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
+  }
+  const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+
+  // ---- stable node colours: from the name's hash, probing past colours already taken ----
+  function colorOf(name) {
+    if (state.colors.has(name)) return state.colors.get(name);
+    let h = 0;
+    for (const ch of name) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+    const taken = new Set(state.colors.values());
+    let i = h % PALETTE.length;
+    for (let n = 0; n < PALETTE.length && taken.has(PALETTE[i]); n++) i = (i + 1) % PALETTE.length;
+    state.colors.set(name, PALETTE[i]);
+    return PALETTE[i];
+  }
+
+  // ---- history: columns, trimmed to 15 minutes -----------------------------------------
+  const MAX_POINTS = 3600;
+  function mergeHistory(h) {
+    if (h.full || !state.hist) { state.hist = h; return; }
+    const H = state.hist;
+    const n = H.t.length;
+    for (const k of ["t", "rps", "p50", "p95", "p99", "error_pct", "cpu_percent", "nodes_live"]) H[k].push(...h[k]);
+    for (const [name, vals] of Object.entries(h.nodes)) {
+      if (!H.nodes[name]) H.nodes[name] = new Array(n).fill(null);
+      H.nodes[name].push(...vals);
+    }
+    for (const name of Object.keys(H.nodes)) if (H.nodes[name].length < H.t.length) H.nodes[name].push(null);
+    for (const [pool, s] of Object.entries(h.upstreams)) {
+      if (!H.upstreams[pool]) H.upstreams[pool] = { rps: new Array(n).fill(null), error_pct: new Array(n).fill(null) };
+      H.upstreams[pool].rps.push(...s.rps);
+      H.upstreams[pool].error_pct.push(...s.error_pct);
+    }
+    const cut = H.t.length - MAX_POINTS;
+    if (cut > 0) {
+      for (const k of ["t", "rps", "p50", "p95", "p99", "error_pct", "cpu_percent", "nodes_live"]) H[k].splice(0, cut);
+      for (const name of Object.keys(H.nodes)) {
+        H.nodes[name].splice(0, cut);
+        if (H.nodes[name].every((v) => v == null)) delete H.nodes[name];
+      }
+      for (const s of Object.values(H.upstreams)) { s.rps.splice(0, cut); s.error_pct.splice(0, cut); }
+    }
+  }
+  function windowSlice(arr) {
+    const t = state.hist.t;
+    const from = (t.length ? t[t.length - 1] : 0) - state.windowS;
+    let i = 0;
+    while (i < t.length && t[i] < from) i++;
+    return arr.slice(i);
+  }
+
+  // ---- sparklines: plain canvas ---------------------------------------------------------
+  function spark(canvas, values, color) {
+    if (!canvas) return;
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    if (!w || !h) return;
+    canvas.width = w * dpr; canvas.height = h * dpr;
+    const ctx = canvas.getContext("2d");
+    ctx.scale(dpr, dpr);
+    ctx.clearRect(0, 0, w, h);
+    const vals = values.slice(-120);
+    const nums = vals.filter((v) => v != null);
+    if (nums.length < 2) return;
+    const max = Math.max(...nums, 1e-9);
+    ctx.beginPath();
+    let started = false;
+    vals.forEach((v, i) => {
+      if (v == null) { started = false; return; }
+      const x = (i / (vals.length - 1)) * w, y = h - 2 - (v / max) * (h - 4);
+      if (started) ctx.lineTo(x, y); else { ctx.moveTo(x, y); started = true; }
+    });
+    ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.stroke();
+    ctx.lineTo(w, h); ctx.lineTo(0, h); ctx.closePath();
+    ctx.globalAlpha = 0.12; ctx.fillStyle = color; ctx.fill();
+  }
+
+  // ---- uPlot charts -------------------------------------------------------------------
+  const css = (v) => getComputedStyle(document.documentElement).getPropertyValue(v).trim();
+  function axes(unit) {
+    const grid = { stroke: css("--line"), width: 1 };
+    return [
+      { stroke: css("--muted"), grid, ticks: grid, values: (u, ticks) => ticks.map(clock) },
+      { stroke: css("--muted"), grid, ticks: grid, size: 56, values: (u, vals) => vals.map((v) => v + unit) },
+    ];
+  }
+  const two = (n) => String(n).padStart(2, "0");
+  function clock(t) {
+    const d = new Date(t * 1000);
+    const hm = two(d.getHours()) + ":" + two(d.getMinutes());
+    return state.windowS > 300 ? hm : hm + ":" + two(d.getSeconds());
+  }
+  function makeChart(el, series, unit, key) {
+    if (state.charts[key]) state.charts[key].destroy();
+    const opts = {
+      width: el.clientWidth || 600, height: 200, series: [{}, ...series], axes: axes(unit),
+      scales: {
+        // The whole chosen window, filling from the right as history arrives.
+        x: { time: true, range: (u, min, max) => [max - state.windowS, max] },
+        y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] },
+      },
+      legend: { live: true }, cursor: { drag: { x: false, y: false } },
+    };
+    state.charts[key] = new uPlot(opts, [[], ...series.map(() => [])], el);
+    return state.charts[key];
+  }
+  function renderCharts() {
+    const H = state.hist;
+    if (!H) return;
+    const names = Object.keys(H.nodes).sort();
+    const key = names.join("|");
+    if (key !== state.seriesKey || !state.charts.rps) {
+      state.seriesKey = key;
+      makeChart($("chart-rps"), [
+        { label: "cluster", stroke: css("--text"), width: 2, value: (u, v) => fmtRate(v) + " req/s" },
+        ...names.map((n) => ({ label: n, stroke: colorOf(n), width: 1.5, value: (u, v) => fmtRate(v) + " req/s" })),
+      ], "", "rps");
+    }
+    if (!state.charts.latency) {
+      makeChart($("chart-latency"), [
+        { label: "p50", stroke: "#9ece6a", width: 1.5, value: (u, v) => fmtMs(v) + " ms" },
+        { label: "p95", stroke: "#e0af68", width: 1.5, value: (u, v) => fmtMs(v) + " ms" },
+        { label: "p99", stroke: "#f7768e", width: 2, value: (u, v) => fmtMs(v) + " ms" },
+      ], " ms", "latency");
+    }
+    const t = windowSlice(H.t);
+    state.charts.rps.setData([t, windowSlice(H.rps), ...names.map((n) => windowSlice(H.nodes[n]))]);
+    state.charts.latency.setData([t, windowSlice(H.p50), windowSlice(H.p95), windowSlice(H.p99)]);
+  }
+
+  // ---- tiles --------------------------------------------------------------------------
+  // Threshold colours (with the number itself as the text): amber from `warn`, red from `bad`.
+  const level = (x, warn, bad) => (x == null ? "" : x >= bad ? "state-bad" : x >= warn ? "state-warn" : "");
+  function renderTiles(f) {
+    const c = f.cluster;
+    $("served-by").textContent = f.served_by;
+    $("instance-count").textContent = String(c.nodes);
+    $("healthy-count").textContent = String(c.healthy);
+    $("reporting").textContent = `${c.reporting}/${c.nodes} nodes reporting`;
+    document.querySelectorAll("[data-agg]").forEach((el) => { el.textContent = `cluster + per node · ${c.reporting}/${c.nodes} nodes`; });
+    $("rps").textContent = fmtRate(c.rps);
+    $("errors").textContent = fix(c.error_pct, 2);
+    $("errors").className = "num " + level(c.error_pct, 1, 5);
+    $("p50").textContent = fmtMs(c.p50);
+    $("p95").textContent = fmtMs(c.p95);
+    $("p95").className = "num " + level(c.p95, 0.8 * c.replicas.p95_target_ms, c.replicas.p95_target_ms);
+    $("p99").textContent = fmtMs(c.p99);
+    $("inflight").textContent = String(c.in_flight);
+    $("cpu").textContent = fix(c.cpu_percent, 1);
+    $("cpu").className = "num " + level(c.cpu_percent, 0.8 * c.replicas.scale_up_cpu, c.replicas.scale_up_cpu);
+    $("interval").textContent = String(f.interval);
+    const r = c.replicas;
+    const arrow = { up: ["▲", "up"], down: ["▼", "down-arrow"], hold: ["=", "hold"] }[r.direction];
+    $("replicas").innerHTML = `${r.replicas} <small>${r.direction === "hold" ? "= now" : "from " + r.current}</small> <span class="${arrow[1]}">${arrow[0]}</span>`;
+    $("replicas-reason").textContent = `${r.reason} · min ${r.minimum}, max ${r.maximum}`;
+    const H = state.hist;
+    spark($("spark-rps"), windowSlice(H.rps), css("--accent"));
+    spark($("spark-errors"), windowSlice(H.error_pct), c.error_pct > 0 ? css("--bad") : css("--ok"));
+    const banner = $("banner");
+    if (c.problem) { banner.hidden = false; banner.className = "banner info"; banner.textContent = "▲ " + c.problem; }
+    else if (state.ws && state.ws.readyState === 1) banner.hidden = true;
+  }
+
+  // ---- nodes table and load distribution -----------------------------------------------
+  function nodeState(n) {
+    if (n.stale) return ["■", "state-bad", "stale " + n.age.toFixed(0) + " s"];
+    if (n.skewed) return ["▲", "state-warn", "skewed"];
+    return ["●", "state-ok", "up"];
+  }
+  function renderNodes(f) {
+    const { key, asc } = state.sort;
+    const rows = [...f.nodes].sort((a, b) => {
+      const va = key === "state" ? (a.stale ? 2 : a.skewed ? 1 : 0) : a[key];
+      const vb = key === "state" ? (b.stale ? 2 : b.skewed ? 1 : 0) : b[key];
+      const cmp = typeof va === "string" ? va.localeCompare(vb) : (va ?? -1) - (vb ?? -1);
+      return asc ? cmp : -cmp;
+    });
+    $("nodes").querySelector("tbody").innerHTML = rows.map((n) => {
+      const [icon, cls, text] = nodeState(n);
+      const color = colorOf(n.name);
+      const share = n.share * 100, fair = n.fair * 100;
+      const self = n.name === f.served_by ? ' <span class="badge">this node</span>' : "";
+      return `<tr class="${n.stale ? "stale" : ""} ${n.skewed ? "skewed" : ""}">
+        <td class="${cls}">${icon} ${esc(text)}</td>
+        <td><span class="swatch" style="background:${color}"></span>${esc(n.name)}${self}</td>
+        <td>${esc(n.role)}</td>
+        <td class="r">${fmtDur(n.uptime)}</td>
+        <td class="r">${fmtRate(n.rps)}</td>
+        <td><span class="share"><i style="width:${Math.min(share, 100).toFixed(1)}%;background:${color}"></i><b style="left:${fair.toFixed(1)}%"></b></span><span class="share-pct num">${fix(share, 1)} %</span></td>
+        <td class="r">${fmtMs(n.p99)} ms</td>
+        <td class="r">${fix(n.error_pct, 2)} %</td>
+        <td class="r">${n.in_flight}</td>
+        <td class="r">${fix(n.cpu_percent, 1)} %</td>
+        <td class="r">${fmtBytes(n.rss_bytes)}</td>
+        <td class="r">${fix(n.age, 1)} s</td></tr>`;
+    }).join("");
+    document.querySelectorAll("#nodes th").forEach((th) => {
+      th.classList.toggle("sorted", th.dataset.sort === key);
+      th.classList.toggle("asc", th.dataset.sort === key && asc);
+    });
+    const live = f.nodes.filter((n) => n.reporting);
+    $("distribution").innerHTML = live.length ? live.map((n) => {
+      const share = n.share * 100;
+      const flag = n.skewed ? ' <span class="state-warn">▲</span>' : "";
+      return `<div class="dist-row"><span class="name"><span class="swatch" style="background:${colorOf(n.name)}"></span>${esc(n.name)}${flag}</span>
+        <span class="dist-bar"><i style="width:${Math.min(share, 100).toFixed(1)}%;background:${colorOf(n.name)}"></i><b style="left:${(n.fair * 100).toFixed(1)}%"></b></span>
+        <span class="r num">${fix(share, 1)} %</span></div>`;
+    }).join("") + `<div class="sub">fair share ${fix(100 / live.length, 1)} % each · flagged ▲ when a share stays outside 0.5–1.5× fair</div>`
+      : '<div class="empty">No node reporting yet.</div>';
+  }
+
+  // ---- plugins: a specific card for ratelimit and cache, a generic one for the rest -------
+  const kvRows = (pairs) => pairs.map(([k, v, u]) => `<span class="k">${esc(k)}</span><span class="v">${v}</span><span class="k">${u || ""}</span>`).join("");
+  function pct(a, total) { return total > 0 ? (100 * a / total).toFixed(1) : dash; }
+  function ratelimitCard(p, nodes) {
+    const r = p.rates, c = p.counters;
+    const checks = (r.allowed || 0) + (r.limited || 0);
+    return `<div class="card"><h4>Rate limit <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
+      <div class="big2"><div><span>allowed</span>${fmtRate(r.allowed || 0)}<small class="hint">/s</small></div>
+      <div class="${(r.limited || 0) > 0 ? "state-warn" : ""}"><span>limited</span>${fmtRate(r.limited || 0)}<small class="hint">/s</small></div>
+      <div><span>limited share</span>${pct(r.limited || 0, checks)}<small class="hint">%</small></div></div>
+      <div class="kv">${kvRows([["allowed, total", (c.allowed || 0).toLocaleString()], ["limited, total", (c.limited || 0).toLocaleString()],
+        ["backend errors", (c.backend_errors || 0).toLocaleString()], ["let through by outage", (c.unlimited_by_outage || 0).toLocaleString()]])}</div></div>`;
+  }
+  function cacheCard(p, nodes) {
+    const r = p.rates, c = p.counters, g = p.gauges;
+    const useRates = ["hits_l1", "hits_l2", "misses"].some((k) => (r[k] || 0) > 0);
+    const src = useRates ? r : c;
+    const lookups = (src.hits_l1 || 0) + (src.hits_l2 || 0) + (src.misses || 0) + (src.stale || 0);
+    return `<div class="card"><h4>Cache <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes · ${useRates ? "last 10 s" : "since start"}</span></h4>
+      <div class="big2"><div><span>L1 hit ratio</span>${pct(src.hits_l1 || 0, lookups)}<small class="hint">%</small></div>
+      <div><span>L2 hit ratio</span>${pct(src.hits_l2 || 0, lookups)}<small class="hint">%</small></div>
+      <div><span>misses</span>${fmtRate(r.misses || 0)}<small class="hint">/s</small></div></div>
+      <div class="kv">${kvRows([["stale served", fmtRate(r.stale || 0), "/s"], ["bypass", fmtRate(r.bypass || 0), "/s"],
+        ["evictions", fmtRate(r.evictions || 0), "/s"], ["lock waits", fmtRate(r.lock_waits || 0), "/s"],
+        ["L1 entries", (g.l1_entries || 0).toLocaleString(), ""], ["L1 size", fmtBytes(g.l1_bytes || 0), ""]])}</div></div>`;
+  }
+  function genericCard(name, p, nodes) {
+    const rows = Object.keys(p.counters).sort().map((k) => [k.replace(/_/g, " "), `${fmtRate(p.rates[k] || 0)} /s`, `${(p.counters[k] || 0).toLocaleString()} total`]);
+    const gauges = Object.keys(p.gauges).sort().map((k) => [k.replace(/_/g, " "), (p.gauges[k] || 0).toLocaleString(), "now"]);
+    return `<div class="card"><h4>${esc(name)} <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
+      <div class="kv">${kvRows([...rows, ...gauges]) || '<span class="empty">no counters</span>'}</div></div>`;
+  }
+  function renderPlugins(f) {
+    const plugins = f.cluster.plugins || {};
+    const cards = Object.keys(plugins).sort().map((name) => {
+      if (name === "ratelimit") return ratelimitCard(plugins[name], f.cluster.reporting);
+      if (name === "cache") return cacheCard(plugins[name], f.cluster.reporting);
+      return genericCard(name, plugins[name], f.cluster.reporting);
+    });
+    $("plugins").innerHTML = cards.join("") || '<div class="card empty">No plugin on any route of the reporting nodes.</div>';
+  }
+
+  // ---- upstreams: one card per pool, breaker state as "k of N nodes open" ---------------
+  function breaker(m) {
+    if (m.open > 0) return ["■", "state-bad", `${m.open} of ${m.nodes} nodes open`];
+    if (m.half_open > 0) return ["◆", "state-warn", `${m.half_open} of ${m.nodes} half-open`];
+    return ["●", "state-ok", `0 of ${m.nodes} nodes open`];
+  }
+  function renderUpstreams(f) {
+    const pools = f.cluster.upstreams || {};
+    const H = state.hist;
+    const html = Object.keys(pools).sort().map((name) => {
+      const p = pools[name];
+      const members = p.members.map((m) => {
+        const [icon, cls, text] = breaker(m);
+        const health = m.unhealthy > 0 ? `<span class="state-warn">▲ ${m.unhealthy} unhealthy</span>` : '<span class="state-ok">healthy</span>';
+        return `<div class="member"><div class="url" title="${esc(m.url)}">${esc(m.url)}</div>
+          <div class="mrow"><span class="${cls}">${icon} ${text}</span>${health}<span class="r">${fmtRate(m.rps)} req/s · ${fix(m.error_pct, 1)} % err</span></div></div>`;
+      }).join("");
+      return `<div class="card"><h4>${esc(name)} <span class="hint">${esc(p.balance)} · ${p.nodes} node(s)</span></h4>
+        <div class="big2"><div><span>requests</span>${fmtRate(p.rps)}<small class="hint">/s</small></div>
+        <div class="${level(p.error_pct, 1, 5)}"><span>errors</span>${fix(p.error_pct, 1)}<small class="hint">%</small></div></div>
+        <canvas class="vol" data-pool="${esc(name)}"></canvas>${members}</div>`;
+    }).join("");
+    $("upstreams").innerHTML = html || '<div class="card empty">No upstream pool configured on the reporting nodes.</div>';
+    document.querySelectorAll("canvas.vol").forEach((cv) => {
+      const s = H.upstreams[cv.dataset.pool];
+      if (s) spark(cv, s.rps, css("--accent"));
+    });
+  }
+
+  // ---- render loop, link state, data age ------------------------------------------------
+  function render() {
+    const f = state.frame;
+    if (!f || !state.hist) return;
+    renderTiles(f);
+    renderCharts();
+    renderNodes(f);
+    renderPlugins(f);
+    renderUpstreams(f);
+  }
+  function setLink(kind, text) {
+    const el = $("link");
+    el.className = "pill " + kind;
+    el.textContent = text;
+  }
+  function tickAge() {
+    const f = state.frame;
+    if (f) {
+      const age = Math.max(0, Date.now() / 1000 - f.t);
+      $("age").textContent = age.toFixed(1) + " s ago";
+      const stale = age > 3 * f.interval;
+      document.querySelectorAll(".tile").forEach((t) => t.classList.toggle("stale", stale));
+    }
+    if (!state.ws || state.ws.readyState !== 1) {
+      const left = Math.max(0, (state.retryAt - Date.now()) / 1000);
+      const banner = $("banner");
+      banner.hidden = false;
+      banner.className = "banner";
+      banner.textContent = `■ Disconnected from ${body.dataset.node}: retrying in ${left.toFixed(0)} s (the last data stays on screen)`;
+    }
+    if (state.paused) setLink("paused", `❚❚ paused · ${state.behind} updates behind`);
+  }
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(proto + "//" + location.host + body.dataset.feed);
+    state.ws = ws;
+    setLink("wait", "◌ connecting");
+    ws.onopen = () => { state.retry = 0; $("banner").hidden = true; if (!state.paused) setLink("live", "● live"); };
+    ws.onmessage = (ev) => {
+      const frame = JSON.parse(ev.data);
+      mergeHistory(frame.history);
+      state.frame = frame;
+      state.received++;
+      if (state.paused) { state.behind++; return; }
+      render();
+    };
+    ws.onclose = () => {
+      if (state.ws !== ws) return;
+      // Backoff with jitter, so a restarted node is not hit by every tab at once.
+      const delay = Math.min(10000, 1000 * 2 ** state.retry) * (0.75 + Math.random() * 0.5);
+      state.retry = Math.min(state.retry + 1, 4);
+      state.retryAt = Date.now() + delay;
+      if (!state.paused) setLink("down", "■ reconnecting");
+      setTimeout(connect, delay);
+    };
+  }
+  function setPaused(p) {
+    state.paused = p;
+    $("pause").classList.toggle("on", p);
+    $("pause").textContent = p ? "▶ Resume" : "❚❚ Pause";
+    if (!p) {
+      state.behind = 0;
+      setLink(state.ws && state.ws.readyState === 1 ? "live" : "down", state.ws && state.ws.readyState === 1 ? "● live" : "■ reconnecting");
+      render();
+    }
+  }
+
+  // ---- controls ---------------------------------------------------------------------------
+  $("pause").addEventListener("click", () => setPaused(!state.paused));
+  document.addEventListener("keydown", (e) => {
+    if (e.code === "Space" && e.target === document.body) { e.preventDefault(); setPaused(!state.paused); }
+  });
+  document.querySelectorAll(".seg button").forEach((b) => {
+    b.classList.toggle("on", Number(b.dataset.window) === state.windowS);
+    b.addEventListener("click", () => {
+      state.windowS = Number(b.dataset.window);
+      document.querySelectorAll(".seg button").forEach((x) => x.classList.toggle("on", x === b));
+      try { localStorage.setItem("scalenode.dashboard", JSON.stringify({ windowS: state.windowS })); } catch (e) { /* ignore */ }
+      render();
+    });
+  });
+  document.querySelectorAll("#nodes th").forEach((th) => th.addEventListener("click", () => {
+    const key = th.dataset.sort;
+    state.sort = { key, asc: state.sort.key === key ? !state.sort.asc : key === "name" || key === "role" };
+    if (state.frame) renderNodes(state.frame);
+  }));
+  window.addEventListener("resize", () => {
+    for (const [key, chart] of Object.entries(state.charts)) {
+      const el = $(key === "rps" ? "chart-rps" : "chart-latency");
+      chart.setSize({ width: el.clientWidth, height: 200 });
+    }
+    render();
+  });
+  setInterval(tickAge, 250);
+  connect();
+})();

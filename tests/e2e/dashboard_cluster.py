@@ -1,0 +1,66 @@
+"""Helpers of the dashboard e2e tests: a two-node cluster on a private Redis, and traffic."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from pathlib import Path
+
+REPO_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def cluster_config(name: str, redis_url: str, upstream_port: int) -> str:
+    """A node with a rate-limited handler route and an upstream pool (so every tile has data)."""
+    return f"""
+[node]
+name = "{name}"
+
+[backends]
+redis = "{redis_url}"
+
+[upstreams.hello]
+targets = ["http://127.0.0.1:{upstream_port}"]
+
+[[routes]]
+path = "/hello"
+methods = ["GET"]
+target = "handler:node.demo:hello"
+ratelimit = {{ limit = 100000, window = 60 }}
+
+[[routes]]
+path = "/via/{{tail:.*}}"
+target = "upstream:hello"
+strip_prefix = "/via"
+"""
+
+
+class Traffic:
+    """A thread sending GET requests to `port` over one keep-alive connection until stopped."""
+
+    def __init__(self, port: int, path: str, per_second: float) -> None:
+        self.port, self.path, self.pause = port, path, 1.0 / per_second
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        while not self._stop.is_set():
+            try:
+                conn.request("GET", self.path)
+                conn.getresponse().read()
+                self.sent += 1
+            except OSError:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            time.sleep(self.pause)
+        conn.close()
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

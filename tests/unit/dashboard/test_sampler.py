@@ -1,0 +1,95 @@
+"""dashboard/sampler.py: rates over 1 s and 10 s from cumulative counters, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard.sampler import NodeSampler
+from node.metrics import NodeStats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counting:
+    name = "stamp"
+
+    def __init__(self) -> None:
+        self.counters = {"seen": 0}
+
+    def snapshot(self) -> dict:
+        return {"counters": dict(self.counters), "gauges": {"open": 1}}
+
+
+def test_rates_over_one_and_ten_seconds():
+    """10 requests a second for 10 s, then 50 in the last second: 10 s and 1 s rates differ."""
+    stats, clock, cpu = NodeStats(), Clock(), Clock()
+    sampler = NodeSampler(stats, dict, clock=clock, cpu_clock=cpu)
+    route = stats.route("/a")
+    sampler.snapshot()
+    for _ in range(9):
+        clock.now += 1.0
+        for _ in range(10):
+            route.record(200, 0.002)
+        sampler.snapshot()
+    clock.now += 1.0
+    for _ in range(50):
+        route.record(503, 0.2)
+    metrics = sampler.snapshot()["metrics"]
+    assert metrics["rps_1s"] == pytest.approx(50.0)
+    assert metrics["rps_10s"] == pytest.approx(14.0)
+    assert metrics["status_10s"]["2xx"] == 90
+    assert metrics["status_10s"]["5xx"] == 50
+    assert sum(metrics["buckets_10s"]) == 140
+    assert sum(metrics["buckets_1s"]) == 50
+    assert metrics["p99"] == pytest.approx(250.0, rel=0.1)
+
+
+def test_old_readings_leave_the_window():
+    """Traffic older than 10 s no longer counts in the 10 s rate."""
+    stats, clock = NodeStats(), Clock()
+    sampler = NodeSampler(stats, dict, clock=clock, cpu_clock=Clock())
+    route = stats.route("/a")
+    sampler.snapshot()
+    for _ in range(100):
+        route.record(200, 0.001)
+    for _ in range(15):
+        clock.now += 1.0
+        sampler.snapshot()
+    metrics = sampler.snapshot()["metrics"]
+    assert metrics["rps_10s"] == 0.0
+    assert metrics["window"] == pytest.approx(10.0)
+
+
+def test_plugin_snapshots_carry_their_rates():
+    """Each plugin's counters come with per-second rates over the window."""
+    stats, clock = NodeStats(), Clock()
+    plugin = Counting()
+    stats.plugins.append(("/a", plugin))
+    sampler = NodeSampler(stats, dict, clock=clock, cpu_clock=Clock())
+    sampler.snapshot()
+    clock.now += 2.0
+    plugin.counters["seen"] = 8
+    (entry,) = sampler.snapshot()["plugins"]
+    assert entry == {
+        "name": "stamp",
+        "route": "/a",
+        "counters": {"seen": 8},
+        "gauges": {"open": 1},
+        "rates": {"seen": 4.0},
+    }
+
+
+def test_cpu_percent_from_process_time():
+    """Half a CPU second over one wall second is 50 %."""
+    stats, clock, cpu = NodeStats(), Clock(), Clock()
+    sampler = NodeSampler(stats, dict, clock=clock, cpu_clock=cpu)
+    sampler.snapshot()
+    clock.now += 1.0
+    cpu.now += 0.5
+    assert sampler.snapshot()["metrics"]["cpu_percent"] == pytest.approx(50.0)
