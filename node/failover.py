@@ -93,6 +93,7 @@ class Failover:
         self.retries = pool.settings.retries
         self.rotates = pool.settings.balance != "least_conn"  # round robin picks (hash: keyless)
         self.rejected = 0  # calls answered 503 because no member could take them
+        self.rerouted = 0  # keyed calls (or their retries) sent past their key's ring owner
         self.failure_statuses: frozenset[int] = frozenset()
         self.slow_seconds: float | None = None
 
@@ -166,13 +167,26 @@ class Failover:
                 if admitted != REJECT:
                     return member, admitted  # the common case: the balancer's pick is fine
                 refused = member
+        owner = True  # for a key: still at the first member of its ring order
         for member in self.fallbacks(key):
             if member in tried or member is refused:
+                owner = False
                 continue
             admitted = admit(member, now)
             if admitted != REJECT:
+                if key is not None and not (owner and self.owns(member, key)):
+                    self.rerouted += 1
                 return member, admitted
+            owner = False
         return None
+
+    def owns(self, member: Member, key: str) -> bool:
+        """Whether the first member of a key's order is its owner: always, but with bounded
+        load, which may put a lighter member first."""
+        pool = self.pool
+        if not pool.settings.load_factor or pool.ring is None:
+            return True
+        return member is pool.members[pool.ring.lookup(key)]
 
     def fallbacks(self, key: str | None) -> Iterable[Member]:
         """Whom to try when the balancer's pick cannot take the call (or, for a key, the

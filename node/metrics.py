@@ -48,6 +48,7 @@ POOL_COUNTERS = {  # snapshot key: (metric name, help)
     "retries": ("retries", "Retries sent by the pool."),
     "budget_exhausted": ("budget_exhausted", "Retries the retry budget did not allow."),
     "rejected": ("unavailable", "Calls answered 503: no member could take them."),
+    "rerouted": ("rerouted", "Keyed calls sent past their key's ring owner (open, ejected, busy)."),
 }
 
 

@@ -280,6 +280,7 @@ class UpstreamPool:
             "retries": sum(m.retries for m in self.members),
             "budget_exhausted": failover.budget.exhausted,
             "rejected": failover.rejected,
+            "rerouted": failover.rerouted,
             # hash pools: the worst member's distance from a fair share (0.06 = 6 % off)
             "ring_max_deviation": (
                 max(abs(share * len(shares) - 1) for share in shares) if shares else None

@@ -193,6 +193,7 @@ async def test_hash_pool_sends_a_key_to_its_ring_owner_and_names_it() -> None:
     pool = make_pool(client, balance="hash")
     replies = [await send(pool, key="user-42") for _ in range(5)]
     assert len(set(client.sent)) == 1
+    assert pool.snapshot()["rerouted"] == 0
     owner = pool.members[pool.ring.lookup("user-42")]  # type: ignore[union-attr]
     assert client.sent[0] == owner.url
     assert {r.headers["X-Shard"] for r in replies} == {owner.name}
@@ -208,6 +209,7 @@ async def test_hash_pool_passes_an_open_owners_keys_to_the_next_member() -> None
     await send(pool, key="k")
     fallback = list(pool.ring.walk("k"))[1]  # type: ignore[union-attr]
     assert client.sent == [pool.members[fallback].url]
+    assert pool.snapshot()["rerouted"] == 1
 
 
 async def test_bounded_load_moves_keys_off_a_busy_owner() -> None:
@@ -218,6 +220,7 @@ async def test_bounded_load_moves_keys_off_a_busy_owner() -> None:
     pool.members[owner].in_flight = 10
     await send(pool, key="k")
     assert client.sent[0] != pool.members[owner].url
+    assert pool.snapshot()["rerouted"] == 1
 
 
 async def test_least_conn_spreads_an_open_members_share_by_load() -> None:
