@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from multidict import CIMultiDict
 
@@ -98,17 +98,19 @@ class Failover:
         self.slow_seconds: float | None = None
 
     async def send(
-        self, method: str, path: str, headers: CIMultiDict[str], body: bytes, key: str | None
+        self,
+        method: str,
+        path: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        key: str | None = None,
     ) -> Reply:
         now = time.monotonic()  # the one clock read of a call (two with slow-call detection)
         retries = self.retries if method in IDEMPOTENT else 0
         if retries:
             self.budget.request(now)
         tried: list[Member] = []
-        chosen = self.find(now, key, tried)
-        if chosen is None:
-            raise self.unavailable(now)
-        member, admitted = chosen
+        member, admitted = self.find(now, key, tried) or self.unavailable(now)
         client = self.pool.client
         while True:
             tried.append(member)
@@ -208,13 +210,15 @@ class Failover:
         # least_conn: the least busy of the rest (list order on ties), for the same reason.
         return sorted(members, key=lambda m: m.in_flight)
 
-    def unavailable(self, now: float) -> ServiceUnavailable:
+    def unavailable(self, now: float) -> NoReturn:
+        """503 without touching any upstream: CircuitOpen (with Retry-After, the time to the
+        first half-open) when circuits refused, else no healthy member."""
         self.rejected += 1
         waits = [m.circuit.retry_after(now) for m in self.pool.members if m.circuit and m.healthy]
         if not waits:
-            return ServiceUnavailable(f"no healthy member in upstream {self.pool.name}")
+            raise ServiceUnavailable(f"no healthy member in upstream {self.pool.name}")
         seconds = max(1, math.ceil(min(waits)))
-        return CircuitOpen(
+        raise CircuitOpen(
             f"every member of upstream {self.pool.name} has an open circuit",
             headers={"Retry-After": str(seconds)},
         )
