@@ -6,8 +6,10 @@ This VM's speed drifts by 20 % or more within a minute, so req/s ratios measured
 seconds apart move with it. Instruction counts do not: each server runs under
 `valgrind --tool=callgrind` with counting off, is warmed up, then counted while wrk sends
 requests over 4 connections; the total divided by the requests wrk completed is the cost
-of one request, repeatable to about 1 %. Pairs are printed as ratios (baseline / system),
-comparable to run.py's req/s ratios on a CPU-bound server.
+of one request, repeatable to about 1 %. A server's background work (the node's heartbeat
+and dashboard sampler, once a second) is counted idle first and subtracted, and printed on
+its own. Pairs are printed as ratios (baseline / system), comparable to run.py's req/s
+ratios on a CPU-bound server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import harness
@@ -39,8 +42,15 @@ CASES = [
 ]
 
 
-def count(server: servers.Server, path: str, seconds: float, root: Path) -> tuple[int, int]:
-    """(instructions, requests) while wrk runs against `path` of `server` under callgrind."""
+def count(server: servers.Server, path: str, seconds: float, root: Path) -> tuple[int, int, float]:
+    """(instructions, requests, idle instructions per second) of `server` under callgrind:
+    first idle for `seconds`, then while wrk runs against `path` for as long.
+
+    The idle part is the node's background work (heartbeats, the dashboard's sampler), paid
+    once a second whatever the load. Under callgrind a server answers ~50x fewer requests a
+    second, which would inflate that work's share per request fifty-fold; the caller
+    subtracts it and reports it on its own.
+    """
     out = root / f"callgrind.{server.name}.{abs(hash(path))}"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     proc = harness.start(
@@ -51,24 +61,36 @@ def count(server: servers.Server, path: str, seconds: float, root: Path) -> tupl
         cwd=server.cwd,
         env=server.env,
     )
+    control = ["callgrind_control"]
+
+    def counted(action: Callable[[], object]) -> tuple[object, float]:
+        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        started = time.monotonic()
+        result = action()
+        elapsed = time.monotonic() - started
+        subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        return result, elapsed
+
     try:
         harness.wait_ready(proc, server.url(server.ready_path or "/"), timeout=120.0)
         url = server.url(path)
         wrk.run(url, duration=3.0, connections=4, threads=1, cpu=0)  # warm up, uncounted
-        control = ["callgrind_control"]
-        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        result = wrk.run(url, duration=seconds, connections=4, threads=1, cpu=0)
-        subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
-        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        _, idle_seconds = counted(lambda: time.sleep(seconds))
+        result, _ = counted(lambda: wrk.run(url, duration=seconds, connections=4, threads=1, cpu=0))
         time.sleep(1.0)
     finally:
         harness.stop(proc)
-    total = 0
-    for dump in root.glob(out.name + "*"):
-        # Each dump file ends with its part's total ("summary:" near the top is not it).
-        totals = re.findall(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
-        total += int(totals[-1]) if totals else 0
-    return total, result.requests
+    parts = sorted(root.glob(out.name + ".*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    idle, busy = (dump_total(part) for part in parts[:2])
+    idle_rate = idle / idle_seconds
+    return busy - round(idle_rate * seconds), result.requests, idle_rate  # type: ignore[attr-defined]
+
+
+def dump_total(dump: Path) -> int:
+    # Each dump file ends with its part's total ("summary:" near the top is not it).
+    totals = re.findall(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
+    return int(totals[-1]) if totals else 0
 
 
 def main(argv: list[str]) -> int:
@@ -110,10 +132,11 @@ def main(argv: list[str]) -> int:
         for label, name, path, _ in CASES:
             if args.only not in label:
                 continue
-            instructions, requests = count(systems[name], path, args.seconds, root)
+            instructions, requests, idle_rate = count(systems[name], path, args.seconds, root)
             per_request[label] = instructions / max(requests, 1)
             print(
-                f"bench: {label}: {requests} requests, {per_request[label]:,.0f} instr/request",
+                f"bench: {label}: {requests} requests, {per_request[label]:,.0f} instr/request"
+                f" (background work, subtracted: {idle_rate:,.0f} instr/s)",
                 file=sys.stderr,
             )
     except BenchError as exc:
