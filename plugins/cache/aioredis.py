@@ -1,0 +1,72 @@
+"""Lets aiocache's RedisCache use the node's own Redis connection instead of a pool of its own.
+
+aiocache 0.12 builds a redis-py client in its constructor; we swap in this adapter, which
+sends the few commands RedisCache issues for values (GET, PSETEX, SET, DEL, EXISTS) through
+the node's auto-pipeline (one write per loop tick, a fraction of redis-py's CPU per
+command) and hands anything else to the node's redis-py client. It never closes the
+shared connection: the node does that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiocache import RedisCache
+from aiocache.serializers import NullSerializer
+
+from node.autopipe import AutoPipeline, pack
+from node.redisconn import RedisConnection
+
+
+def encoded(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class PipelinedClient:
+    def __init__(self, pipeline: AutoPipeline, client: Any) -> None:
+        self.pipeline = pipeline
+        self.client = client
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.pipeline.execute(pack(b"GET", key.encode()))
+
+    async def psetex(self, key: str, ms: int, value: Any) -> bool:
+        return await self.pipeline.execute(
+            pack(b"PSETEX", key.encode(), b"%d" % ms, encoded(value))
+        )
+
+    async def setex(self, key: str, seconds: int, value: Any) -> bool:
+        command = pack(b"SETEX", key.encode(), b"%d" % seconds, encoded(value))
+        return await self.pipeline.execute(command)
+
+    async def set(self, key: str, value: Any, **options: Any) -> Any:
+        if options:
+            return await self.client.set(key, value, **options)
+        return await self.pipeline.execute(pack(b"SET", key.encode(), encoded(value)))
+
+    async def delete(self, *keys: str) -> int:
+        return await self.pipeline.execute(pack(b"DEL", *(k.encode() for k in keys)))
+
+    async def exists(self, *keys: str) -> int:
+        return await self.pipeline.execute(pack(b"EXISTS", *(k.encode() for k in keys)))
+
+    async def close(self) -> None:
+        """aiocache's close() lands here: the node's connection outlives any one cache."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def redis_cache(connection: RedisConnection, namespace: str) -> RedisCache:
+    """An aiocache RedisCache over the node's connection, storing bytes as they are.
+
+    `namespace` is explicit and never empty: aiocache's `clear()` without one runs FLUSHDB.
+    """
+    cache = RedisCache(serializer=NullSerializer(encoding=None), namespace=namespace, timeout=None)
+    pool = cache.client.connection_pool  # made by the constructor, never connected
+    del pool
+    if connection.pipeline is None:  # Redis Cluster: redis-py routes each key to its slot
+        cache.client = connection.client
+    else:
+        cache.client = PipelinedClient(connection.pipeline, connection.client)
+    return cache
