@@ -28,27 +28,27 @@ class PipelinedClient:
         self.client = client
 
     async def get(self, key: str) -> bytes | None:
-        return await self.pipeline.execute(pack(b"GET", key.encode()))
+        return await self.pipeline.execute(pack(b"GET", encoded(key)))
 
     async def psetex(self, key: str, ms: int, value: Any) -> bool:
         return await self.pipeline.execute(
-            pack(b"PSETEX", key.encode(), b"%d" % ms, encoded(value))
+            pack(b"PSETEX", encoded(key), b"%d" % ms, encoded(value))
         )
 
     async def setex(self, key: str, seconds: int, value: Any) -> bool:
-        command = pack(b"SETEX", key.encode(), b"%d" % seconds, encoded(value))
+        command = pack(b"SETEX", encoded(key), b"%d" % seconds, encoded(value))
         return await self.pipeline.execute(command)
 
     async def set(self, key: str, value: Any, **options: Any) -> Any:
         if options:
             return await self.client.set(key, value, **options)
-        return await self.pipeline.execute(pack(b"SET", key.encode(), encoded(value)))
+        return await self.pipeline.execute(pack(b"SET", encoded(key), encoded(value)))
 
     async def delete(self, *keys: str) -> int:
-        return await self.pipeline.execute(pack(b"DEL", *(k.encode() for k in keys)))
+        return await self.pipeline.execute(pack(b"DEL", *(encoded(k) for k in keys)))
 
     async def exists(self, *keys: str) -> int:
-        return await self.pipeline.execute(pack(b"EXISTS", *(k.encode() for k in keys)))
+        return await self.pipeline.execute(pack(b"EXISTS", *(encoded(k) for k in keys)))
 
     async def close(self) -> None:
         """aiocache's close() lands here: the node's connection outlives any one cache."""
