@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from node.call import Reply
 
-X_CACHE = "X-Cache"
+X_CACHE = istr("X-Cache")  # istr: aiohttp skips case-folding these names
+AGE = istr("Age")
+CONTENT_TYPE = istr("Content-Type")
 HIT_L1, HIT_L2, MISS, STALE, BYPASS = "HIT-L1", "HIT-L2", "MISS", "STALE", "BYPASS"
 # `Age` values as ready strings: formatting a number on every hit costs more than a lookup.
 AGES = tuple(str(age) for age in range(3600))
@@ -38,6 +40,8 @@ class Entry:
         "content_type",
         "fresh_until",
         "headers",
+        "hit_headers",
+        "hit_until",
         "l1_until",
         "path",
         "size",
@@ -67,8 +71,13 @@ class Entry:
         # Wall-clock seconds: when stored, fresh until, servable stale until (while
         # revalidating), servable stale until when the target fails.
         self.stored_at, self.fresh_until, self.stale_until, self.stale_error_until = times
-        self.l1_until = 0.0
+        self.l1_until = self.hit_until = 0.0  # set when L1 takes it
         self.size = ENTRY_OVERHEAD + len(body) + sum(len(k) + len(v) for k, v in headers.items())
+        # An L1 hit's headers, ready but for Age: one copy and one store per hit.
+        self.hit_headers = headers.copy()
+        if content_type is not None:
+            self.hit_headers[CONTENT_TYPE] = content_type
+        self.hit_headers[X_CACHE] = HIT_L1
 
     @property
     def expires(self) -> float:
@@ -78,8 +87,15 @@ class Entry:
         headers = self.headers.copy()
         headers[X_CACHE] = label
         age = int(now - self.stored_at)
-        headers["Age"] = AGES[age] if 0 <= age < 3600 else str(max(age, 0))
+        headers[AGE] = AGES[age] if 0 <= age < 3600 else str(max(age, 0))
         return Reply(self.status, self.body, headers, self.content_type)
+
+    def hit(self, now: float) -> Reply:
+        """The L1 hit's reply (the hot path): Content-Type is in the headers already."""
+        headers = self.hit_headers.copy()
+        age = int(now - self.stored_at)
+        headers[AGE] = AGES[age] if 0 <= age < 3600 else str(max(age, 0))
+        return Reply(self.status, self.body, headers)
 
     def encode(self) -> bytes:
         """For L2: a JSON line of metadata, then the body as it is."""
@@ -114,7 +130,7 @@ def decoded(blob: bytes | None) -> Entry | None:
 
 def stored_headers(pairs: list[tuple[str, str]] | list[list[str]]) -> dict[str, str] | CIMultiDict:
     """A plain dict (cheapest to copy per hit) unless a name repeats."""
-    kept = [(k, v) for k, v in pairs if k.lower() not in NOT_STORED]
+    kept = [(istr(k), v) for k, v in pairs if k.lower() not in NOT_STORED]
     names = {k.lower() for k, _ in kept}
     if len(names) == len(kept):
         return dict(kept)

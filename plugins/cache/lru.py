@@ -34,6 +34,7 @@ class L1Cache:
             return
         self.discard(key)
         entry.l1_until = min(now + self.ttl, entry.expires)
+        entry.hit_until = min(entry.l1_until, entry.fresh_until)
         self.entries[key] = entry
         self.bytes += entry.size
         while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:

@@ -77,6 +77,7 @@ class ResponseCache:
         self.settings = settings
         self.key = KeyBuilder(route, settings.vary)
         self.l1 = L1Cache(settings.l1_ttl, settings.l1_max_entries, settings.l1_max_bytes)
+        self.entries = self.l1.entries  # read directly on the hot path
         self.filler = filler
         self.invalidate = invalidate  # async (kind, value): L2 and every node's L1
         self.clock = clock
@@ -94,13 +95,14 @@ class ResponseCache:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         method = call.method
         if method == "GET" or method == "HEAD":
-            key = self.key(call.path, call.query_string, call.headers)
+            key = self.key.of(call)
             now = self.clock()
-            entry = self.l1.get(key, now)
-            if entry is not None and now < entry.fresh_until:
+            entry = self.entries.get(key)
+            if entry is not None and now < entry.hit_until:
+                self.entries.move_to_end(key)
                 self.hits_l1 += 1
-                return entry.reply(HIT_L1, now)
-            return await self.lookup(call, next, key, entry)
+                return entry.hit(now)
+            return await self.lookup(call, next, key, self.l1.get(key, now))
         if method in UNSAFE:
             return await self.write_through(call, next)
         self.counts["bypass"] += 1

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from node.call import Reply
+from node.call import Call, Reply
 
 MAX_KEY_LENGTH = 240  # characters; a longer key is kept readable up to here, then hashed
 SEP = "\x1f"  # between key parts: no header value or path holds it unescaped
@@ -37,6 +37,15 @@ class KeyBuilder:
     def __init__(self, route: str, vary: tuple[str, ...]) -> None:
         self.prefix = route_tag(route) + ":"
         self.vary = vary
+
+    def of(self, call: Call) -> str:
+        """The key of a call (its headers are read only when the route varies on some)."""
+        query = call.query_string
+        if not query and not self.vary:
+            key = self.prefix + call.path
+            if len(key) <= MAX_KEY_LENGTH:
+                return key
+        return self(call.path, query, call.headers if self.vary else {})
 
     def __call__(self, path: str, query_string: str, headers: Mapping[str, str]) -> str:
         key = self.prefix + path

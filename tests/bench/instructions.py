@@ -26,7 +26,7 @@ import servers
 import wrk
 from harness import BenchError
 
-from run import NODE_ROUTES  # the same routes as the req/s benchmark
+from run import NODE_ROUTES, REDIS_BACKENDS  # the same routes as the req/s benchmark
 
 # (label, server, path, baseline label)
 CASES = [
@@ -35,6 +35,14 @@ CASES = [
     ("bare aiohttp proxy", "bare-proxy", "/hello", None),
     ("node proxy route", "node", "/proxy/hello", "bare aiohttp proxy"),
     ("rate limited, embedded", "node", "/limited", "node handler route"),
+]
+# The response cache (issue #4): hits against bare aiohttp, a miss against the same proxy
+# route without the plugin (see run.py's CACHE_ROUTES).
+CACHE_CASES = [
+    ("cache L1 hit", "node", "/cached/hello", "bare aiohttp hello"),
+    ("cache L2 hit (Redis)", "node-redis", "/cached-l2/hello", "bare aiohttp hello"),
+    ("proxy route (Redis node)", "node-redis", "/proxy/hello", None),
+    ("cache miss (Redis proxy)", "node-redis", "/cached-miss/hello", "proxy route (Redis node)"),
 ]
 
 
@@ -73,7 +81,9 @@ def count(server: servers.Server, path: str, seconds: float, root: Path) -> tupl
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per case")
+    parser.add_argument("--only", default="", help="comma-separated labels to count (default all)")
     args = parser.parse_args(argv)
+    cases = [c for c in CASES + CACHE_CASES if not args.only or c[0] in args.only.split(",")]
     try:
         for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
             harness.require_tool(tool)
@@ -83,15 +93,23 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="scalenode-instr-"))
     origin = servers.upstream_nginx(harness.require_tool("nginx"), root, harness.free_port(), 0)
     origin_proc = harness.start(origin.name, origin.argv, cpu=0, log_dir=root, cwd=origin.cwd)
+    redis = servers.redis(root, harness.free_port(), 0)
+    redis_proc = harness.start(redis.name, redis.argv, cpu=0, log_dir=root, cwd=redis.cwd)
     per_request: dict[str, float] = {}
     try:
         harness.wait_ready(origin_proc, origin.url(origin.ready_path or "/"))
+        harness.wait_port(redis_proc, redis.port)
+        backends = REDIS_BACKENDS.replace("$redis_port", str(redis.port))
+        port = harness.free_port()
         systems = {
             "bare-hello": servers.bare_hello(harness.free_port(), 1),
             "bare-proxy": servers.bare_proxy(harness.free_port(), 1, origin.port),
             "node": servers.node(root, harness.free_port(), 1, origin.port, NODE_ROUTES),
+            "node-redis": servers.node(
+                root, port, 1, origin.port, NODE_ROUTES, name="node-redis", backends=backends
+            ),
         }
-        for label, name, path, _ in CASES:
+        for label, name, path, _ in cases:
             instructions, requests = count(systems[name], path, args.seconds, root)
             per_request[label] = instructions / max(requests, 1)
             print(
@@ -102,11 +120,13 @@ def main(argv: list[str]) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
+        harness.stop(redis_proc)
         harness.stop(origin_proc)
         shutil.rmtree(root, ignore_errors=True)
     print("| system | instructions / request | ratio |\n|---|--:|---|")
-    for label, _, _, baseline in CASES:
-        ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}" if baseline else "—"
+    for label, _, _, baseline in cases:
+        known = baseline in per_request
+        ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}" if known else "—"
         print(f"| {label} | {per_request[label]:,.0f} | {ratio} |")
     return 0
 
