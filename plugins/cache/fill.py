@@ -99,7 +99,12 @@ class Filler:
     async def refresh(self, cache: ResponseCache, call: Call, next: Handler, key: str) -> None:
         """A stale entry's background refresh, by whichever node takes the lock."""
         token = new_token()
-        if not await self.l2.lock(key, token, self.lock_timeout):
+        try:
+            taken = await self.l2.lock(key, token, self.lock_timeout)
+        except BackendUnavailable:  # Redis away: this node refreshes its own L1 copy
+            await cache.fetch(call, next, key, None, MISS, store=True)
+            return
+        if not taken:
             return
         try:
             await cache.fetch(call, next, key, None, MISS, store=True)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from node.call import Call, Reply
-from node.errors import BadGateway, CircuitOpen
+from node.errors import BackendUnavailable, BadGateway, CircuitOpen
 from node.schema import build
 from plugins.cache.fill import Filler
 from plugins.cache.plugin import ResponseCache
@@ -208,3 +208,36 @@ async def test_hit_ratio_gauge(clock: Clock) -> None:
     for _ in range(4):
         await get(cache, origin)
     assert cache.snapshot()["gauges"]["hit_ratio"] == 0.75
+
+
+class DownL2(MemoryL2):
+    """An L2 whose backend is unreachable: every call raises BackendUnavailable."""
+
+    @property
+    def available(self) -> bool:
+        return False
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        raise BackendUnavailable("down")
+
+
+async def test_l2_down_means_bypass_and_l1_hits(clock: Clock) -> None:
+    """With L2 unreachable: a miss is BYPASS (kept in L1), the next GET a HIT-L1."""
+    settings = build(CacheSettings, {"ttl": 10}, "cache")
+    cache = ResponseCache(settings, "/r", Filler(DownL2(), 5), None, clock)  # type: ignore[arg-type]
+    origin = Origin()
+    assert (await get(cache, origin)).headers["X-Cache"] == "BYPASS"
+    assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L1"
+    assert origin.calls == 1
+
+
+async def test_stale_refresh_happens_with_l2_down(clock: Clock) -> None:
+    """stale_while_revalidate still refreshes this node's copy while Redis is away."""
+    settings = build(CacheSettings, {"ttl": 3, "stale_while_revalidate": 30}, "cache")
+    cache = ResponseCache(settings, "/r", Filler(DownL2(), 5), None, clock)  # type: ignore[arg-type]
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 4  # stale, and still within L1's 5 s
+    assert (await get(cache, origin)).headers["X-Cache"] == "STALE"
+    await asyncio.gather(*cache.tasks)
+    assert (await get(cache, origin)).body == b"v2"
