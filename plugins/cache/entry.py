@@ -116,7 +116,11 @@ class Entry:
         if not newline:
             raise ValueError("not a cache entry")
         status, content_type, pairs, path, tags, times = orjson.loads(meta)
-        return cls(status, body, stored_headers(pairs), content_type, path, tuple(tags), times)
+        # Filtered when stored: only a repeated name needs more than a dict.
+        headers: dict[str, str] | CIMultiDict[str] = {istr(k): v for k, v in pairs}
+        if len(headers) < len(pairs):
+            headers = CIMultiDict((istr(k), v) for k, v in pairs)
+        return cls(status, body, headers, content_type, path, tuple(tags), times)
 
 
 def decoded(blob: bytes | None) -> Entry | None:
