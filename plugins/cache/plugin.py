@@ -109,58 +109,35 @@ class ResponseCache:
         return labelled(await next(call), BYPASS)
 
     async def lookup(self, call: Call, next: Handler, key: str, stale: Entry | None) -> Reply:
-        """L2 first (concurrent reads share one Redis write); then concurrent misses of `key`
-        on this node share the first one's fetch."""
+        """Concurrent misses of `key` on this node share the first one's outcome."""
         flight = self.flights.get(key)
         if flight is not None:
-            return await self.follow(flight, call, next, key, stale)
-        found, l2_up = await self.read_l2(key)
-        now = self.clock()
-        if found is not None and now < found.fresh_until:
-            self.l1.put(key, found, now)
-            self.counts["hits_l2"] += 1
-            return found.reply(HIT_L2, now)
-        flight = self.flights.get(key)  # another request may have begun the fetch meanwhile
-        if flight is not None:
-            return await self.follow(flight, call, next, key, stale)
+            self.counts["lock_waits"] += 1
+            entry, label = await asyncio.shield(flight)
+            if entry is not None:
+                self.hits_l1 += label != STALE
+                self.counts["stale"] += label == STALE
+                return entry.reply(HIT_L1 if label != STALE else STALE, self.clock())
+            return (await self.fetch(call, next, key, stale, MISS, store=False))[0]
         flight = self.flights[key] = asyncio.get_running_loop().create_future()
         outcome: tuple[Entry | None, str] = (None, MISS)
         try:
-            reply, entry, label = await self.resolve(call, next, key, stale, found, l2_up)
+            reply, entry, label = await self.resolve(call, next, key, stale)
             outcome = (entry, label)
             return reply
         finally:
             del self.flights[key]
             flight.set_result(outcome)
 
-    async def follow(
-        self,
-        flight: asyncio.Future[tuple[Entry | None, str]],
-        call: Call,
-        next: Handler,
-        key: str,
-        stale: Entry | None,
-    ) -> Reply:
-        """The outcome of the fetch another request of this node runs, if it may be shared."""
-        self.counts["lock_waits"] += 1
-        entry, label = await asyncio.shield(flight)
-        if entry is not None:
-            self.hits_l1 += label != STALE
-            self.counts["stale"] += label == STALE
-            return entry.reply(HIT_L1 if label != STALE else STALE, self.clock())
-        return (await self.fetch(call, next, key, stale, MISS, store=False))[0]
-
     async def resolve(
-        self,
-        call: Call,
-        next: Handler,
-        key: str,
-        stale: Entry | None,
-        found: Entry | None,
-        l2_up: bool,
+        self, call: Call, next: Handler, key: str, stale: Entry | None
     ) -> tuple[Reply, Entry | None, str]:
-        """A key neither node memory nor L2 holds fresh: serve stale, or fetch."""
+        found, l2_up = await self.read_l2(key)
         now = self.clock()
+        if found is not None and now < found.fresh_until:
+            self.l1.put(key, found, now)
+            self.counts["hits_l2"] += 1
+            return found.reply(HIT_L2, now), found, HIT_L2
         if found is not None and (stale is None or found.stored_at > stale.stored_at):
             stale = found
         if stale is not None and now < stale.stale_until and call.method == "GET":
