@@ -63,8 +63,7 @@ def redis_cache(connection: RedisConnection, namespace: str) -> RedisCache:
     `namespace` is explicit and never empty: aiocache's `clear()` without one runs FLUSHDB.
     """
     cache = RedisCache(serializer=NullSerializer(encoding=None), namespace=namespace, timeout=None)
-    pool = cache.client.connection_pool  # made by the constructor, never connected
-    del pool
+    # The client its constructor made has never connected; it is simply replaced.
     if connection.pipeline is None:  # Redis Cluster: redis-py routes each key to its slot
         cache.client = connection.client
     else:

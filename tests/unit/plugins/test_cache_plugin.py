@@ -241,3 +241,35 @@ async def test_stale_refresh_happens_with_l2_down(clock: Clock) -> None:
     assert (await get(cache, origin)).headers["X-Cache"] == "STALE"
     await asyncio.gather(*cache.tasks)
     assert (await get(cache, origin)).body == b"v2"
+
+
+def two_nodes(clock: Clock) -> tuple[ResponseCache, ResponseCache]:
+    """Two plugins ("nodes") sharing one L2, as two nodes share Redis."""
+    settings = build(CacheSettings, {"ttl": 10}, "cache")
+    l2 = MemoryL2()
+    return (
+        ResponseCache(settings, "/r", Filler(l2, 5), None, clock),  # type: ignore[arg-type]
+        ResponseCache(settings, "/r", Filler(l2, 5), None, clock),  # type: ignore[arg-type]
+    )
+
+
+async def test_fill_lock_makes_one_fetch_across_nodes(clock: Clock) -> None:
+    """Cold key, two nodes, 10 GETs each at once: one target call; the other node waited."""
+    a, b = two_nodes(clock)
+    origin = Origin()
+    origin.delay = 0.05
+    replies = await asyncio.gather(*(get(n, origin) for n in (a, b) * 10))
+    assert origin.calls == 1 and {r.body for r in replies} == {b"v1"}
+    assert {r.headers["X-Cache"] for r in replies} <= {"MISS", "HIT-L1", "HIT-L2"}
+
+
+async def test_waiters_stop_waiting_when_the_fill_is_not_storable(clock: Clock) -> None:
+    """no-store: the other node sees the lock go without a value and fetches at once."""
+    a, b = two_nodes(clock)
+    origin = Origin()
+    origin.delay = 0.05
+    origin.headers = {"Cache-Control": "no-store"}
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(get(a, origin), get(b, origin))
+    assert origin.calls == 2
+    assert asyncio.get_running_loop().time() - started < 1.0  # far from lock_timeout (5 s)
