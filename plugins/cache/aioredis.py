@@ -9,12 +9,13 @@ shared connection: the node does that.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 
-from node.autopipe import AutoPipeline, pack
+from node.autopipe import AutoPipeline, ReplyError, pack
 from node.redisconn import RedisConnection
 
 
@@ -55,6 +56,36 @@ class PipelinedClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+
+class Script:
+    """A Lua script sent as EVALSHA through the auto-pipeline (EVAL when Redis answers
+    NOSCRIPT, after a restart or failover); on Redis Cluster through redis-py's Script."""
+
+    def __init__(self, connection: RedisConnection, text: str) -> None:
+        self.text = text.encode()
+        self.sha = hashlib.sha1(self.text).hexdigest().encode()
+        self.pipeline = connection.pipeline
+        self.fallback = connection.client.register_script(text)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if self.pipeline is None:
+            return await self.fallback(keys=keys, args=args)
+        parts = [b"%d" % len(keys), *(encoded(k) for k in keys), *(encoded(a) for a in args)]
+        try:
+            return await self.pipeline.execute(pack(b"EVALSHA", self.sha, *parts))
+        except ReplyError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            return await self.pipeline.execute(pack(b"EVAL", self.text, *parts))
+
+
+async def set_nx_px(connection: RedisConnection, key: str, value: str, ms: int) -> bool:
+    """SET key value NX PX ms, auto-pipelined where the node has the pipeline."""
+    if connection.pipeline is None:
+        return bool(await connection.client.set(key, value, nx=True, px=ms))
+    command = pack(b"SET", key.encode(), value.encode(), b"NX", b"PX", b"%d" % ms)
+    return await connection.pipeline.execute(command) is not None
 
 
 def redis_cache(connection: RedisConnection, namespace: str) -> RedisCache:

@@ -18,7 +18,7 @@ from aiocache.serializers import NullSerializer
 
 from node.keys import CACHE_LOCKS, CACHE_PATH_INDEX, CACHE_TAG_INDEX, CACHE_VALUES
 from node.redisconn import RedisConnection
-from plugins.cache.aioredis import redis_cache
+from plugins.cache.aioredis import Script, redis_cache, set_nx_px
 
 HERE = Path(__file__).resolve().parent
 MAX_INDEX_NAME = 200  # characters of a path or tag in an index key; longer ones are hashed
@@ -67,9 +67,8 @@ class RedisL2:
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
         self.values = redis_cache(connection, CACHE_VALUES)
-        client = connection.client
-        self._index = client.register_script((HERE / "index.lua").read_text())
-        self._release = client.register_script((HERE / "release.lua").read_text())
+        self._index = Script(connection, (HERE / "index.lua").read_text())
+        self._release = Script(connection, (HERE / "release.lua").read_text())
 
     @property
     def available(self) -> bool:
@@ -121,8 +120,9 @@ class RedisL2:
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         ms = max(1, int(ttl * 1000))
-        taken = await self.connection.run(lambda c: c.set(CACHE_LOCKS + key, token, nx=True, px=ms))
-        return bool(taken)
+        return await self.connection.run(
+            lambda _: set_nx_px(self.connection, CACHE_LOCKS + key, token, ms)
+        )
 
     async def unlock(self, key: str, token: str) -> None:
         await self.connection.run(lambda _: self._release(keys=[CACHE_LOCKS + key], args=[token]))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from testkit.servers import RedisServer
 
 from node.keys import CACHE
 from node.redisconn import RedisConnection
@@ -115,3 +117,20 @@ async def test_lock_expires(store: L2Store, ns: str) -> None:
     assert not await store.locked(key)
     assert await store.lock(key, "two", 5.0)
     await store.unlock(key, "two")
+
+
+async def test_scripts_load_themselves_on_a_fresh_redis(tmp_path: Path) -> None:
+    """A Redis that never saw the scripts (NOSCRIPT) still indexes, locks and releases."""
+    server = RedisServer(tmp_path)
+    server.start()
+    connection = RedisConnection(server.url)
+    try:
+        store = RedisL2(connection)
+        await store.put("r:/a", b"1", 5.0, "/a", ("t",))
+        assert await store.lock("r:/a", "me", 5.0)
+        await store.unlock("r:/a", "me")
+        assert not await store.locked("r:/a")
+        assert await store.drop_tag("t") == 1
+    finally:
+        await connection.close()
+        server.kill()
