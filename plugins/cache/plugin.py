@@ -35,13 +35,13 @@ UNSAFE = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 # Failures of the target that a stale entry may cover (stale_if_error): unreachable,
 # timed out, its breaker open or overloaded.
 TARGET_FAILURES = (BadGateway, GatewayTimeout, ServiceUnavailable)
+# Counted in `counts`; hits_l1 (a plain attribute, on the hot path) and evictions (the
+# LRU's) join them in snapshot(). The dashboard renders these names.
 COUNTERS = (
-    "hits_l1",
     "hits_l2",
     "misses",
     "stale",
     "bypass",
-    "evictions",
     "lock_waits",
     "lock_timeouts",
     "invalidations",
@@ -64,6 +64,9 @@ def labelled(reply: Reply, label: str) -> Reply:
 
 
 class ResponseCache:
+    """One route's cache. Times are wall-clock seconds (`clock`): entries, their Age and
+    freshness travel between nodes through L2, so a monotonic clock would not do."""
+
     name = "cache"
 
     def __init__(
@@ -243,7 +246,7 @@ class ResponseCache:
         return labelled(reply, BYPASS)
 
     def snapshot(self) -> dict[str, Any]:
-        counters = dict(self.counts, hits_l1=self.hits_l1, evictions=self.l1.evictions)
+        counters = {"hits_l1": self.hits_l1, **self.counts, "evictions": self.l1.evictions}
         hits = counters["hits_l1"] + counters["hits_l2"] + counters["stale"]
         served = hits + counters["misses"]
         return {
