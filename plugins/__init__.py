@@ -7,8 +7,10 @@ each plugin's issue adds its row (ratelimit, cache, queue, shard, breaker).
 from __future__ import annotations
 
 from node.pipeline import PluginFactory
+from plugins.cache import build_response_cache
 from plugins.ratelimit import build_rate_limiter
 
 FACTORIES: dict[str, PluginFactory] = {
     "ratelimit": build_rate_limiter,
+    "cache": build_response_cache,
 }

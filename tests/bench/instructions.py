@@ -40,6 +40,14 @@ CASES = [
     ("rate limited, embedded", "node", "/limited", "node handler route"),
     ("rate limited, Redis", "node-redis", "/limited", "node handler route"),
 ]
+# The response cache (issue #4): hits against bare aiohttp, a miss against the same proxy
+# route without the plugin (see run.py's CACHE_ROUTES).
+CACHE_CASES = [
+    ("cache L1 hit", "node", "/cached/hello", "bare aiohttp hello"),
+    ("cache L2 hit (Redis)", "node-redis", "/cached-l2/hello", "bare aiohttp hello"),
+    ("proxy route (Redis node)", "node-redis", "/proxy/hello", None),
+    ("cache miss (Redis proxy)", "node-redis", "/cached-miss/hello", "proxy route (Redis node)"),
+]
 
 
 def count(server: servers.Server, path: str, seconds: float, root: Path) -> tuple[int, int, float]:
@@ -96,8 +104,12 @@ def dump_total(dump: Path) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per case")
-    parser.add_argument("--only", default="", help="count only cases whose label contains this")
+    parser.add_argument(
+        "--only", default="", help="comma-separated parts of the labels to count (default all)"
+    )
     args = parser.parse_args(argv)
+    parts = [part for part in args.only.split(",") if part]
+    cases = [c for c in CASES + CACHE_CASES if not parts or any(p in c[0] for p in parts)]
     try:
         for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
             harness.require_tool(tool)
@@ -114,24 +126,18 @@ def main(argv: list[str]) -> int:
     per_request: dict[str, float] = {}
     try:
         harness.wait_ready(origin_proc, origin.url(origin.ready_path or "/"))
+        harness.wait_port(redis_proc, redis.port)
         backends = REDIS_BACKENDS.replace("$redis_port", str(redis.port))
+        port = harness.free_port()
         systems = {
             "bare-hello": servers.bare_hello(harness.free_port(), 1),
             "bare-proxy": servers.bare_proxy(harness.free_port(), 1, origin.port),
             "node": servers.node(root, harness.free_port(), 1, origin.port, NODE_ROUTES),
             "node-redis": servers.node(
-                root,
-                harness.free_port(),
-                1,
-                origin.port,
-                NODE_ROUTES,
-                name="node-redis",
-                backends=backends,
+                root, port, 1, origin.port, NODE_ROUTES, name="node-redis", backends=backends
             ),
         }
-        for label, name, path, _ in CASES:
-            if args.only not in label:
-                continue
+        for label, name, path, _ in cases:
             instructions, requests, idle_rate = count(systems[name], path, args.seconds, root)
             per_request[label] = instructions / max(requests, 1)
             print(
@@ -147,12 +153,9 @@ def main(argv: list[str]) -> int:
         harness.stop(origin_proc)
         shutil.rmtree(root, ignore_errors=True)
     print("| system | instructions / request | ratio |\n|---|--:|---|")
-    for label, _, _, baseline in CASES:
-        if label not in per_request:
-            continue
-        ratio = "—"
-        if baseline in per_request:
-            ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}"
+    for label, _, _, baseline in cases:
+        known = baseline in per_request
+        ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}" if known else "—"
         print(f"| {label} | {per_request[label]:,.0f} | {ratio} |")
     return 0
 
