@@ -98,6 +98,11 @@ class RequestCall(Call):
     def host(self) -> str:
         return self._request.host
 
+    @property
+    def app(self) -> web.Application:
+        """The node's app, for helpers that reach app-wide resources (plugins.cache.node_cache)."""
+        return self._request.app
+
 
 def to_response(reply: Reply, node: str) -> web.Response:
     headers = reply.headers

@@ -8,6 +8,13 @@ NODES_INDEX = "sn:{nodes}:index"  # sorted set: node name → last heartbeat (Re
 NODE_INFO = "sn:{nodes}:node:"  # + node name: its heartbeat record, expiring with a TTL
 RATELIMIT = "sn:rl:"  # + {scope:client digest}:algorithm:window: a limit's state
 API_KEY_TIERS = "sn:rl:apikeys"  # hash: sha256(API key) → tier name
+# The response cache (plugins/cache); nothing outside these prefixes is ever touched by it.
+CACHE = "sn:cache:"
+CACHE_VALUES = "sn:cache:v"  # aiocache namespace: + ":" + route digest:path?query: an entry
+CACHE_LOCKS = "sn:cache:l:"  # + entry key: the token of the one node fetching it
+CACHE_PATH_INDEX = "sn:cache:i:p:"  # + path: set of the entry keys stored for it (expiring)
+CACHE_TAG_INDEX = "sn:cache:i:t:"  # + Cache-Tag value: set of its entry keys (expiring)
+CACHE_HANDLER = "sn:cache:h"  # aiocache namespace of handler code's own values (@cached)
 # Cluster bus channels (node/bus.py); pub/sub channels are cluster-wide, no slot needed.
 CACHE_EVENTS = "sn:bus:cache"  # invalidations: every node drops matching L1 entries
 BREAKER_EVENTS = "sn:bus:breaker"  # trips and closes of upstream members

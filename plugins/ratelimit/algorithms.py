@@ -106,11 +106,18 @@ def token_bucket(state: State | None, lim: Limit, now: int, cost: int) -> tuple[
 STEP = {SLIDING_WINDOW: sliding_window, FIXED_WINDOW: fixed_window, TOKEN_BUCKET: token_bucket}
 
 
-def state_ttl_us(algorithm: str, lim: Limit, state: State, now: int) -> int:
-    """How long a state must be kept: windows until the next window ends, buckets until full."""
-    if algorithm == TOKEN_BUCKET:
-        return max(1, int(state[0]) - now + 1)
-    return 2 * lim.window_us - (now - math.floor(now / lim.window_us) * lim.window_us)
+def decide_one(
+    algorithm: str, state: State | None, lim: Limit, now: int, cost: int = 1
+) -> tuple[Verdict, State]:
+    """One limit: the verdict (retry_us == 0 when allowed) and the state to keep."""
+    step = STEP[algorithm]
+    verdict, new_state = step(state, lim, now, cost)
+    if verdict.retry_us == 0:
+        return verdict, new_state
+    # Rejected: report what the limit says without this request's cost.
+    dry, new_state = step(state, lim, now, 0)
+    dry.retry_us = verdict.retry_us
+    return dry, new_state
 
 
 def decide(
@@ -121,14 +128,10 @@ def decide(
     cost: int = 1,
 ) -> tuple[bool, list[Verdict], list[State]]:
     """Every limit must pass; only then does any of them take the request's cost."""
+    if len(limits) == 1:
+        verdict, state = decide_one(algorithm, states[0], limits[0], now, cost)
+        return verdict.retry_us == 0, [verdict], [state]
     step = STEP[algorithm]
-    if len(limits) == 1:  # the common case, without the lists
-        verdict, state = step(states[0], limits[0], now, cost)
-        if verdict.retry_us == 0:
-            return True, [verdict], [state]
-        dry, state = step(states[0], limits[0], now, 0)
-        dry.retry_us = verdict.retry_us
-        return False, [dry], [state]
     trial = [step(state, lim, now, cost) for state, lim in zip(states, limits, strict=True)]
     allowed = all(verdict.retry_us == 0 for verdict, _ in trial)
     if allowed:

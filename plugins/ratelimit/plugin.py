@@ -121,7 +121,10 @@ class RateLimiter:
         else:
             self.counters["allowed"] += 1
         reply = await next(call)
-        reply.headers.update(headers)  # type: ignore[attr-defined]
+        if reply.headers:
+            reply.headers.update(headers)  # type: ignore[attr-defined]
+        else:
+            reply.headers = headers
         return reply
 
     def keys_of(self, client: str, limits: tuple[Limit, ...]) -> list[str]:

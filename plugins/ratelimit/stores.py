@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from node.autopipe import AutoPipeline, ReplyError
 from node.errors import BackendUnavailable
 from node.redisconn import RedisConnection
-from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, state_ttl_us
+from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, decide_one
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
 # The embedded store forgets the least recently used clients beyond this many keys.
@@ -42,9 +42,11 @@ def wall_clock_us() -> int:
 
 
 class MemoryCounter:
-    """The algorithms run in-process; state in a bounded LRU with per-key expiry.
+    """The algorithms run in-process; state in a bounded LRU.
 
-    `decide_now` is the synchronous core, so the plugin saves a coroutine per request;
+    States need no expiry here: every algorithm reads a state from an earlier window, or a
+    bucket whose arrival time has passed, as empty, so the LRU bound alone keeps memory in
+    check. `decide_now` is the synchronous core (the plugin saves a coroutine per request);
     `hit` is the store interface over it.
     """
 
@@ -53,23 +55,27 @@ class MemoryCounter:
     ) -> None:
         self.clock = clock
         self.max_keys = max_keys
-        # key → (state, expiry); a plain dict keeps insertion order, so re-inserting a key
-        # on every hit makes its first key the least recently used.
-        self._states: dict[str, tuple[State, int]] = {}
+        # A plain dict keeps insertion order: re-inserting a key on every hit makes the
+        # first key the least recently used.
+        self._states: dict[str, State] = {}
 
     def decide_now(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
         now = self.clock()
         states = self._states
-        loaded: list[State | None] = []
-        for key in keys:
-            entry = states.pop(key, None)
-            loaded.append(entry[0] if entry is not None and entry[1] > now else None)
-        allowed, verdicts, new_states = decide(algorithm, loaded, limits, now, cost)
-        for key, lim, state in zip(keys, limits, new_states, strict=True):
-            states[key] = (state, now + state_ttl_us(algorithm, lim, state, now))
-        while len(states) > self.max_keys:
+        if len(keys) == 1:  # the common case, without the lists
+            key = keys[0]
+            verdict, states[key] = decide_one(
+                algorithm, states.pop(key, None), limits[0], now, cost
+            )
+            allowed, verdicts = verdict.retry_us == 0, [verdict]
+        else:
+            loaded = [states.pop(key, None) for key in keys]
+            allowed, verdicts, new_states = decide(algorithm, loaded, limits, now, cost)
+            for key, state in zip(keys, new_states, strict=True):
+                states[key] = state
+        if len(states) > self.max_keys:
             del states[next(iter(states))]
         return Decision(allowed, verdicts)
 

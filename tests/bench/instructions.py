@@ -6,8 +6,10 @@ This VM's speed drifts by 20 % or more within a minute, so req/s ratios measured
 seconds apart move with it. Instruction counts do not: each server runs under
 `valgrind --tool=callgrind` with counting off, is warmed up, then counted while wrk sends
 requests over 4 connections; the total divided by the requests wrk completed is the cost
-of one request, repeatable to about 1 %. Pairs are printed as ratios (baseline / system),
-comparable to run.py's req/s ratios on a CPU-bound server.
+of one request, repeatable to about 1 %. A server's background work (the node's heartbeat
+and dashboard sampler, once a second) is counted idle first and subtracted, and printed on
+its own. Pairs are printed as ratios (baseline / system), comparable to run.py's req/s
+ratios on a CPU-bound server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import harness
@@ -38,10 +41,25 @@ CASES = [
     ("rate limited, embedded", "node", "/limited", "node handler route"),
     ("rate limited, Redis", "node-redis", "/limited", "node handler route"),
 ]
+# The response cache (issue #4): hits against bare aiohttp, a miss against the same proxy
+# route without the plugin (see run.py's CACHE_ROUTES).
+CACHE_CASES = [
+    ("cache L1 hit", "node", "/cached/hello", "bare aiohttp hello"),
+    ("cache L2 hit (Redis)", "node-redis", "/cached-l2/hello", "bare aiohttp hello"),
+    ("proxy route (Redis node)", "node-redis", "/proxy/hello", None),
+    ("cache miss (Redis proxy)", "node-redis", "/cached-miss/hello", "proxy route (Redis node)"),
+]
 
 
-def count(server: servers.Server, path: str, seconds: float, root: Path) -> tuple[int, int]:
-    """(instructions, requests) while wrk runs against `path` of `server` under callgrind."""
+def count(server: servers.Server, path: str, seconds: float, root: Path) -> tuple[int, int, float]:
+    """(instructions, requests, idle instructions per second) of `server` under callgrind:
+    first idle for `seconds`, then while wrk runs against `path` for as long.
+
+    The idle part is the node's background work (heartbeats, the dashboard's sampler), paid
+    once a second whatever the load. Under callgrind a server answers ~50x fewer requests a
+    second, which would inflate that work's share per request fifty-fold; the caller
+    subtracts it and reports it on its own.
+    """
     out = root / f"callgrind.{server.name}.{abs(hash(path))}"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     proc = harness.start(
@@ -52,31 +70,47 @@ def count(server: servers.Server, path: str, seconds: float, root: Path) -> tupl
         cwd=server.cwd,
         env=server.env,
     )
+    control = ["callgrind_control"]
+
+    def counted(action: Callable[[], object]) -> tuple[object, float]:
+        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        started = time.monotonic()
+        result = action()
+        elapsed = time.monotonic() - started
+        subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        return result, elapsed
+
     try:
         harness.wait_ready(proc, server.url(server.ready_path or "/"), timeout=120.0)
         url = server.url(path)
         wrk.run(url, duration=3.0, connections=4, threads=1, cpu=0)  # warm up, uncounted
-        control = ["callgrind_control"]
-        subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        result = wrk.run(url, duration=seconds, connections=4, threads=1, cpu=0)
-        subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
-        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        _, idle_seconds = counted(lambda: time.sleep(seconds))
+        result, _ = counted(lambda: wrk.run(url, duration=seconds, connections=4, threads=1, cpu=0))
         time.sleep(1.0)
     finally:
         harness.stop(proc)
-    total = 0
-    for dump in root.glob(out.name + "*"):
-        # Each dump file ends with its part's total ("summary:" near the top is not it).
-        totals = re.findall(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
-        total += int(totals[-1]) if totals else 0
-    return total, result.requests
+    parts = sorted(root.glob(out.name + ".*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    idle, busy = (dump_total(part) for part in parts[:2])
+    idle_rate = idle / idle_seconds
+    return busy - round(idle_rate * seconds), result.requests, idle_rate  # type: ignore[attr-defined]
+
+
+def dump_total(dump: Path) -> int:
+    # Each dump file ends with its part's total ("summary:" near the top is not it).
+    totals = re.findall(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
+    return int(totals[-1]) if totals else 0
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per case")
-    parser.add_argument("--only", default="", help="count only cases whose label contains this")
+    parser.add_argument(
+        "--only", default="", help="comma-separated parts of the labels to count (default all)"
+    )
     args = parser.parse_args(argv)
+    parts = [part for part in args.only.split(",") if part]
+    cases = [c for c in CASES + CACHE_CASES if not parts or any(p in c[0] for p in parts)]
     try:
         for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
             harness.require_tool(tool)
@@ -93,28 +127,23 @@ def main(argv: list[str]) -> int:
     per_request: dict[str, float] = {}
     try:
         harness.wait_ready(origin_proc, origin.url(origin.ready_path or "/"))
+        harness.wait_port(redis_proc, redis.port)
         backends = REDIS_BACKENDS.replace("$redis_port", str(redis.port))
+        port = harness.free_port()
         systems = {
             "bare-hello": servers.bare_hello(harness.free_port(), 1),
             "bare-proxy": servers.bare_proxy(harness.free_port(), 1, origin.port),
             "node": servers.node(root, harness.free_port(), 1, origin.port, NODE_ROUTES),
             "node-redis": servers.node(
-                root,
-                harness.free_port(),
-                1,
-                origin.port,
-                NODE_ROUTES,
-                name="node-redis",
-                backends=backends,
+                root, port, 1, origin.port, NODE_ROUTES, name="node-redis", backends=backends
             ),
         }
-        for label, name, path, _ in CASES:
-            if args.only not in label:
-                continue
-            instructions, requests = count(systems[name], path, args.seconds, root)
+        for label, name, path, _ in cases:
+            instructions, requests, idle_rate = count(systems[name], path, args.seconds, root)
             per_request[label] = instructions / max(requests, 1)
             print(
-                f"bench: {label}: {requests} requests, {per_request[label]:,.0f} instr/request",
+                f"bench: {label}: {requests} requests, {per_request[label]:,.0f} instr/request"
+                f" (background work, subtracted: {idle_rate:,.0f} instr/s)",
                 file=sys.stderr,
             )
     except BenchError as exc:
@@ -125,12 +154,9 @@ def main(argv: list[str]) -> int:
         harness.stop(origin_proc)
         shutil.rmtree(root, ignore_errors=True)
     print("| system | instructions / request | ratio |\n|---|--:|---|")
-    for label, _, _, baseline in CASES:
-        if label not in per_request:
-            continue
-        ratio = "—"
-        if baseline in per_request:
-            ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}"
+    for label, _, _, baseline in cases:
+        known = baseline in per_request
+        ratio = f"{per_request[baseline] / per_request[label]:.2f}x {baseline}" if known else "—"
         print(f"| {label} | {per_request[label]:,.0f} | {ratio} |")
     return 0
 

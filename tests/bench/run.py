@@ -124,6 +124,61 @@ RATIOS = [
 ]
 
 
+# --- The response cache (issue #4), kept apart from the scenarios above. ----------------
+# An L1 hit and an L2 hit (l1_ttl = 0: every request reads Redis) of the hello handler,
+# against bare aiohttp; a miss (statuses = [299]: the origin's 200 is never stored, so
+# each request is a full miss: L1, L2 read, fill lock, re-read, fetch, unlock) against
+# the same proxy route without the plugin.
+CACHE_ROUTES = """
+[[routes]]
+path = "/cached/hello"
+methods = ["GET"]
+target = "handler:node.demo:hello"
+cache = { ttl = 3600 }
+
+[[routes]]
+path = "/cached-l2/hello"
+methods = ["GET"]
+target = "handler:node.demo:hello"
+cache = { ttl = 3600, l1_ttl = 0 }
+
+[[routes]]
+path = "/cached-miss/{tail:.*}"
+target = "upstream:origin"
+strip_prefix = "/cached-miss"
+cache = { ttl = 30, statuses = [299] }
+"""
+NODE_ROUTES += CACHE_ROUTES
+
+SCENARIOS += [
+    Scenario("cache_l1", "cache L1 hit", "node", "/cached/hello", HELLO_BODY, "bare_hello"),
+    Scenario(
+        "cache_l2",
+        "cache L2 hit (Redis)",
+        "node-redis",
+        "/cached-l2/hello",
+        HELLO_BODY,
+        "bare_hello",
+    ),
+    Scenario(
+        "redis_node_proxy", "proxy route (Redis node)", "node-redis", "/proxy/hello", UPSTREAM_BODY
+    ),
+    Scenario(
+        "cache_miss",
+        "cache miss (Redis proxy)",
+        "node-redis",
+        "/cached-miss/hello",
+        UPSTREAM_BODY,
+        "redis_node_proxy",
+    ),
+]
+RATIOS += [
+    Ratio("cache_l1", "bare_hello", "cache L1 hit / bare hello (target >= 0.9)"),
+    Ratio("cache_l2", "bare_hello", "cache L2 hit / bare hello (target >= 0.6)"),
+    Ratio("cache_miss", "redis_node_proxy", "cache miss / same proxy route without the plugin"),
+]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per system")

@@ -203,10 +203,11 @@ def test_missing_plugin_is_a_config_error(tmp_path, log):
 
 
 def test_build_app_uses_shipped_factories_by_default(tmp_path, log):
-    """With no factories given, build_app uses plugins.FACTORIES, which has no cache plugin yet."""
-    settings = settings_from(tmp_path, ALL_PLUGINS.replace("ratelimit = {}", ""))
+    """With no factories given, build_app uses plugins.FACTORIES, which has no queue plugin yet."""
+    text = ALL_PLUGINS.replace("ratelimit = {}", "").replace("cache = { ttl = 5 }", "")
+    settings = settings_from(tmp_path, text)
     with pytest.raises(
-        ConfigError, match=r"^routes\[0\]\.cache: the cache plugin is not available"
+        ConfigError, match=r"^routes\[0\]\.queue: the queue plugin is not available"
     ):
         build_app(settings, "all")
 

@@ -1,0 +1,141 @@
+"""A stored reply: the ready body and headers, its freshness deadlines, and its L2 encoding.
+
+A hit copies the headers and sets `X-Cache` and `Age`: nothing else is built per hit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from multidict import CIMultiDict, istr
+
+from node.call import Reply
+
+X_CACHE = istr("X-Cache")  # istr: aiohttp skips case-folding these names
+AGE = istr("Age")
+CONTENT_TYPE = istr("Content-Type")
+HIT_L1, HIT_L2, MISS, STALE, BYPASS = "HIT-L1", "HIT-L2", "MISS", "STALE", "BYPASS"
+# `Age` values as ready strings: formatting a number on every hit costs more than a lookup.
+AGES = tuple(str(age) for age in range(3600))
+# Headers a stored reply never repeats: per-exchange or recomputed on every hit.
+NOT_STORED = frozenset(("age", "x-cache", "date", "connection", "keep-alive", "set-cookie"))
+ENTRY_OVERHEAD = 256  # bytes of bookkeeping counted per L1 entry besides body and headers
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header from a CIMultiDict or a plain dict (whose keys may be in any case)."""
+    value = headers.get(name)
+    if value is None and not isinstance(headers, CIMultiDict):
+        lower = name.lower()
+        for key, candidate in headers.items():
+            if key.lower() == lower:
+                return candidate
+    return value
+
+
+class Entry:
+    __slots__ = (
+        "body",
+        "content_type",
+        "fresh_until",
+        "headers",
+        "hit_headers",
+        "hit_until",
+        "l1_until",
+        "path",
+        "size",
+        "stale_error_until",
+        "stale_until",
+        "status",
+        "stored_at",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | CIMultiDict[str],
+        content_type: str | None,
+        path: str,
+        tags: tuple[str, ...],
+        times: tuple[float, float, float, float],
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.content_type = content_type
+        self.path = path
+        self.tags = tags
+        # Wall-clock seconds: when stored, fresh until, servable stale until (while
+        # revalidating), servable stale until when the target fails.
+        self.stored_at, self.fresh_until, self.stale_until, self.stale_error_until = times
+        self.l1_until = self.hit_until = 0.0  # set when L1 takes it
+        self.size = ENTRY_OVERHEAD + len(body) + sum(len(k) + len(v) for k, v in headers.items())
+        # An L1 hit's headers, ready but for Age: one copy and one store per hit.
+        self.hit_headers = headers.copy()
+        if content_type is not None:
+            self.hit_headers[CONTENT_TYPE] = content_type
+        self.hit_headers[X_CACHE] = HIT_L1
+
+    @property
+    def expires(self) -> float:
+        return max(self.fresh_until, self.stale_until, self.stale_error_until)
+
+    def reply(self, label: str, now: float) -> Reply:
+        headers = self.headers.copy()
+        headers[X_CACHE] = label
+        age = int(now - self.stored_at)
+        headers[AGE] = AGES[age] if 0 <= age < 3600 else str(max(age, 0))
+        return Reply(self.status, self.body, headers, self.content_type)
+
+    def hit(self, now: float) -> Reply:
+        """The L1 hit's reply (the hot path): Content-Type is in the headers already."""
+        headers = self.hit_headers.copy()
+        age = int(now - self.stored_at)
+        headers[AGE] = AGES[age] if 0 <= age < 3600 else str(max(age, 0))
+        return Reply(self.status, self.body, headers)
+
+    def encode(self) -> bytes:
+        """For L2: a JSON line of metadata, then the body as it is."""
+        meta = [
+            self.status,
+            self.content_type,
+            list(self.headers.items()),
+            self.path,
+            self.tags,
+            [self.stored_at, self.fresh_until, self.stale_until, self.stale_error_until],
+        ]
+        return orjson.dumps(meta) + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Entry:
+        """Raises ValueError on a blob this version did not write."""
+        meta, newline, body = blob.partition(b"\n")
+        if not newline:
+            raise ValueError("not a cache entry")
+        status, content_type, pairs, path, tags, times = orjson.loads(meta)
+        # Filtered when stored: only a repeated name needs more than a dict.
+        headers: dict[str, str] | CIMultiDict[str] = {istr(k): v for k, v in pairs}
+        if len(headers) < len(pairs):
+            headers = CIMultiDict((istr(k), v) for k, v in pairs)
+        return cls(status, body, headers, content_type, path, tuple(tags), times)
+
+
+def decoded(blob: bytes | None) -> Entry | None:
+    if blob is None:
+        return None
+    try:
+        return Entry.decode(blob)
+    except ValueError:  # written by another version: a miss
+        return None
+
+
+def stored_headers(pairs: list[tuple[str, str]] | list[list[str]]) -> dict[str, str] | CIMultiDict:
+    """A plain dict (cheapest to copy per hit) unless a name repeats."""
+    kept = [(istr(k), v) for k, v in pairs if k.lower() not in NOT_STORED]
+    names = {k.lower() for k, _ in kept}
+    if len(names) == len(kept):
+        return dict(kept)
+    return CIMultiDict(kept)

@@ -1,0 +1,260 @@
+"""The ResponseCache plugin: L1 hit on the hot path; on a miss, one fetch per key per node
+(single-flight) and per cluster (the L2 fill lock); stale serving; write-through
+invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from multidict import CIMultiDict
+
+from node.call import Call, Handler, Reply
+from node.errors import BackendUnavailable, BadGateway, GatewayTimeout, Rejected, ServiceUnavailable
+from plugins.cache.entry import (
+    BYPASS,
+    HIT_L1,
+    HIT_L2,
+    MISS,
+    STALE,
+    X_CACHE,
+    Entry,
+    decoded,
+    header,
+    stored_headers,
+)
+from plugins.cache.fill import Filler
+from plugins.cache.lru import L1Cache
+from plugins.cache.policy import KeyBuilder, Lifetime, lifetime, storable, varies_within
+from plugins.cache.settings import CacheSettings
+
+MAX_TAGS = 16  # Cache-Tag values kept per entry: each is an index write on a miss
+UNSAFE = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+# Failures of the target that a stale entry may cover (stale_if_error): unreachable,
+# timed out, its breaker open or overloaded.
+TARGET_FAILURES = (BadGateway, GatewayTimeout, ServiceUnavailable)
+# Counted in `counts`; hits_l1 (a plain attribute, on the hot path) and evictions (the
+# LRU's) join them in snapshot(). The dashboard renders these names.
+COUNTERS = (
+    "hits_l2",
+    "misses",
+    "stale",
+    "bypass",
+    "lock_waits",
+    "lock_timeouts",
+    "invalidations",
+    "backend_errors",
+)
+
+
+def labelled(reply: Reply, label: str) -> Reply:
+    """`reply` with X-Cache set, never mutating a headers object someone else may share."""
+    headers = reply.headers
+    if type(headers) is CIMultiDict:  # the proxy's, made for this reply alone
+        headers[X_CACHE] = label
+    elif type(headers) is dict:
+        reply.headers = {**headers, X_CACHE: label}
+    else:
+        copied = CIMultiDict(headers)
+        copied[X_CACHE] = label
+        reply.headers = copied
+    return reply
+
+
+class ResponseCache:
+    """One route's cache. Times are wall-clock seconds (`clock`): entries, their Age and
+    freshness travel between nodes through L2, so a monotonic clock would not do."""
+
+    name = "cache"
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        route: str,
+        filler: Filler,
+        invalidate: Callable[[str, str], Any],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.key = KeyBuilder(route, settings.vary)
+        self.l1 = L1Cache(settings.l1_ttl, settings.l1_max_entries, settings.l1_max_bytes)
+        self.entries = self.l1.entries  # read directly on the hot path
+        self.filler = filler
+        self.invalidate = invalidate  # async (kind, value): L2 and every node's L1
+        self.clock = clock
+        self.default = Lifetime(
+            settings.ttl, settings.stale_while_revalidate, settings.stale_if_error
+        )
+        self.statuses = frozenset(settings.statuses)
+        self.keyed = frozenset(name.lower() for name in settings.vary)
+        self.flights: dict[str, asyncio.Future[tuple[Entry | None, str]]] = {}
+        self.refreshing: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.hits_l1 = 0  # the hot path's counter, a plain attribute
+
+    async def __call__(self, call: Call, next: Handler) -> Reply:
+        method = call.method
+        if method == "GET" or method == "HEAD":
+            key = self.key.of(call)
+            now = self.clock()
+            entry = self.entries.get(key)
+            if entry is not None and now < entry.hit_until:
+                self.entries.move_to_end(key)
+                self.hits_l1 += 1
+                return entry.hit(now)
+            return await self.lookup(call, next, key, self.l1.get(key, now))
+        if method in UNSAFE:
+            return await self.write_through(call, next)
+        self.counts["bypass"] += 1
+        return labelled(await next(call), BYPASS)
+
+    async def lookup(self, call: Call, next: Handler, key: str, stale: Entry | None) -> Reply:
+        """Concurrent misses of `key` on this node share the first one's outcome."""
+        flight = self.flights.get(key)
+        if flight is not None:
+            self.counts["lock_waits"] += 1
+            entry, label = await asyncio.shield(flight)
+            if entry is not None:
+                self.hits_l1 += label != STALE
+                self.counts["stale"] += label == STALE
+                return entry.reply(HIT_L1 if label != STALE else STALE, self.clock())
+            return (await self.fetch(call, next, key, stale, MISS, store=False))[0]
+        flight = self.flights[key] = asyncio.get_running_loop().create_future()
+        outcome: tuple[Entry | None, str] = (None, MISS)
+        try:
+            reply, entry, label = await self.resolve(call, next, key, stale)
+            outcome = (entry, label)
+            return reply
+        finally:
+            del self.flights[key]
+            flight.set_result(outcome)
+
+    async def resolve(
+        self, call: Call, next: Handler, key: str, stale: Entry | None
+    ) -> tuple[Reply, Entry | None, str]:
+        found, l2_up = await self.read_l2(key)
+        now = self.clock()
+        if found is not None and now < found.fresh_until:
+            self.l1.put(key, found, now)
+            self.counts["hits_l2"] += 1
+            return found.reply(HIT_L2, now), found, HIT_L2
+        if found is not None and (stale is None or found.stored_at > stale.stored_at):
+            stale = found
+        if stale is not None and now < stale.stale_until and call.method == "GET":
+            self.counts["stale"] += 1
+            self.refresh_later(call, next, key)
+            return stale.reply(STALE, now), stale, STALE
+        if not l2_up:
+            return await self.fetch(call, next, key, stale, BYPASS, store=True)
+        if call.method == "HEAD":  # a HEAD reply has no body to store for GET
+            return await self.fetch(call, next, key, stale, MISS, store=False)
+        return await self.filler.fill(self, call, next, key, stale)
+
+    async def read_l2(self, key: str) -> tuple[Entry | None, bool]:
+        """(the L2 entry or None, whether L2 answered)."""
+        if not self.filler.l2.available:
+            return None, False
+        try:
+            blob = await self.filler.l2.get(key)
+        except BackendUnavailable:
+            self.counts["backend_errors"] += 1
+            return None, False
+        return decoded(blob), True
+
+    async def fetch(
+        self, call: Call, next: Handler, key: str, stale: Entry | None, label: str, store: bool
+    ) -> tuple[Reply, Entry | None, str]:
+        """Ask the target; store what may be stored; cover its failure with `stale`."""
+        try:
+            reply = await next(call)
+        except TARGET_FAILURES as exc:
+            if stale is not None and self.clock() < stale.stale_error_until:
+                self.counts["stale"] += 1
+                return stale.reply(STALE, self.clock()), None, STALE
+            exc.headers[X_CACHE] = label
+            raise
+        except Rejected as exc:
+            exc.headers[X_CACHE] = label
+            raise
+        now = self.clock()
+        if reply.status >= 500 and stale is not None and now < stale.stale_error_until:
+            self.counts["stale"] += 1
+            return stale.reply(STALE, now), None, STALE
+        self.counts["misses" if label == MISS else "bypass"] += 1
+        entry = self.admit(call, reply, now) if store and call.method == "GET" else None
+        if entry is None:
+            return labelled(reply, label), None, label
+        self.l1.put(key, entry, now)
+        await self.filler.store(key, entry, now)
+        return entry.reply(label, now), entry, label
+
+    def admit(self, call: Call, reply: Reply, now: float) -> Entry | None:
+        """The entry to store for `reply`, or None when it must not be stored."""
+        settings = self.settings
+        if not storable(reply, self.statuses, settings.max_body):
+            return None
+        headers = reply.headers
+        authorized = "Authorization" in call.headers
+        life = lifetime(header(headers, "Cache-Control"), self.default, authorized)
+        if life is None or not varies_within(header(headers, "Vary"), self.keyed):
+            return None
+        tags = tuple((header(headers, "Cache-Tag") or "").replace(",", " ").split())
+        fresh = now + life.ttl
+        times = (now, fresh, fresh + life.stale_while_revalidate, fresh + life.stale_if_error)
+        pairs = list(headers.items())
+        return Entry(
+            reply.status,
+            reply.body,
+            stored_headers(pairs),
+            reply.content_type,
+            call.path,
+            tags[:MAX_TAGS],
+            times,
+        )
+
+    def refresh_later(self, call: Call, next: Handler, key: str) -> None:
+        """One background refresh per key per node; the fill lock makes it one per cluster."""
+        if key in self.refreshing:
+            return
+        self.refreshing.add(key)
+        task = asyncio.ensure_future(self.refresh(call, next, key))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def refresh(self, call: Call, next: Handler, key: str) -> None:
+        try:
+            await self.filler.refresh(self, call, next, key)
+        except (Rejected, BackendUnavailable):
+            pass  # the stale entry keeps serving until its window closes
+        finally:
+            self.refreshing.discard(key)
+
+    async def write_through(self, call: Call, next: Handler) -> Reply:
+        """An unsafe method: the target answers, then the path's entries go everywhere."""
+        try:
+            reply = await next(call)
+        except Rejected as exc:
+            exc.headers[X_CACHE] = BYPASS
+            raise
+        if reply.status < 400:  # RFC 9111 section 4.4: only a non-error status invalidates
+            self.counts["invalidations"] += 1
+            await self.invalidate("path", call.path)
+        self.counts["bypass"] += 1
+        return labelled(reply, BYPASS)
+
+    def snapshot(self) -> dict[str, Any]:
+        counters = {"hits_l1": self.hits_l1, **self.counts, "evictions": self.l1.evictions}
+        hits = counters["hits_l1"] + counters["hits_l2"] + counters["stale"]
+        served = hits + counters["misses"]
+        return {
+            "counters": counters,
+            "gauges": {
+                "l1_entries": len(self.l1.entries),
+                "l1_bytes": self.l1.bytes,
+                "hit_ratio": round(hits / served, 4) if served else 0.0,
+                "backend_available": int(self.filler.l2.available),
+            },
+        }

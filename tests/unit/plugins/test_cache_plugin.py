@@ -1,0 +1,275 @@
+"""The ResponseCache plugin on a fake clock and a counting target, over the memory L2."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from node.call import Call, Reply
+from node.errors import BackendUnavailable, BadGateway, CircuitOpen
+from node.schema import build
+from plugins.cache.fill import Filler
+from plugins.cache.plugin import ResponseCache
+from plugins.cache.settings import CacheSettings
+from plugins.cache.stores import MemoryL2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Origin:
+    """A target that counts its calls, answers `headers`, and can fail or be slow."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.headers: dict[str, str] = {}
+        self.failure: Exception | None = None
+        self.status = 200
+        self.delay = 0.0
+
+    async def __call__(self, call: Call) -> Reply:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.failure is not None:
+            raise self.failure
+        return Reply(self.status, f"v{self.calls}".encode(), dict(self.headers), "text/plain")
+
+
+def make(clock: Clock, **table: Any) -> tuple[ResponseCache, list[tuple[str, str]]]:
+    invalidated: list[tuple[str, str]] = []
+
+    async def invalidate(kind: str, value: str) -> None:
+        invalidated.append((kind, value))
+
+    settings = build(CacheSettings, {"ttl": 10, **table}, "cache")
+    filler = Filler(MemoryL2(), settings.lock_timeout)
+    return ResponseCache(settings, "/r", filler, invalidate, clock), invalidated
+
+
+async def get(cache: ResponseCache, origin: Origin, path: str = "/x", method: str = "GET") -> Reply:
+    return await cache(Call(method, path), origin)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def test_miss_then_l1_hit_with_age(clock: Clock) -> None:
+    """The first GET is a MISS; the next, 3 s later, a HIT-L1 with Age 3."""
+    cache, _ = make(clock)
+    origin = Origin()
+    first = await get(cache, origin)
+    clock.now += 3
+    second = await get(cache, origin)
+    assert first.headers["X-Cache"] == "MISS" and second.headers["X-Cache"] == "HIT-L1"
+    assert second.headers["Age"] == "3" and second.body == b"v1" and origin.calls == 1
+
+
+async def test_l2_hit_after_l1_expires(clock: Clock) -> None:
+    """Past l1_ttl the entry comes from L2 (HIT-L2), still without an origin call."""
+    cache, _ = make(clock, l1_ttl=1)
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 2
+    assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L2"
+    assert origin.calls == 1
+
+
+async def test_single_flight_on_one_node(clock: Clock) -> None:
+    """20 concurrent cold GETs of one key: the target is called once, all get its body."""
+    cache, _ = make(clock)
+    origin = Origin()
+    origin.delay = 0.05
+    replies = await asyncio.gather(*(get(cache, origin) for _ in range(20)))
+    assert origin.calls == 1
+    assert {r.body for r in replies} == {b"v1"}
+    assert cache.snapshot()["counters"]["lock_waits"] == 19
+
+
+async def test_no_store_is_never_cached(clock: Clock) -> None:
+    """Cache-Control: no-store → every GET reaches the target, X-Cache: MISS."""
+    cache, _ = make(clock)
+    origin = Origin()
+    origin.headers = {"Cache-Control": "no-store"}
+    replies = [await get(cache, origin) for _ in range(3)]
+    assert origin.calls == 3 and {r.headers["X-Cache"] for r in replies} == {"MISS"}
+
+
+async def test_max_age_sets_the_ttl(clock: Clock) -> None:
+    """max-age=2 beats the route's ttl of 10: after 2 s the origin is asked again."""
+    cache, _ = make(clock)
+    origin = Origin()
+    origin.headers = {"Cache-Control": "max-age=2"}
+    await get(cache, origin)
+    clock.now += 2.5
+    await get(cache, origin)
+    assert origin.calls == 2
+
+
+async def test_stale_while_revalidate_serves_stale_and_refreshes_once(clock: Clock) -> None:
+    """Past ttl but within the window: STALE at once, one background refresh."""
+    cache, _ = make(clock, stale_while_revalidate=30)
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 11
+    replies = [await get(cache, origin) for _ in range(3)]
+    assert [r.headers["X-Cache"] for r in replies] == ["STALE"] * 3
+    await asyncio.gather(*cache.tasks)
+    assert origin.calls == 2
+    fresh = await get(cache, origin)
+    assert fresh.body == b"v2" and fresh.headers["X-Cache"] == "HIT-L1"
+
+
+@pytest.mark.parametrize("failure", [BadGateway("down"), CircuitOpen("open")])
+async def test_stale_if_error_covers_a_failing_target(clock: Clock, failure: Exception) -> None:
+    """The target fails (502, breaker open): the stale entry is served as STALE."""
+    cache, _ = make(clock, stale_if_error=60)
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 20
+    origin.failure = failure
+    reply = await get(cache, origin)
+    assert reply.headers["X-Cache"] == "STALE" and reply.body == b"v1"
+
+
+async def test_stale_if_error_covers_a_5xx_reply(clock: Clock) -> None:
+    """A 503 from the target is replaced by the stale entry."""
+    cache, _ = make(clock, stale_if_error=60)
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 20
+    origin.status = 503
+    assert (await get(cache, origin)).body == b"v1"
+
+
+async def test_failure_without_stale_keeps_the_error(clock: Clock) -> None:
+    """Past stale_if_error the target's error stands, labelled MISS."""
+    cache, _ = make(clock, stale_if_error=5)
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 20
+    origin.failure = BadGateway("down")
+    with pytest.raises(BadGateway) as caught:
+        await get(cache, origin)
+    assert caught.value.headers["X-Cache"] == "MISS"
+
+
+async def test_write_invalidates_the_path(clock: Clock) -> None:
+    """A PUT goes to the target, is labelled BYPASS, and drops the path everywhere."""
+    cache, invalidated = make(clock)
+    origin = Origin()
+    await get(cache, origin)
+    reply = await get(cache, origin, method="PUT")
+    assert reply.headers["X-Cache"] == "BYPASS" and invalidated == [("path", "/x")]
+
+
+async def test_failed_write_does_not_invalidate(clock: Clock) -> None:
+    """A 4xx answer to a PUT changes nothing, so nothing is dropped."""
+    cache, invalidated = make(clock)
+    origin = Origin()
+    origin.status = 409
+    await get(cache, origin, method="PUT")
+    assert invalidated == []
+
+
+async def test_head_is_served_from_the_get_entry(clock: Clock) -> None:
+    """HEAD after GET is a hit; a cold HEAD stores nothing."""
+    cache, _ = make(clock)
+    origin = Origin()
+    assert (await get(cache, origin, "/h", "HEAD")).headers["X-Cache"] == "MISS"
+    await get(cache, origin, "/h")
+    assert (await get(cache, origin, "/h", "HEAD")).headers["X-Cache"] == "HIT-L1"
+    assert origin.calls == 2
+
+
+async def test_statuses_outside_the_list_are_not_stored(clock: Clock) -> None:
+    """A 500 is passed through and asked for again next time."""
+    cache, _ = make(clock)
+    origin = Origin()
+    origin.status = 500
+    await get(cache, origin)
+    await get(cache, origin)
+    assert origin.calls == 2
+
+
+async def test_hit_ratio_gauge(clock: Clock) -> None:
+    """One miss and three hits: hit_ratio 0.75."""
+    cache, _ = make(clock)
+    origin = Origin()
+    for _ in range(4):
+        await get(cache, origin)
+    assert cache.snapshot()["gauges"]["hit_ratio"] == 0.75
+
+
+class DownL2(MemoryL2):
+    """An L2 whose backend is unreachable: every call raises BackendUnavailable."""
+
+    @property
+    def available(self) -> bool:
+        return False
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        raise BackendUnavailable("down")
+
+
+async def test_l2_down_means_bypass_and_l1_hits(clock: Clock) -> None:
+    """With L2 unreachable: a miss is BYPASS (kept in L1), the next GET a HIT-L1."""
+    settings = build(CacheSettings, {"ttl": 10}, "cache")
+    cache = ResponseCache(settings, "/r", Filler(DownL2(), 5), None, clock)  # type: ignore[arg-type]
+    origin = Origin()
+    assert (await get(cache, origin)).headers["X-Cache"] == "BYPASS"
+    assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L1"
+    assert origin.calls == 1
+
+
+async def test_stale_refresh_happens_with_l2_down(clock: Clock) -> None:
+    """stale_while_revalidate still refreshes this node's copy while Redis is away."""
+    settings = build(CacheSettings, {"ttl": 3, "stale_while_revalidate": 30}, "cache")
+    cache = ResponseCache(settings, "/r", Filler(DownL2(), 5), None, clock)  # type: ignore[arg-type]
+    origin = Origin()
+    await get(cache, origin)
+    clock.now += 4  # stale, and still within L1's 5 s
+    assert (await get(cache, origin)).headers["X-Cache"] == "STALE"
+    await asyncio.gather(*cache.tasks)
+    assert (await get(cache, origin)).body == b"v2"
+
+
+def two_nodes(clock: Clock) -> tuple[ResponseCache, ResponseCache]:
+    """Two plugins ("nodes") sharing one L2, as two nodes share Redis."""
+    settings = build(CacheSettings, {"ttl": 10}, "cache")
+    l2 = MemoryL2()
+    return (
+        ResponseCache(settings, "/r", Filler(l2, 5), None, clock),  # type: ignore[arg-type]
+        ResponseCache(settings, "/r", Filler(l2, 5), None, clock),  # type: ignore[arg-type]
+    )
+
+
+async def test_fill_lock_makes_one_fetch_across_nodes(clock: Clock) -> None:
+    """Cold key, two nodes, 10 GETs each at once: one target call; the other node waited."""
+    a, b = two_nodes(clock)
+    origin = Origin()
+    origin.delay = 0.05
+    replies = await asyncio.gather(*(get(n, origin) for n in (a, b) * 10))
+    assert origin.calls == 1 and {r.body for r in replies} == {b"v1"}
+    assert {r.headers["X-Cache"] for r in replies} <= {"MISS", "HIT-L1", "HIT-L2"}
+
+
+async def test_waiters_stop_waiting_when_the_fill_is_not_storable(clock: Clock) -> None:
+    """no-store: the other node sees the lock go without a value and fetches at once."""
+    a, b = two_nodes(clock)
+    origin = Origin()
+    origin.delay = 0.05
+    origin.headers = {"Cache-Control": "no-store"}
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(get(a, origin), get(b, origin))
+    assert origin.calls == 2
+    assert asyncio.get_running_loop().time() - started < 1.0  # far from lock_timeout (5 s)

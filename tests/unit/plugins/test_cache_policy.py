@@ -1,0 +1,137 @@
+"""Cache keys, Cache-Control parsing and what may be stored: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from node.call import Reply
+from node.errors import ConfigError
+from node.schema import build
+from plugins.cache.entry import Entry, header, stored_headers
+from plugins.cache.policy import (
+    MAX_KEY_LENGTH,
+    KeyBuilder,
+    Lifetime,
+    lifetime,
+    parse_cache_control,
+    storable,
+    varies_within,
+)
+from plugins.cache.settings import CacheSettings
+
+DEFAULT = Lifetime(30.0, 0.0, 0.0)
+
+
+def test_key_sorts_the_query() -> None:
+    """?a=1&b=2 and ?b=2&a=1 are one entry."""
+    key = KeyBuilder("/items/{id}", ())
+    assert key("/items/1", "a=1&b=2", {}) == key("/items/1", "b=2&a=1", {})
+
+
+def test_key_separates_paths_queries_and_routes() -> None:
+    """Different paths, queries or routes never share a key."""
+    one, two = KeyBuilder("/a", ()), KeyBuilder("/b", ())
+    assert one("/x", "", {}) != one("/y", "", {})
+    assert one("/x", "q=1", {}) != one("/x", "q=2", {})
+    assert one("/x", "", {}) != two("/x", "", {})
+
+
+def test_key_includes_vary_header_values() -> None:
+    """A vary header's value is part of the key; others are not."""
+    key = KeyBuilder("/r", ("Accept",))
+    json = key("/x", "", CIMultiDict({"Accept": "application/json", "X-Other": "1"}))
+    html = key("/x", "", CIMultiDict({"Accept": "text/html"}))
+    assert json != html
+    assert json == key("/x", "", CIMultiDict({"accept": "application/json"}))
+
+
+def test_long_keys_are_bounded_and_distinct() -> None:
+    """A 10 kB path gives a key of at most MAX_KEY_LENGTH characters, unique by hash."""
+    key = KeyBuilder("/r", ())
+    a, b = key("/" + "a" * 10_000, "", {}), key("/" + "a" * 9_999 + "b", "", {})
+    assert len(a) <= MAX_KEY_LENGTH and len(b) <= MAX_KEY_LENGTH
+    assert a != b
+
+
+def test_parse_cache_control() -> None:
+    """Directives are lower-cased; arguments unquoted; flags map to None."""
+    parsed = parse_cache_control('Max-Age=60, no-transform,  s-maxage="120" ,')
+    assert parsed == {"max-age": "60", "no-transform": None, "s-maxage": "120"}
+
+
+@pytest.mark.parametrize("value", ["no-store", "private", "no-cache", "max-age=0", "max-age=x"])
+def test_uncacheable_directives(value: str) -> None:
+    """no-store, private, no-cache, max-age=0 and malformed ages are never stored."""
+    assert lifetime(value, DEFAULT) is None
+
+
+def test_s_maxage_wins_over_max_age_and_default() -> None:
+    """s-maxage > max-age > the route's ttl."""
+    assert lifetime("max-age=10, s-maxage=20", DEFAULT).ttl == 20  # type: ignore[union-attr]
+    assert lifetime("public, max-age=10", DEFAULT).ttl == 10  # type: ignore[union-attr]
+    assert lifetime(None, DEFAULT) == DEFAULT
+
+
+def test_stale_directives_override_the_route() -> None:
+    """The origin's stale-while-revalidate / stale-if-error beat the route's settings."""
+    got = lifetime("max-age=5, stale-while-revalidate=7, stale-if-error=9", DEFAULT)
+    assert got == Lifetime(5.0, 7.0, 9.0)
+
+
+def test_authorized_requests_need_an_explicitly_shared_reply() -> None:
+    """With Authorization, only public or s-maxage replies are stored (RFC 9111 3.5)."""
+    assert lifetime(None, DEFAULT, authorized=True) is None
+    assert lifetime("max-age=10", DEFAULT, authorized=True) is None
+    assert lifetime("public, max-age=10", DEFAULT, authorized=True) is not None
+
+
+def test_vary_must_be_within_the_key() -> None:
+    """A reply varying on a header the key ignores (or on *) is not stored."""
+    keyed = frozenset({"accept"})
+    assert varies_within(None, keyed) and varies_within("Accept", keyed)
+    assert not varies_within("Accept, Accept-Encoding", keyed)
+    assert not varies_within("*", keyed)
+
+
+def test_storable_shapes() -> None:
+    """Status, size, Set-Cookie and streams decide whether a reply may be stored."""
+    statuses = frozenset({200})
+    assert storable(Reply(200, b"x"), statuses, 10)
+    assert not storable(Reply(500, b"x"), statuses, 10)
+    assert not storable(Reply(200, b"x" * 11), statuses, 10)
+    assert not storable(Reply(200, b"x", {"Set-Cookie": "a=1"}), statuses, 10)
+
+
+def test_header_lookup_ignores_case_in_plain_dicts() -> None:
+    """A handler's dict may spell a header in any case."""
+    assert header({"cache-control": "no-store"}, "Cache-Control") == "no-store"
+    assert header(CIMultiDict({"CACHE-CONTROL": "x"}), "Cache-Control") == "x"
+
+
+def test_entry_round_trips_through_its_encoding() -> None:
+    """What L2 stores decodes to the same reply, repeated headers included."""
+    headers = stored_headers([("Link", "a"), ("Link", "b"), ("Age", "9"), ("X-A", "1")])
+    entry = Entry(200, b"body\nwith newline", headers, "text/plain", "/p", ("t1",), (1, 2, 3, 4))
+    again = Entry.decode(entry.encode())
+    assert again.body == entry.body and again.tags == ("t1",) and again.path == "/p"
+    assert list(again.headers.items()) == [("Link", "a"), ("Link", "b"), ("X-A", "1")]
+    reply = again.reply("HIT-L2", 11.5)
+    assert reply.headers["Age"] == "10" and reply.headers["X-Cache"] == "HIT-L2"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"ttl": 0}, "routes[0].cache.ttl: must be > 0"),
+        ({"l1_ttl": 99}, "routes[0].cache.l1_ttl: must be between"),
+        ({"statuses": [99]}, "routes[0].cache.statuses[0]: must be an HTTP status"),
+        ({"vary": ["Accept:"]}, "routes[0].cache.vary[0]: must be a header name"),
+        ({"lock_timeout": 0}, "routes[0].cache.lock_timeout: must be > 0"),
+        ({"tll": 3}, "routes[0].cache.tll: unknown key; did you mean 'ttl'?"),
+    ],
+)
+def test_bad_settings_name_their_key(table: dict, message: str) -> None:
+    """Each bad setting raises a ConfigError naming its key path."""
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build(CacheSettings, table, "routes[0].cache")
