@@ -36,11 +36,14 @@ def settings(
     pool: dict[str, Any] | None = None,
     redis: str = "",
     name: str = "node-a",
+    cache: dict[str, Any] | None = None,
 ) -> Settings:
     route: dict[str, Any] = {"path": "/api/{tail:.*}", "target": "upstream:app"}
     route["strip_prefix"] = "/api"
     if breaker is not None:
         route["breaker"] = breaker
+    if cache is not None:
+        route["cache"] = cache
     data = {
         "node": {"name": name},
         "backends": {"redis": redis},
@@ -232,3 +235,23 @@ async def test_admin_lists_and_resets_circuits(start: Start, upstream: Upstream)
     async with node.post("/admin/breaker/reset", json={"upstream": "app"}) as response:
         assert (await response.json())["reset"] == [listed[0]["member"]]
     assert await statuses(node, 2) == [200, 200]
+
+
+async def test_cache_serves_stale_while_the_circuit_is_open(
+    start: Start, upstream: Upstream
+) -> None:
+    """cache before breaker: with every member open, a stale copy answers (X-Cache: STALE)
+    and the upstream is not called; without one, the 503 circuit_open comes through."""
+    breaker = {"open_seconds": 60, "min_requests": 5}
+    cache = {"ttl": 0.1, "stale_if_error": 60}
+    node = await start(settings([upstream.url], breaker=breaker, cache=cache))
+    async with node.get("/api/cached") as response:
+        assert response.status == 200
+    await asyncio.sleep(0.15)  # the copy is stale now
+    pool_of(node).members[0].circuit.open_for(time.monotonic(), 60, 0)  # type: ignore[union-attr]
+    seen = len(upstream.seen)
+    async with node.get("/api/cached") as response:
+        assert (response.status, response.headers["X-Cache"]) == (200, "STALE")
+    async with node.get("/api/never-cached") as response:
+        assert response.status == 503
+    assert len(upstream.seen) == seen
