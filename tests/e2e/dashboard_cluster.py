@@ -11,7 +11,8 @@ REPO_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def cluster_config(name: str, redis_url: str, upstream_port: int) -> str:
-    """A node with a rate-limited handler route and an upstream pool (so every tile has data)."""
+    """A node with a rate-limited handler route, an upstream pool behind a breaker and a cached
+    route (so every tile has data)."""
     return f"""
 [node]
 name = "{name}"
@@ -32,6 +33,15 @@ ratelimit = {{ limit = 100000, window = 60 }}
 path = "/via/{{tail:.*}}"
 target = "upstream:hello"
 strip_prefix = "/via"
+breaker = {{ open_seconds = 5 }}
+
+[[routes]]
+path = "/cached/{{tail:.*}}"
+methods = ["GET"]
+target = "upstream:hello"
+strip_prefix = "/cached"
+cache = {{ ttl = 1 }}
+breaker = {{ open_seconds = 5 }}
 """
 
 

@@ -67,7 +67,11 @@ def test_dashboard_follows_the_cluster(start_node, write_config, redis_server, p
     page.wait_for_function(
         "document.getElementById('instance-count').textContent === '2'", timeout=WAIT_MS
     )
-    with Traffic(port2, "/hello", 120), Traffic(port1, "/via/hello", 40):
+    with (
+        Traffic(port2, "/hello", 120),
+        Traffic(port1, "/via/hello", 40),
+        Traffic(port1, "/cached/hello", 40),
+    ):
         page.wait_for_function(
             f"(({NODE_RPS})('node-2') >= 20) && (({NODE_RPS})('node-1') > 0)", timeout=WAIT_MS
         )
