@@ -31,11 +31,11 @@ BYTES_AS_SENT = ("utf-8", "surrogateescape")
 class Exchange(asyncio.Protocol):
     """One keep-alive connection to one member; one request/reply at a time."""
 
-    def __init__(self, url: str, timeout: float, release: Callable[[Exchange], None]) -> None:
+    def __init__(self, url: str, timeout: float, pool: FastClient) -> None:
         self.url = url
         self.host_header = f"Host: {urlsplit(url).netloc}\r\n".encode("latin-1")
         self.timeout = timeout
-        self.release = release
+        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -64,7 +64,10 @@ class Exchange(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.complete or not self.in_use:
+        if not self.in_use:  # idle (or already given back): its slot is free at once
+            self.pool.lost(self)
+            return
+        if self.complete:
             return
         if exc is None and self.stream is not None and self.read_until_close():
             self.complete = True  # a body without length or chunks ends with the connection
@@ -141,7 +144,7 @@ class Exchange(asyncio.Protocol):
         if self.in_use:  # once per exchange, whichever path ends it first
             self.in_use = False
             self.served += 1
-            self.release(self)
+            self.pool.release(self)
 
     def send(self, method: str, path: str, headers: CIMultiDict[str], body: bytes) -> None:
         self.head = asyncio.get_running_loop().create_future()
@@ -298,6 +301,8 @@ class FastClient:
             if not exchange.closed:
                 return exchange
             self._forget(exchange)  # its connection died while idle
+        if self.slots.locked():
+            self._evict()  # at the cap: an idle connection to another member makes room
         try:
             await asyncio.wait_for(self.slots.acquire(), self.settings.timeout)
         except TimeoutError:
@@ -315,7 +320,7 @@ class FastClient:
         loop = asyncio.get_running_loop()
         try:
             _, exchange = await asyncio.wait_for(
-                loop.create_connection(lambda: Exchange(url, timeout, self._release), host, port),
+                loop.create_connection(lambda: Exchange(url, timeout, self), host, port),
                 self.settings.connect_timeout,
             )
         except TimeoutError:
@@ -325,11 +330,28 @@ class FastClient:
         self.open.add(exchange)
         return exchange
 
-    def _release(self, exchange: Exchange) -> None:
+    def release(self, exchange: Exchange) -> None:
         if exchange.closed:
             self._forget(exchange)
         else:
             self.idle.setdefault(exchange.url, []).append(exchange)
+
+    def lost(self, exchange: Exchange) -> None:
+        """An idle connection closed (the upstream's idle timeout, a reset): drop it now."""
+        idle = self.idle.get(exchange.url)
+        if idle and exchange in idle:
+            idle.remove(exchange)
+        self._forget(exchange)
+
+    def _evict(self) -> None:
+        """Close an idle connection (its member's longest-idle), whichever member, to free a slot:
+        the cap bounds open connections, and idle ones must not starve a busy member."""
+        for idle in self.idle.values():
+            if idle:
+                exchange = idle.pop(0)
+                exchange.close()
+                self._forget(exchange)
+                return
 
     def _forget(self, exchange: Exchange) -> None:
         if exchange in self.open:

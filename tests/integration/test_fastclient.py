@@ -64,8 +64,19 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def client(timeout: float = 2.0) -> FastClient:
-    return FastClient(UpstreamSettings(targets=("http://127.0.0.1:1",), timeout=timeout))
+def client(timeout: float = 2.0, max_connections: int = 256) -> FastClient:
+    return FastClient(
+        UpstreamSettings(
+            targets=("http://127.0.0.1:1",), timeout=timeout, max_connections=max_connections
+        )
+    )
+
+
+def consistent(fast: FastClient) -> bool:
+    """Every open connection holds one slot; every idle one is open."""
+    idle = [exchange for waiting in fast.idle.values() for exchange in waiting]
+    free = fast.slots._value  # type: ignore[attr-defined]
+    return free + len(fast.open) == fast.settings.max_connections and set(idle) <= fast.open
 
 
 async def get(fast: FastClient, raw: RawServer, method: str = "GET") -> tuple[int, bytes, dict]:
@@ -212,4 +223,29 @@ async def test_a_keep_alive_race_is_retried_on_a_new_connection(serve) -> None:
     assert (await get(fast, raw))[:2] == (200, b"ok")
     assert (await get(fast, raw))[:2] == (200, b"ok")
     assert raw.connections == 2
+    await fast.close()
+
+
+async def test_idle_connections_to_one_member_do_not_starve_another(serve) -> None:
+    """At the connection cap, an idle connection to one member makes room for another."""
+    first, second = await serve(keep_alive_hello), await serve(keep_alive_hello)
+    fast = client(timeout=0.5, max_connections=1)
+    assert (await get(fast, first))[0] == 200
+    assert (await get(fast, second))[0] == 200
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_a_connection_closed_while_idle_leaves_the_pool_at_once(serve) -> None:
+    """The upstream drops an idle kept-alive connection: its slot is free without a request."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()  # and close: the handler returns
+
+    fast = client()
+    assert (await get(fast, await serve(answer)))[:2] == (200, b"ok")
+    await asyncio.sleep(0.05)
+    assert not fast.open and consistent(fast)
     await fast.close()
