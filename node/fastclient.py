@@ -56,11 +56,17 @@ class Exchange(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use:  # bytes no request asked for: the connection cannot be trusted
+            self.close()
+            return
         self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.fail(BadGateway(f"upstream sent a malformed reply: {exc}"))
+            cause = exc.__context__  # what a callback raised
+            if not isinstance(cause, BadGateway):
+                cause = BadGateway(f"upstream sent a malformed reply: {exc}")
+            self.fail(cause)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -82,9 +88,15 @@ class Exchange(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:  # past the head: a chunked body's trailers (dropped, as aiohttp does)
+            if self.complete:  # or a reply after the reply
+                raise BadGateway("upstream sent more than its reply")
+            return
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a reply after the reply: its connection goes, the reply stands
+            raise BadGateway("upstream sent more than its reply")
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim reply (100 Continue): the real one follows
             self.headers = []
@@ -192,8 +204,9 @@ class ReplyStream:
         self._wake()
 
     def fail(self, exc: Exception) -> None:
-        self.error = exc
-        self._wake()
+        if not self.ended:  # a body that arrived whole stays whole
+            self.error = exc
+            self._wake()
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

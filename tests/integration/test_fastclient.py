@@ -249,3 +249,58 @@ async def test_a_connection_closed_while_idle_leaves_the_pool_at_once(serve) -> 
     await asyncio.sleep(0.05)
     assert not fast.open and consistent(fast)
     await fast.close()
+
+
+async def test_a_second_reply_after_the_first_is_not_mixed_into_it(serve) -> None:
+    """Bytes after a complete reply (a reply longer than promised) are not taken into it, and
+    the connection they came on is not reused."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                b"HTTP/1.1 500 Oops\r\nX-Evil: 1\r\nContent-Length: 4\r\n\r\nevil"
+            )
+            await writer.drain()
+
+    raw, fast = await serve(answer), client()
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert raw.connections == 2
+    await fast.close()
+
+
+async def test_stray_bytes_after_a_streamed_reply_do_not_break_it(serve) -> None:
+    """A chunked reply followed by stray bytes is passed through whole, without an error."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    assert await get(fast, await serve(answer)) == (200, b"ok", {})
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_trailers_do_not_become_headers(serve) -> None:
+    """A chunked body's trailer fields are dropped (as aiohttp does), never sent as headers."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n"
+            b"2\r\nok\r\n0\r\nSet-Cookie: session=evil\r\nX-Trailer: 1\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    assert await get(fast, await serve(answer)) == (200, b"ok", {"X-Up": "1"})
+    await fast.close()
