@@ -22,6 +22,7 @@ from node.errors import BadGateway, GatewayTimeout
 from node.upstream import HEAD_REPLY_DROP, READ_WHOLE_LIMIT, REPLY_DROP, end_to_end
 
 PAUSE_AT = 4 * 64 * 1024  # bytes a streamed reply may buffer before reading pauses
+MAX_HEAD = 64 * 1024  # bytes of reply headers an upstream may send; more is a 502
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send Content-Length: 0 when empty
 NO_BODY = frozenset({204, 304})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -50,6 +51,8 @@ class Exchange(asyncio.Protocol):
         self.in_use = False
         self.served = 0  # exchanges completed on this connection
         self.answered = False  # any byte of the current reply arrived
+        self.head_size = 0  # bytes of header names and values in the current reply
+        self.head_read = 0  # bytes read while its head was still incomplete
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,6 +70,11 @@ class Exchange(asyncio.Protocol):
             if not isinstance(cause, BadGateway):
                 cause = BadGateway(f"upstream sent a malformed reply: {exc}")
             self.fail(cause)
+        else:
+            if not self.status:  # the head is still incomplete (one long line, perhaps)
+                self.head_read += len(data)
+                if self.head_read > MAX_HEAD:
+                    self.fail(BadGateway("upstream sent a reply head over 64 KiB"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -92,6 +100,9 @@ class Exchange(asyncio.Protocol):
             if self.complete:  # or a reply after the reply
                 raise BadGateway("upstream sent more than its reply")
             return
+        self.head_size += len(name) + len(value)
+        if self.head_size > MAX_HEAD:
+            raise BadGateway("upstream sent over 64 KiB of headers")
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -164,6 +175,7 @@ class Exchange(asyncio.Protocol):
         self.stream, self.complete, self.keep_alive = None, False, False
         self.head_only = method == "HEAD"
         self.in_use, self.answered = True, False
+        self.head_size = self.head_read = 0
         # aiohttp decoded the client's bytes as UTF-8 with surrogateescape: this restores them.
         lines = [f"{method} {path} HTTP/1.1\r\n".encode(*BYTES_AS_SENT), self.host_header]
         lines += [f"{k}: {v}\r\n".encode(*BYTES_AS_SENT) for k, v in headers.items()]

@@ -304,3 +304,38 @@ async def test_trailers_do_not_become_headers(serve) -> None:
     fast = client()
     assert await get(fast, await serve(answer)) == (200, b"ok", {"X-Up": "1"})
     await fast.close()
+
+
+async def test_a_header_block_over_64_kib_is_a_502(serve) -> None:
+    """An upstream that sends more than 64 KiB of headers gets BadGateway."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        pad = b"".join(b"X-Pad-%04d: %s\r\n" % (i, b"v" * 60) for i in range(1000))
+        writer.write(b"HTTP/1.1 200 OK\r\n" + pad + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_an_endless_header_value_is_a_502_before_the_timeout(serve) -> None:
+    """One header value that never ends is cut off once it passes the bound, not buffered
+    until the exchange times out."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(64):
+            writer.write(b"v" * 16384)
+            await writer.drain()
+        await reader.read()
+
+    fast = client(timeout=3.0)
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    await fast.close()
