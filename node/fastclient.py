@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from node.call import Reply
 from node.config import UpstreamSettings
-from node.errors import BadGateway, GatewayTimeout
+from node.errors import BadGateway, GatewayTimeout, Rejected
 from node.upstream import HEAD_REPLY_DROP, READ_WHOLE_LIMIT, REPLY_DROP, end_to_end
 
 PAUSE_AT = 4 * 64 * 1024  # bytes a streamed reply may buffer before reading pauses
@@ -34,7 +34,6 @@ class Exchange(asyncio.Protocol):
 
     def __init__(self, url: str, timeout: float, pool: FastClient) -> None:
         self.url = url
-        self.host_header = f"Host: {urlsplit(url).netloc}\r\n".encode("latin-1")
         self.timeout = timeout
         self.pool = pool
         self.transport: asyncio.Transport | None = None
@@ -169,22 +168,21 @@ class Exchange(asyncio.Protocol):
             self.served += 1
             self.pool.release(self)
 
-    def send(self, method: str, path: str, headers: CIMultiDict[str], body: bytes) -> None:
+    def time_out(self) -> None:
+        self.fail(GatewayTimeout(f"upstream {self.url} timed out"))
+
+    def send(self, head: bytes, body: bytes, head_only: bool) -> None:
         self.head = asyncio.get_running_loop().create_future()
         self.status, self.headers, self.body = 0, [], []
         self.stream, self.complete, self.keep_alive = None, False, False
-        self.head_only = method == "HEAD"
+        self.head_only = head_only
         self.in_use, self.answered = True, False
         self.head_size = self.head_read = 0
-        # aiohttp decoded the client's bytes as UTF-8 with surrogateescape: this restores them.
-        lines = [f"{method} {path} HTTP/1.1\r\n".encode(*BYTES_AS_SENT), self.host_header]
-        lines += [f"{k}: {v}\r\n".encode(*BYTES_AS_SENT) for k, v in headers.items()]
-        if body or method in BODY_METHODS:
-            lines.append(b"Content-Length: %d\r\n" % len(body))
-        lines.append(b"\r\n")
         assert self.transport is not None
-        self.transport.write(b"".join(lines) + body if len(body) < 65536 else b"".join(lines))
-        if len(body) >= 65536:
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
             self.transport.write(body)
 
 
@@ -268,36 +266,50 @@ class FastClient:
         self.idle: dict[str, list[Exchange]] = {}
         self.slots = asyncio.Semaphore(settings.max_connections)
         self.open: set[Exchange] = set()
+        self.hosts: dict[str, str] = {}  # url -> its Host line
 
     async def send(
         self, member: object, method: str, path: str, headers: CIMultiDict[str], body: bytes
     ) -> Reply:
         url: str = member.url  # type: ignore[attr-defined]
+        head = self.request_head(url, method, path, headers, body)
         exchange = await self.acquire(url)
         reused = exchange.served > 0
         try:
-            return await self.exchange(exchange, url, method, path, headers, body)
+            return await self.exchange(exchange, method, head, body)
         except BadGateway:
             # A kept-alive connection the upstream closed just as we used it (its idle
             # timeout): nothing was answered, so an idempotent request goes again, once.
             if not reused or exchange.answered or method not in IDEMPOTENT:
                 raise
-        return await self.exchange(await self.acquire(url), url, method, path, headers, body)
+        return await self.exchange(await self.acquire(url), method, head, body)
 
-    async def exchange(
-        self,
-        exchange: Exchange,
-        url: str,
-        method: str,
-        path: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-    ) -> Reply:
-        timer = asyncio.get_running_loop().call_later(
-            self.settings.timeout, exchange.fail, GatewayTimeout(f"upstream {url} timed out")
+    def request_head(
+        self, url: str, method: str, path: str, headers: CIMultiDict[str], body: bytes
+    ) -> bytes:
+        """The request line and headers, refused (400, nothing sent) if any of them holds a
+        CR or LF: written as is, one would end a line the caller did not mean to end."""
+        host = self.hosts.get(url)
+        if host is None:
+            host = self.hosts[url] = f"Host: {urlsplit(url).netloc}\r\n"
+        text = f"{method} {path} HTTP/1.1\r\n{host}" + "".join(
+            [f"{k}: {v}\r\n" for k, v in headers.items()]
         )
+        lines = len(headers) + 2
+        if text.count("\n") != lines or text.count("\r") != lines:
+            raise Rejected("a request line or header holds CR or LF: not forwarded")
+        if body or method in BODY_METHODS:
+            text += f"Content-Length: {len(body)}\r\n"
         try:
-            exchange.send(method, path, headers, body)
+            # aiohttp decoded the client's bytes as UTF-8 with surrogateescape: this restores them.
+            return (text + "\r\n").encode(*BYTES_AS_SENT)
+        except UnicodeEncodeError:
+            raise Rejected("a request line or header cannot be encoded: not forwarded") from None
+
+    async def exchange(self, exchange: Exchange, method: str, head: bytes, body: bytes) -> Reply:
+        timer = asyncio.get_running_loop().call_later(self.settings.timeout, exchange.time_out)
+        try:
+            exchange.send(head, body, method == "HEAD")
             await exchange.head  # type: ignore[misc]
         except BaseException:
             exchange.close()

@@ -10,7 +10,7 @@ import pytest
 from multidict import CIMultiDict
 
 from node.config import UpstreamSettings
-from node.errors import BadGateway, GatewayTimeout
+from node.errors import BadGateway, GatewayTimeout, Rejected
 from node.fastclient import FastClient
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -338,4 +338,24 @@ async def test_an_endless_header_value_is_a_502_before_the_timeout(serve) -> Non
     fast = client(timeout=3.0)
     with pytest.raises(BadGateway):
         await get(fast, await serve(answer))
+    await fast.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/x", {"X-A": "a\r\nX-Injected: 1"}),
+        ("/x", {"X-A": "a\nX-Injected: 1"}),
+        ("/x", {"X-A": "a\rX-Injected: 1"}),
+        ("/x", {"X-A\r\nX-Injected": "1"}),
+        ("/x HTTP/1.1\r\nX-Injected: 1\r\nX-B:", {}),
+    ],
+)
+async def test_cr_or_lf_in_the_request_head_is_refused_unsent(serve, path, headers) -> None:
+    """A request line or header with CR or LF in it is refused, and nothing is written."""
+    raw, fast = await serve(keep_alive_hello), client()
+    with pytest.raises(Rejected) as caught:
+        await fast.send(raw.member, "GET", path, CIMultiDict(headers), b"")
+    assert caught.value.status == 400
+    assert raw.connections == 0 and consistent(fast)
     await fast.close()
