@@ -133,8 +133,10 @@ class Exchange(asyncio.Protocol):
         self.complete = True
         if self.stream is not None:
             self.stream.finish()
-            if self.stream.paused and self.transport is not None:
-                self.transport.resume_reading()  # the connection goes on without the stream
+            if self.stream.paused:  # the connection goes on without the stream, which must
+                self.stream.paused = False  # not resume it later, under the next reply
+                if self.transport is not None:
+                    self.transport.resume_reading()
             self.done()
         else:
             self._resolve_head()

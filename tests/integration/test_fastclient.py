@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 
 from node.config import UpstreamSettings
 from node.errors import BadGateway, GatewayTimeout, Rejected
-from node.fastclient import FastClient
+from node.fastclient import PAUSE_AT, FastClient
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -77,6 +77,10 @@ def consistent(fast: FastClient) -> bool:
     idle = [exchange for waiting in fast.idle.values() for exchange in waiting]
     free = fast.slots._value  # type: ignore[attr-defined]
     return free + len(fast.open) == fast.settings.max_connections and set(idle) <= fast.open
+
+
+def chunk(size: int) -> bytes:
+    return b"%x\r\n" % size + b"c" * size + b"\r\n"
 
 
 async def get(fast: FastClient, raw: RawServer, method: str = "GET") -> tuple[int, bytes, dict]:
@@ -358,4 +362,37 @@ async def test_cr_or_lf_in_the_request_head_is_refused_unsent(serve, path, heade
         await fast.send(raw.member, "GET", path, CIMultiDict(headers), b"")
     assert caught.value.status == 400
     assert raw.connections == 0 and consistent(fast)
+    await fast.close()
+
+
+async def test_reading_stays_paused_for_a_reply_on_a_reused_connection(serve) -> None:
+    """A stream that ended while its reading was paused does not resume reading for the next
+    reply on the same connection: that reply's buffering stays bounded."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(250_000))
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the end arrives in the read that crosses PAUSE_AT
+        writer.write(chunk(20_000) + b"0\r\n\r\n")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(64):
+            writer.write(chunk(65536))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client()
+    first = await fast.send(raw.member, "GET", "/1", CIMultiDict(), b"")
+    await asyncio.sleep(0.3)
+    second = await fast.send(raw.member, "GET", "/2", CIMultiDict(), b"")
+    await asyncio.sleep(0.2)
+    assert first.stream is not None and second.stream is not None and raw.connections == 1
+    assert len(b"".join([part async for part in first.stream])) == 270_000
+    await first.stream.aclose()
+    await asyncio.sleep(0.2)
+    assert second.stream.buffered < 4 * PAUSE_AT  # type: ignore[attr-defined]
+    await second.stream.aclose()
     await fast.close()
