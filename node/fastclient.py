@@ -154,13 +154,22 @@ class Exchange(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        """Drop the connection now: what is still unwritten (a request body) is not wanted."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def done(self) -> None:
-        """The exchange is over: back to the idle list if the connection can go on."""
-        if not (self.complete and self.keep_alive) or self.closed:
+        """The exchange is over: back to the idle list if the connection can go on. Not if the
+        reply came before the request body was all written: the upstream would read the rest
+        of it as the next request (nginx's keepalive rule too)."""
+        transport = self.transport
+        if (
+            not (self.complete and self.keep_alive)
+            or self.closed
+            or transport is None
+            or transport.get_write_buffer_size()
+        ):
             self.close()
         self.give_back()
 

@@ -396,3 +396,54 @@ async def test_reading_stays_paused_for_a_reply_on_a_reused_connection(serve) ->
     assert second.stream.buffered < 4 * PAUSE_AT  # type: ignore[attr-defined]
     await second.stream.aclose()
     await fast.close()
+
+
+async def test_a_reply_before_the_body_is_sent_retires_the_connection(serve) -> None:
+    """The upstream answers before reading the request body: the connection is not reused,
+    or the unsent body would reach it as the next request (smuggling)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # a naive upstream: after an early reply, the next bytes are a request
+            head = await read_request(reader)
+            path = head.split(b" ")[1]
+            if path != b"/early" and b"content-length: " in head.lower():
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+
+    padding = b"p" * (32 * 1024 * 1024)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(padding) + padding
+    raw, fast = await serve(answer), client()
+    early = await fast.send(raw.member, "POST", "/early", CIMultiDict(), smuggled)
+    assert early.body == b"/early"
+    assert (await get(fast, raw))[:2] == (200, b"/x")
+    await fast.close()
+
+
+async def test_a_retired_connection_is_dropped_not_flushed(serve) -> None:
+    """A connection retired with request body still unwritten is dropped: the upstream never
+    gets the rest of that body."""
+    received: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client has its reply and retires the connection
+        total = 0
+        try:
+            while data := await reader.read(1 << 20):
+                total += len(data)
+        finally:
+            received.append(total)
+
+    body = b"p" * (32 * 1024 * 1024)
+    raw, fast = await serve(answer), client()
+    assert (await fast.send(raw.member, "POST", "/", CIMultiDict(), body)).body == b"ok"
+    for _ in range(100):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    assert received and received[0] < len(body)
+    await fast.close()
