@@ -69,6 +69,8 @@ class Exchange(asyncio.Protocol):
             if not isinstance(cause, BadGateway):
                 cause = BadGateway(f"upstream sent a malformed reply: {exc}")
             self.fail(cause)
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 nobody asked for
+            self.fail(BadGateway("upstream switched protocols unasked"))
         else:
             if not self.status:  # the head is still incomplete (one long line, perhaps)
                 self.head_read += len(data)

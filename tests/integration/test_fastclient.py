@@ -447,3 +447,27 @@ async def test_a_retired_connection_is_dropped_not_flushed(serve) -> None:
         await asyncio.sleep(0.05)
     assert received and received[0] < len(body)
     await fast.close()
+
+
+async def test_an_unasked_protocol_switch_is_a_502_without_a_loop_error(serve) -> None:
+    """A 101 Switching Protocols the node never asked for is BadGateway, handled in the
+    client rather than by the event loop's fatal-error path."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    loop, errors = asyncio.get_running_loop(), []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    fast = client()
+    try:
+        with pytest.raises(BadGateway):
+            await get(fast, await serve(answer))
+    finally:
+        loop.set_exception_handler(None)
+    assert not errors and consistent(fast)
+    await fast.close()
