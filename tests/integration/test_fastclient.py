@@ -86,9 +86,11 @@ def chunk(size: int) -> bytes:
 async def get(fast: FastClient, raw: RawServer, method: str = "GET") -> tuple[int, bytes, dict]:
     reply = await fast.send(raw.member, method, "/x", CIMultiDict({"Accept": "*/*"}), b"")
     body = reply.body
-    if reply.stream is not None:
-        body = b"".join([chunk async for chunk in reply.stream])
-        await reply.stream.aclose()
+    if reply.stream is not None:  # read, then always closed, as the HTTP adapter does
+        try:
+            body = b"".join([chunk async for chunk in reply.stream])
+        finally:
+            await reply.stream.aclose()
     return reply.status, body, dict(reply.headers)
 
 
@@ -470,4 +472,57 @@ async def test_an_unasked_protocol_switch_is_a_502_without_a_loop_error(serve) -
     finally:
         loop.set_exception_handler(None)
     assert not errors and consistent(fast)
+    await fast.close()
+
+
+async def test_a_request_cancelled_while_awaiting_its_reply_frees_its_slot(serve) -> None:
+    """The client leaves while the upstream thinks: that connection is dropped, its slot freed."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    raw, fast = await serve(answer), client(max_connections=1)
+    waiting = asyncio.create_task(get(fast, raw))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.01)
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_a_stream_closed_early_frees_its_slot_once(serve) -> None:
+    """The client leaves mid-body (the adapter may close twice): one slot comes back, once."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client()
+    reply = await fast.send(raw.member, "GET", "/", CIMultiDict(), b"")
+    assert reply.stream is not None
+    await reply.stream.aclose()
+    await reply.stream.aclose()
+    await asyncio.sleep(0.01)
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_a_body_cut_short_is_a_502_and_frees_its_slot_once(serve) -> None:
+    """The upstream closes mid-body: the stream raises BadGateway, one slot comes back."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()  # and close
+
+    fast = client()
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    await asyncio.sleep(0.01)
+    assert not fast.open and consistent(fast)
     await fast.close()
