@@ -292,10 +292,11 @@ class FastClient:
             return await self.exchange(exchange, method, head, body)
         except BadGateway:
             # A kept-alive connection the upstream closed just as we used it (its idle
-            # timeout): nothing was answered, so an idempotent request goes again, once.
+            # timeout): nothing was answered, so an idempotent request goes again, once, on a
+            # new connection (the other idle ones may be as stale).
             if not reused or exchange.answered or method not in IDEMPOTENT:
                 raise
-        return await self.exchange(await self.acquire(url), method, head, body)
+        return await self.exchange(await self.acquire(url, fresh=True), method, head, body)
 
     def request_head(
         self, url: str, method: str, path: str, headers: CIMultiDict[str], body: bytes
@@ -344,19 +345,22 @@ class FastClient:
         exchange.done()
         return Reply(exchange.status, b"".join(exchange.body), reply_headers)
 
-    async def acquire(self, url: str) -> Exchange:
-        idle = self.idle.get(url)
+    async def acquire(self, url: str, fresh: bool = False) -> Exchange:
+        idle = None if fresh else self.idle.get(url)
         while idle:
             exchange = idle.pop()
             if not exchange.closed:
                 return exchange
             self._forget(exchange)  # its connection died while idle
         if self.slots.locked():
-            self._evict()  # at the cap: an idle connection to another member makes room
-        try:
-            await asyncio.wait_for(self.slots.acquire(), self.settings.timeout)
-        except TimeoutError:
-            raise GatewayTimeout(f"no free connection to {url} in time") from None
+            self._evict()  # at the cap: an idle connection (to any member) makes room
+        if self.slots.locked():
+            try:
+                await asyncio.wait_for(self.slots.acquire(), self.settings.timeout)
+            except TimeoutError:
+                raise GatewayTimeout(f"no free connection to {url} in time") from None
+        else:
+            await self.slots.acquire()  # free: taken at once, without wait_for's task
         try:
             return await self.connect(url)
         except BaseException:

@@ -526,3 +526,21 @@ async def test_a_body_cut_short_is_a_502_and_frees_its_slot_once(serve) -> None:
     await asyncio.sleep(0.01)
     assert not fast.open and consistent(fast)
     await fast.close()
+
+
+async def test_the_retry_after_a_keep_alive_race_takes_a_new_connection(serve) -> None:
+    """When every idle connection was closed by the upstream at once, the one retry goes on a
+    new connection, not on the next idle one, which is as stale as the first."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.05)  # so that two requests at once take two connections
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # any later request on this connection: closed unanswered
+
+    raw, fast = await serve(answer), client()
+    await asyncio.gather(get(fast, raw), get(fast, raw))
+    assert (await get(fast, raw))[:2] == (200, b"ok")
+    assert raw.connections == 3
+    await fast.close()
