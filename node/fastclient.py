@@ -96,10 +96,12 @@ class Exchange(asyncio.Protocol):
         return "content-length" not in framing and "transfer-encoding" not in framing
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # a reply after the reply, even its first byte: the connection goes
+            raise BadGateway("upstream sent more than its reply")  # (the reply stands)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:  # past the head: a chunked body's trailers (dropped, as aiohttp does)
-            if self.complete:  # or a reply after the reply
-                raise BadGateway("upstream sent more than its reply")
             return
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD:
@@ -107,8 +109,6 @@ class Exchange(asyncio.Protocol):
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        if self.complete:  # a reply after the reply: its connection goes, the reply stands
-            raise BadGateway("upstream sent more than its reply")
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim reply (100 Continue): the real one follows
             self.headers = []

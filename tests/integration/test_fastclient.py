@@ -544,3 +544,23 @@ async def test_the_retry_after_a_keep_alive_race_takes_a_new_connection(serve) -
     assert (await get(fast, raw))[:2] == (200, b"ok")
     assert raw.connections == 3
     await fast.close()
+
+
+async def test_a_partial_stray_reply_does_not_reach_the_next_request(serve) -> None:
+    """The start of a stray reply after a complete one (a status line, a header) retires the
+    connection: left there, it would be read as the head of the next caller's reply."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nX-Evil: 1")
+        await writer.drain()
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw, fast = await serve(answer), client()
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert raw.connections == 2
+    await fast.close()
