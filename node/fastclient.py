@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 import httptools
@@ -277,8 +278,12 @@ class FastClient:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self.idle: dict[str, list[Exchange]] = {}
-        self.slots = asyncio.Semaphore(settings.max_connections)
+        self.free = settings.max_connections  # slots no open connection holds
         self.open: set[Exchange] = set()
+        # Requests waiting for a slot, first come first served: (url, future, fresh). The
+        # future gets a kept-alive connection to url given back (unless fresh), or None: a
+        # slot to connect with.
+        self.waiters: deque[tuple[str, asyncio.Future[Exchange | None], bool]] = deque()
         self.hosts: dict[str, str] = {}  # url -> its Host line
 
     async def send(
@@ -352,20 +357,61 @@ class FastClient:
             if not exchange.closed:
                 return exchange
             self._forget(exchange)  # its connection died while idle
-        if self.slots.locked():
+        if not self.free:
             self._evict()  # at the cap: an idle connection (to any member) makes room
-        if self.slots.locked():
-            try:
-                await asyncio.wait_for(self.slots.acquire(), self.settings.timeout)
-            except TimeoutError:
-                raise GatewayTimeout(f"no free connection to {url} in time") from None
+        if self.free:
+            self.free -= 1
         else:
-            await self.slots.acquire()  # free: taken at once, without wait_for's task
+            handed = await self._wait(url, fresh)
+            if handed is not None:  # a kept-alive connection to url, given back by a request
+                if not handed.closed:
+                    return handed
+                return await self.acquire(url, fresh)  # it closed on its way here: go again
         try:
             return await self.connect(url)
         except BaseException:
-            self.slots.release()
+            self._free_slot()
             raise
+
+    async def _wait(self, url: str, fresh: bool) -> Exchange | None:
+        """Queue for a slot, at most `timeout`: a connection to url given back, or None."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Exchange | None] = loop.create_future()
+        entry = (url, future, fresh)
+        self.waiters.append(entry)
+        timer = loop.call_later(self.settings.timeout, self._expire, entry)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.cancelled():  # still queued, or skipped as cancelled
+                with suppress(ValueError):
+                    self.waiters.remove(entry)
+            elif future.exception() is None:  # handed one just as the request was cancelled
+                self._pass_on(future.result())
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, entry: tuple[str, asyncio.Future[Exchange | None], bool]) -> None:
+        url, future, _ = entry
+        if not future.done():
+            self.waiters.remove(entry)
+            future.set_exception(GatewayTimeout(f"no free connection to {url} in time"))
+
+    def _pass_on(self, handed: Exchange | None) -> None:
+        if handed is None:
+            self._free_slot()
+        else:
+            self.release(handed)
+
+    def _free_slot(self) -> None:
+        """A slot comes free: the first request waiting gets it, else it is counted free."""
+        while self.waiters:
+            future = self.waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1
 
     async def connect(self, url: str) -> Exchange:
         parts = urlsplit(url)
@@ -387,8 +433,22 @@ class FastClient:
     def release(self, exchange: Exchange) -> None:
         if exchange.closed:
             self._forget(exchange)
+        elif self.waiters:
+            self._hand_over(exchange)
         else:
             self.idle.setdefault(exchange.url, []).append(exchange)
+
+    def _hand_over(self, exchange: Exchange) -> None:
+        """At the cap, a connection given back goes to the first request waiting for its
+        member; when they all wait for other members, it closes and its slot goes instead."""
+        for entry in self.waiters:
+            url, future, fresh = entry
+            if url == exchange.url and not fresh and not future.done():
+                self.waiters.remove(entry)
+                future.set_result(exchange)
+                return
+        exchange.close()
+        self._forget(exchange)
 
     def lost(self, exchange: Exchange) -> None:
         """An idle connection closed (the upstream's idle timeout, a reset): drop it now."""
@@ -410,10 +470,14 @@ class FastClient:
     def _forget(self, exchange: Exchange) -> None:
         if exchange in self.open:
             self.open.discard(exchange)
-            self.slots.release()
+            self._free_slot()
 
     async def close(self) -> None:
         for exchange in list(self.open):
             exchange.close()
         self.open.clear()
         self.idle.clear()
+        for _, future, _ in self.waiters:
+            if not future.done():
+                future.set_exception(BadGateway("the upstream client is closed"))
+        self.waiters.clear()

@@ -73,10 +73,10 @@ def client(timeout: float = 2.0, max_connections: int = 256) -> FastClient:
 
 
 def consistent(fast: FastClient) -> bool:
-    """Every open connection holds one slot; every idle one is open."""
+    """At rest: every open connection holds one slot, every idle one is open, none waits."""
     idle = [exchange for waiting in fast.idle.values() for exchange in waiting]
-    free = fast.slots._value  # type: ignore[attr-defined]
-    return free + len(fast.open) == fast.settings.max_connections and set(idle) <= fast.open
+    slots = fast.free + len(fast.open) == fast.settings.max_connections
+    return slots and set(idle) <= fast.open and not fast.waiters
 
 
 def chunk(size: int) -> bytes:
@@ -563,4 +563,84 @@ async def test_a_partial_stray_reply_does_not_reach_the_next_request(serve) -> N
     assert await get(fast, raw) == (200, b"ok", {})
     assert await get(fast, raw) == (200, b"ok", {})
     assert raw.connections == 2
+    await fast.close()
+
+
+async def test_a_connection_given_back_at_the_cap_goes_to_a_waiting_request(serve) -> None:
+    """At the cap, a kept-alive connection given back goes to a request waiting for one,
+    instead of idling while that request times out."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.1)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw, fast = await serve(answer), client(timeout=1.0, max_connections=1)
+    replies = await asyncio.gather(*(get(fast, raw) for _ in range(3)))
+    assert [reply[:2] for reply in replies] == [(200, b"ok")] * 3
+    assert raw.connections == 1 and consistent(fast)
+    await fast.close()
+
+
+async def test_a_connection_given_back_at_the_cap_makes_room_for_another_member(serve) -> None:
+    """At the cap, a connection given back while only other members' requests wait is closed,
+    and its slot goes to the first of them."""
+
+    async def slow_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    first, second = await serve(slow_hello), await serve(keep_alive_hello)
+    fast = client(timeout=1.0, max_connections=1)
+    replies = await asyncio.gather(get(fast, first), get(fast, second))
+    assert [reply[:2] for reply in replies] == [(200, b"ok"), (200, b"hello")]
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_queue(serve) -> None:
+    """A request cancelled while queued for a slot leaves no trace: the next connection given
+    back goes idle."""
+
+    async def slow_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(slow_hello), client(timeout=1.0, max_connections=1)
+    first = asyncio.create_task(get(fast, raw))
+    await asyncio.sleep(0.02)
+    queued = asyncio.create_task(get(fast, raw))
+    await asyncio.sleep(0.02)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert (await first)[:2] == (200, b"ok")
+    assert len(fast.idle[raw.member.url]) == 1 and consistent(fast)
+    await fast.close()
+
+
+async def test_a_request_that_waits_too_long_for_a_slot_is_a_504(serve) -> None:
+    """Every slot busy for longer than `timeout`: GatewayTimeout, and the queue is left clean."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client(timeout=0.3, max_connections=1)
+    busy = await fast.send(raw.member, "GET", "/", CIMultiDict(), b"")  # holds the one slot
+    with pytest.raises(GatewayTimeout, match="no free connection"):
+        await get(fast, raw)
+    assert busy.stream is not None and not fast.waiters
+    await busy.stream.aclose()
+    assert consistent(fast)
     await fast.close()
