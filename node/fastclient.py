@@ -291,17 +291,20 @@ class FastClient:
     ) -> Reply:
         url: str = member.url  # type: ignore[attr-defined]
         head = self.request_head(url, method, path, headers, body)
-        exchange = await self.acquire(url)
+        # `timeout` bounds it all: the wait for a slot, connecting, the retry, the reply head.
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout
+        exchange = await self.acquire(url, deadline)
         reused = exchange.served > 0
         try:
-            return await self.exchange(exchange, method, head, body)
+            return await self.exchange(exchange, method, head, body, deadline)
         except BadGateway:
             # A kept-alive connection the upstream closed just as we used it (its idle
             # timeout): nothing was answered, so an idempotent request goes again, once, on a
             # new connection (the other idle ones may be as stale).
             if not reused or exchange.answered or method not in IDEMPOTENT:
                 raise
-        return await self.exchange(await self.acquire(url, fresh=True), method, head, body)
+        exchange = await self.acquire(url, deadline, fresh=True)
+        return await self.exchange(exchange, method, head, body, deadline)
 
     def request_head(
         self, url: str, method: str, path: str, headers: CIMultiDict[str], body: bytes
@@ -325,8 +328,10 @@ class FastClient:
         except UnicodeEncodeError:
             raise Rejected("a request line or header cannot be encoded: not forwarded") from None
 
-    async def exchange(self, exchange: Exchange, method: str, head: bytes, body: bytes) -> Reply:
-        timer = asyncio.get_running_loop().call_later(self.settings.timeout, exchange.time_out)
+    async def exchange(
+        self, exchange: Exchange, method: str, head: bytes, body: bytes, deadline: float
+    ) -> Reply:
+        timer = asyncio.get_running_loop().call_at(deadline, exchange.time_out)
         try:
             exchange.send(head, body, method == "HEAD")
             await exchange.head  # type: ignore[misc]
@@ -350,7 +355,7 @@ class FastClient:
         exchange.done()
         return Reply(exchange.status, b"".join(exchange.body), reply_headers)
 
-    async def acquire(self, url: str, fresh: bool = False) -> Exchange:
+    async def acquire(self, url: str, deadline: float, fresh: bool = False) -> Exchange:
         idle = None if fresh else self.idle.get(url)
         while idle:
             exchange = idle.pop()
@@ -362,24 +367,24 @@ class FastClient:
         if self.free:
             self.free -= 1
         else:
-            handed = await self._wait(url, fresh)
+            handed = await self._wait(url, deadline, fresh)
             if handed is not None:  # a kept-alive connection to url, given back by a request
                 if not handed.closed:
                     return handed
-                return await self.acquire(url, fresh)  # it closed on its way here: go again
+                return await self.acquire(url, deadline, fresh)  # it closed on its way: again
         try:
-            return await self.connect(url)
+            return await self.connect(url, deadline)
         except BaseException:
             self._free_slot()
             raise
 
-    async def _wait(self, url: str, fresh: bool) -> Exchange | None:
-        """Queue for a slot, at most `timeout`: a connection to url given back, or None."""
+    async def _wait(self, url: str, deadline: float, fresh: bool) -> Exchange | None:
+        """Queue for a slot until `deadline`: a connection to url given back, or None."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Exchange | None] = loop.create_future()
         entry = (url, future, fresh)
         self.waiters.append(entry)
-        timer = loop.call_later(self.settings.timeout, self._expire, entry)
+        timer = loop.call_at(deadline, self._expire, entry)
         try:
             return await future
         except asyncio.CancelledError:
@@ -413,7 +418,7 @@ class FastClient:
                 return
         self.free += 1
 
-    async def connect(self, url: str) -> Exchange:
+    async def connect(self, url: str, deadline: float) -> Exchange:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         timeout = self.settings.timeout
@@ -421,7 +426,7 @@ class FastClient:
         try:
             _, exchange = await asyncio.wait_for(
                 loop.create_connection(lambda: Exchange(url, timeout, self), host, port),
-                self.settings.connect_timeout,
+                min(self.settings.connect_timeout, deadline - loop.time()),
             )
         except TimeoutError:
             raise GatewayTimeout(f"upstream {url} did not accept a connection in time") from None

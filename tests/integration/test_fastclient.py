@@ -644,3 +644,32 @@ async def test_a_request_that_waits_too_long_for_a_slot_is_a_504(serve) -> None:
     await busy.stream.aclose()
     assert consistent(fast)
     await fast.close()
+
+
+async def test_the_timeout_bounds_the_whole_exchange_slot_wait_included(serve) -> None:
+    """Time spent waiting for a slot counts against `timeout`, as it did with aiohttp's total
+    timeout: the wait and the exchange after it do not get `timeout` each."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        if head.startswith(b"GET /stream "):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        else:
+            await asyncio.sleep(0.3)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client(timeout=0.4, max_connections=1)
+    busy = await fast.send(raw.member, "GET", "/stream", CIMultiDict(), b"")
+    assert busy.stream is not None
+
+    async def free_the_slot_later() -> None:
+        await asyncio.sleep(0.25)
+        await busy.stream.aclose()  # type: ignore[union-attr]
+
+    freeing = asyncio.create_task(free_the_slot_later())
+    with pytest.raises(GatewayTimeout):
+        await get(fast, raw)  # 0.25 s for a slot, then 0.3 s for the reply: over 0.4 s
+    await freeing
+    await fast.close()
