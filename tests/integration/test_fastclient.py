@@ -1,5 +1,7 @@
 """The lean upstream client against raw TCP servers that answer the way odd upstreams do:
-interim replies, bodies ended by close, malformed replies, stalls, and keep-alive reuse."""
+interim replies, bodies ended by close, malformed replies, stalls, keep-alive reuse, stray
+bytes after a reply, trailers, oversized heads and early replies; and its connection cap
+(slots given back, handed over, never leaked) when requests queue, time out or are cancelled."""
 
 from __future__ import annotations
 
