@@ -1,5 +1,7 @@
 """The lean upstream client against raw TCP servers that answer the way odd upstreams do:
-interim replies, bodies ended by close, malformed replies, stalls, and keep-alive reuse."""
+interim replies, bodies ended by close, malformed replies, stalls, keep-alive reuse, stray
+bytes after a reply, trailers, oversized heads and early replies; and its connection cap
+(slots given back, handed over, never leaked) when requests queue, time out or are cancelled."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import pytest
 from multidict import CIMultiDict
 
 from node.config import UpstreamSettings
-from node.errors import BadGateway, GatewayTimeout
-from node.fastclient import FastClient
+from node.errors import BadGateway, GatewayTimeout, Rejected
+from node.fastclient import PAUSE_AT, FastClient
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -64,16 +66,33 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def client(timeout: float = 2.0) -> FastClient:
-    return FastClient(UpstreamSettings(targets=("http://127.0.0.1:1",), timeout=timeout))
+def client(timeout: float = 2.0, max_connections: int = 256) -> FastClient:
+    return FastClient(
+        UpstreamSettings(
+            targets=("http://127.0.0.1:1",), timeout=timeout, max_connections=max_connections
+        )
+    )
+
+
+def consistent(fast: FastClient) -> bool:
+    """At rest: every open connection holds one slot, every idle one is open, none waits."""
+    idle = [exchange for waiting in fast.idle.values() for exchange in waiting]
+    slots = fast.free + len(fast.open) == fast.settings.max_connections
+    return slots and set(idle) <= fast.open and not fast.waiters
+
+
+def chunk(size: int) -> bytes:
+    return b"%x\r\n" % size + b"c" * size + b"\r\n"
 
 
 async def get(fast: FastClient, raw: RawServer, method: str = "GET") -> tuple[int, bytes, dict]:
     reply = await fast.send(raw.member, method, "/x", CIMultiDict({"Accept": "*/*"}), b"")
     body = reply.body
-    if reply.stream is not None:
-        body = b"".join([chunk async for chunk in reply.stream])
-        await reply.stream.aclose()
+    if reply.stream is not None:  # read, then always closed, as the HTTP adapter does
+        try:
+            body = b"".join([chunk async for chunk in reply.stream])
+        finally:
+            await reply.stream.aclose()
     return reply.status, body, dict(reply.headers)
 
 
@@ -212,4 +231,447 @@ async def test_a_keep_alive_race_is_retried_on_a_new_connection(serve) -> None:
     assert (await get(fast, raw))[:2] == (200, b"ok")
     assert (await get(fast, raw))[:2] == (200, b"ok")
     assert raw.connections == 2
+    await fast.close()
+
+
+async def test_idle_connections_to_one_member_do_not_starve_another(serve) -> None:
+    """At the connection cap, an idle connection to one member makes room for another."""
+    first, second = await serve(keep_alive_hello), await serve(keep_alive_hello)
+    fast = client(timeout=0.5, max_connections=1)
+    assert (await get(fast, first))[0] == 200
+    assert (await get(fast, second))[0] == 200
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_a_connection_closed_while_idle_leaves_the_pool_at_once(serve) -> None:
+    """The upstream drops an idle kept-alive connection: its slot is free without a request."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()  # and close: the handler returns
+
+    fast = client()
+    assert (await get(fast, await serve(answer)))[:2] == (200, b"ok")
+    await asyncio.sleep(0.05)
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_a_second_reply_after_the_first_is_not_mixed_into_it(serve) -> None:
+    """Bytes after a complete reply (a reply longer than promised) are not taken into it, and
+    the connection they came on is not reused."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                b"HTTP/1.1 500 Oops\r\nX-Evil: 1\r\nContent-Length: 4\r\n\r\nevil"
+            )
+            await writer.drain()
+
+    raw, fast = await serve(answer), client()
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert raw.connections == 2
+    await fast.close()
+
+
+async def test_stray_bytes_after_a_streamed_reply_do_not_break_it(serve) -> None:
+    """A chunked reply followed by stray bytes is passed through whole, without an error."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    assert await get(fast, await serve(answer)) == (200, b"ok", {})
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_trailers_do_not_become_headers(serve) -> None:
+    """A chunked body's trailer fields are dropped (as aiohttp does), never sent as headers."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n"
+            b"2\r\nok\r\n0\r\nSet-Cookie: session=evil\r\nX-Trailer: 1\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    assert await get(fast, await serve(answer)) == (200, b"ok", {"X-Up": "1"})
+    await fast.close()
+
+
+async def test_a_header_block_over_64_kib_is_a_502(serve) -> None:
+    """An upstream that sends more than 64 KiB of headers gets BadGateway."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        pad = b"".join(b"X-Pad-%04d: %s\r\n" % (i, b"v" * 60) for i in range(1000))
+        writer.write(b"HTTP/1.1 200 OK\r\n" + pad + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    fast = client()
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_an_endless_header_value_is_a_502_before_the_timeout(serve) -> None:
+    """One header value that never ends is cut off once it passes the bound, not buffered
+    until the exchange times out."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(64):
+            writer.write(b"v" * 16384)
+            await writer.drain()
+        await reader.read()
+
+    fast = client(timeout=3.0)
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    await fast.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/x", {"X-A": "a\r\nX-Injected: 1"}),
+        ("/x", {"X-A": "a\nX-Injected: 1"}),
+        ("/x", {"X-A": "a\rX-Injected: 1"}),
+        ("/x", {"X-A\r\nX-Injected": "1"}),
+        ("/x HTTP/1.1\r\nX-Injected: 1\r\nX-B:", {}),
+    ],
+)
+async def test_cr_or_lf_in_the_request_head_is_refused_unsent(serve, path, headers) -> None:
+    """A request line or header with CR or LF in it is refused, and nothing is written."""
+    raw, fast = await serve(keep_alive_hello), client()
+    with pytest.raises(Rejected) as caught:
+        await fast.send(raw.member, "GET", path, CIMultiDict(headers), b"")
+    assert caught.value.status == 400
+    assert raw.connections == 0 and consistent(fast)
+    await fast.close()
+
+
+async def test_reading_stays_paused_for_a_reply_on_a_reused_connection(serve) -> None:
+    """A stream that ended while its reading was paused does not resume reading for the next
+    reply on the same connection: that reply's buffering stays bounded."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(250_000))
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the end arrives in the read that crosses PAUSE_AT
+        writer.write(chunk(20_000) + b"0\r\n\r\n")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(64):
+            writer.write(chunk(65536))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client()
+    first = await fast.send(raw.member, "GET", "/1", CIMultiDict(), b"")
+    await asyncio.sleep(0.3)
+    second = await fast.send(raw.member, "GET", "/2", CIMultiDict(), b"")
+    await asyncio.sleep(0.2)
+    assert first.stream is not None and second.stream is not None and raw.connections == 1
+    assert len(b"".join([part async for part in first.stream])) == 270_000
+    await first.stream.aclose()
+    await asyncio.sleep(0.2)
+    assert second.stream.buffered < 4 * PAUSE_AT  # type: ignore[attr-defined]
+    await second.stream.aclose()
+    await fast.close()
+
+
+async def test_a_reply_before_the_body_is_sent_retires_the_connection(serve) -> None:
+    """The upstream answers before reading the request body: the connection is not reused,
+    or the unsent body would reach it as the next request (smuggling)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # a naive upstream: after an early reply, the next bytes are a request
+            head = await read_request(reader)
+            path = head.split(b" ")[1]
+            if path != b"/early" and b"content-length: " in head.lower():
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+
+    padding = b"p" * (32 * 1024 * 1024)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(padding) + padding
+    raw, fast = await serve(answer), client()
+    early = await fast.send(raw.member, "POST", "/early", CIMultiDict(), smuggled)
+    assert early.body == b"/early"
+    assert (await get(fast, raw))[:2] == (200, b"/x")
+    await fast.close()
+
+
+async def test_a_retired_connection_is_dropped_not_flushed(serve) -> None:
+    """A connection retired with request body still unwritten is dropped: the upstream never
+    gets the rest of that body."""
+    received: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client has its reply and retires the connection
+        total = 0
+        try:
+            while data := await reader.read(1 << 20):
+                total += len(data)
+        finally:
+            received.append(total)
+
+    body = b"p" * (32 * 1024 * 1024)
+    raw, fast = await serve(answer), client()
+    assert (await fast.send(raw.member, "POST", "/", CIMultiDict(), body)).body == b"ok"
+    for _ in range(100):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    assert received and received[0] < len(body)
+    await fast.close()
+
+
+async def test_an_unasked_protocol_switch_is_a_502_without_a_loop_error(serve) -> None:
+    """A 101 Switching Protocols the node never asked for is BadGateway, handled in the
+    client rather than by the event loop's fatal-error path."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    loop, errors = asyncio.get_running_loop(), []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    fast = client()
+    try:
+        with pytest.raises(BadGateway):
+            await get(fast, await serve(answer))
+    finally:
+        loop.set_exception_handler(None)
+    assert not errors and consistent(fast)
+    await fast.close()
+
+
+async def test_a_request_cancelled_while_awaiting_its_reply_frees_its_slot(serve) -> None:
+    """The client leaves while the upstream thinks: that connection is dropped, its slot freed."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    raw, fast = await serve(answer), client(max_connections=1)
+    waiting = asyncio.create_task(get(fast, raw))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.01)
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_a_stream_closed_early_frees_its_slot_once(serve) -> None:
+    """The client leaves mid-body (the adapter may close twice): one slot comes back, once."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client()
+    reply = await fast.send(raw.member, "GET", "/", CIMultiDict(), b"")
+    assert reply.stream is not None
+    await reply.stream.aclose()
+    await reply.stream.aclose()
+    await asyncio.sleep(0.01)
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_a_body_cut_short_is_a_502_and_frees_its_slot_once(serve) -> None:
+    """The upstream closes mid-body: the stream raises BadGateway, one slot comes back."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()  # and close
+
+    fast = client()
+    with pytest.raises(BadGateway):
+        await get(fast, await serve(answer))
+    await asyncio.sleep(0.01)
+    assert not fast.open and consistent(fast)
+    await fast.close()
+
+
+async def test_the_retry_after_a_keep_alive_race_takes_a_new_connection(serve) -> None:
+    """When every idle connection was closed by the upstream at once, the one retry goes on a
+    new connection, not on the next idle one, which is as stale as the first."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.05)  # so that two requests at once take two connections
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # any later request on this connection: closed unanswered
+
+    raw, fast = await serve(answer), client()
+    await asyncio.gather(get(fast, raw), get(fast, raw))
+    assert (await get(fast, raw))[:2] == (200, b"ok")
+    assert raw.connections == 3
+    await fast.close()
+
+
+async def test_a_partial_stray_reply_does_not_reach_the_next_request(serve) -> None:
+    """The start of a stray reply after a complete one (a status line, a header) retires the
+    connection: left there, it would be read as the head of the next caller's reply."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nX-Evil: 1")
+        await writer.drain()
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw, fast = await serve(answer), client()
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert await get(fast, raw) == (200, b"ok", {})
+    assert raw.connections == 2
+    await fast.close()
+
+
+async def test_a_connection_given_back_at_the_cap_goes_to_a_waiting_request(serve) -> None:
+    """At the cap, a kept-alive connection given back goes to a request waiting for one,
+    instead of idling while that request times out."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.1)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw, fast = await serve(answer), client(timeout=1.0, max_connections=1)
+    replies = await asyncio.gather(*(get(fast, raw) for _ in range(3)))
+    assert [reply[:2] for reply in replies] == [(200, b"ok")] * 3
+    assert raw.connections == 1 and consistent(fast)
+    await fast.close()
+
+
+async def test_a_connection_given_back_at_the_cap_makes_room_for_another_member(serve) -> None:
+    """At the cap, a connection given back while only other members' requests wait is closed,
+    and its slot goes to the first of them."""
+
+    async def slow_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    first, second = await serve(slow_hello), await serve(keep_alive_hello)
+    fast = client(timeout=1.0, max_connections=1)
+    replies = await asyncio.gather(get(fast, first), get(fast, second))
+    assert [reply[:2] for reply in replies] == [(200, b"ok"), (200, b"hello")]
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_leaves_the_queue(serve) -> None:
+    """A request cancelled while queued for a slot leaves no trace: the next connection given
+    back goes idle."""
+
+    async def slow_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(slow_hello), client(timeout=1.0, max_connections=1)
+    first = asyncio.create_task(get(fast, raw))
+    await asyncio.sleep(0.02)
+    queued = asyncio.create_task(get(fast, raw))
+    await asyncio.sleep(0.02)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert (await first)[:2] == (200, b"ok")
+    assert len(fast.idle[raw.member.url]) == 1 and consistent(fast)
+    await fast.close()
+
+
+async def test_a_request_that_waits_too_long_for_a_slot_is_a_504(serve) -> None:
+    """Every slot busy for longer than `timeout`: GatewayTimeout, and the queue is left clean."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client(timeout=0.3, max_connections=1)
+    busy = await fast.send(raw.member, "GET", "/", CIMultiDict(), b"")  # holds the one slot
+    with pytest.raises(GatewayTimeout, match="no free connection"):
+        await get(fast, raw)
+    assert busy.stream is not None and not fast.waiters
+    await busy.stream.aclose()
+    assert consistent(fast)
+    await fast.close()
+
+
+async def test_the_timeout_bounds_the_whole_exchange_slot_wait_included(serve) -> None:
+    """Time spent waiting for a slot counts against `timeout`, as it did with aiohttp's total
+    timeout: the wait and the exchange after it do not get `timeout` each."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        if head.startswith(b"GET /stream "):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 1000)
+        else:
+            await asyncio.sleep(0.3)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    raw, fast = await serve(answer), client(timeout=0.4, max_connections=1)
+    busy = await fast.send(raw.member, "GET", "/stream", CIMultiDict(), b"")
+    assert busy.stream is not None
+
+    async def free_the_slot_later() -> None:
+        await asyncio.sleep(0.25)
+        await busy.stream.aclose()  # type: ignore[union-attr]
+
+    freeing = asyncio.create_task(free_the_slot_later())
+    with pytest.raises(GatewayTimeout):
+        await get(fast, raw)  # 0.25 s for a slot, then 0.3 s for the reply: over 0.4 s
+    await freeing
     await fast.close()
