@@ -112,8 +112,9 @@ def add_routes(
 
 
 def upstream_client(pool: UpstreamSettings) -> UpstreamClient:
-    """The lean client for plain-http pools; aiohttp's for TLS."""
-    if all(target.startswith("http://") for target in pool.targets):
+    """The lean client for plain-http pools; aiohttp's for TLS and for members with
+    credentials in their URL (which aiohttp sends as Basic auth)."""
+    if all(target.startswith("http://") and "@" not in target for target in pool.targets):
         return FastClient(pool)
     return AiohttpClient(pool)
 

@@ -13,7 +13,8 @@ from multidict import CIMultiDict
 
 from node.config import UpstreamSettings
 from node.errors import BadGateway, GatewayTimeout, Rejected
-from node.fastclient import PAUSE_AT, FastClient
+from node.exchange import PAUSE_AT
+from node.fastclient import FastClient
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from node.app import build_app
+from node.app import POOLS, build_app
 from node.config import Settings
+from node.fastclient import FastClient
 from node.schema import build
+from node.upstream import AiohttpClient
 
 
 def test_no_middleware_anywhere_so_routes_pay_for_no_guard() -> None:
@@ -36,3 +38,15 @@ def test_no_middleware_anywhere_so_routes_pay_for_no_guard() -> None:
     assert len(subapps) == 2  # /admin and /dashboard
     assert not app.middlewares
     assert not any(sub.middlewares for sub in subapps)
+
+
+def test_each_pool_gets_the_client_its_members_need() -> None:
+    """Plain http members get the lean client; https or credentials in the URL, aiohttp's."""
+    upstreams = {
+        "plain": {"targets": ["http://127.0.0.1:9001"]},
+        "tls": {"targets": ["http://127.0.0.1:9001", "https://127.0.0.1:9443"]},
+        "creds": {"targets": ["http://user:pw@127.0.0.1:9001"]},
+    }
+    app = build_app(build(Settings, {"upstreams": upstreams}, ""), "all")
+    kinds = {name: type(pool.client) for name, pool in app[POOLS].items()}
+    assert kinds == {"plain": FastClient, "tls": AiohttpClient, "creds": AiohttpClient}
