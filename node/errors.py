@@ -58,6 +58,12 @@ class BadGateway(Rejected):
     code = "bad_gateway"
 
 
+class UpstreamUnreachable(BadGateway):
+    """A member refused the connection or could not be reached: nothing was sent to it, so
+    any request, idempotent or not, may go to another member (nginx's `proxy_next_upstream
+    error`)."""
+
+
 class GatewayTimeout(Rejected):
     status = 504
     code = "gateway_timeout"

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 from multidict import CIMultiDict
 
 from node.call import Reply
-from node.errors import BadGateway, CircuitOpen, GatewayTimeout, ServiceUnavailable
+from node.errors import (
+    BadGateway,
+    CircuitOpen,
+    GatewayTimeout,
+    ServiceUnavailable,
+    UpstreamUnreachable,
+)
 
 if TYPE_CHECKING:
     from node.upstream import Member, UpstreamPool
@@ -121,7 +127,7 @@ class Failover:
                 reply = await client.send(member, method, path, headers, body)
             except (BadGateway, GatewayTimeout) as exc:
                 self.failed(member, admitted, now, exc)
-                chosen = self.another(key, tried, retries)
+                chosen = self.another(key, tried, retries, isinstance(exc, UpstreamUnreachable))
                 if chosen is None:
                     raise
                 member, admitted, now = chosen
@@ -140,18 +146,22 @@ class Failover:
             return reply
 
     def another(
-        self, key: str | None, tried: list[Member], retries: int
+        self, key: str | None, tried: list[Member], retries: int, unsent: bool = False
     ) -> tuple[Member, int, float] | None:
         """The member for a retry, if retries, the budget and the pool allow one, and the
-        retry's own start time (its circuit judges its speed, not the failed try's)."""
-        if len(tried) > retries:
+        retry's own start time (its circuit judges its speed, not the failed try's).
+
+        A request that never reached its member (`unsent`: refused, unreachable) goes to
+        every other member in turn, whatever its method, outside `retries` and the budget:
+        it adds no load to any upstream, and a dead member must cost clients nothing."""
+        if not unsent and len(tried) > retries:
             return None
         now = time.monotonic()
         chosen = self.find(now, key, tried)
         if chosen is None:
             return None
         member, admitted = chosen
-        if not self.budget.allow():
+        if not unsent and not self.budget.allow():
             if member.circuit is not None:
                 member.circuit.abandon(admitted)
             return None

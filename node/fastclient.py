@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from node.call import Reply
 from node.config import UpstreamSettings
-from node.errors import BadGateway, GatewayTimeout, Rejected
+from node.errors import BadGateway, GatewayTimeout, Rejected, UpstreamUnreachable
 from node.exchange import Exchange
 from node.upstream import HEAD_REPLY_DROP, REPLY_DROP, end_to_end
 
@@ -185,7 +185,7 @@ class FastClient:
         except TimeoutError:
             raise GatewayTimeout(f"upstream {url} did not accept a connection in time") from None
         except OSError as exc:
-            raise BadGateway(f"upstream {url} failed: {type(exc).__name__}") from exc
+            raise UpstreamUnreachable(f"upstream {url} failed: {type(exc).__name__}") from exc
         self.open.add(exchange)
         return exchange
 

@@ -7,6 +7,7 @@ replace `AiohttpClient` without touching the proxy or the plugins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -19,7 +20,7 @@ from yarl import URL
 
 from node.call import Reply
 from node.config import UpstreamSettings
-from node.errors import BadGateway, GatewayTimeout
+from node.errors import BadGateway, GatewayTimeout, UpstreamUnreachable
 from node.failover import Failover, MemberCircuit, member_snapshot
 from node.ring import HashRing
 
@@ -141,6 +142,10 @@ class AiohttpClient:
             )
         except TimeoutError:
             raise GatewayTimeout(f"upstream {member.url} did not answer in time") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(
+                f"upstream {member.url} failed: {type(exc).__name__}"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise BadGateway(f"upstream {member.url} failed: {type(exc).__name__}") from exc
         reply_headers = end_to_end(
@@ -253,6 +258,19 @@ class UpstreamPool:
         key: str | None = None,
     ) -> Reply:
         member = self.pick()
+        try:
+            return await self.send_to(member, method, path, headers, body)
+        except UpstreamUnreachable:
+            # Nothing reached it: the others may take any request, each once.
+            for other in self.members:
+                if other is not member:
+                    with contextlib.suppress(UpstreamUnreachable):
+                        return await self.send_to(other, method, path, headers, body)
+            raise
+
+    async def send_to(
+        self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
+    ) -> Reply:
         member.in_flight += 1
         member.requests += 1
         try:
