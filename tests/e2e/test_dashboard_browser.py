@@ -11,18 +11,9 @@ import pytest
 from dashboard_cluster import REPO_ARTIFACTS, Traffic, cluster_config
 from e2e_harness import free_port
 from playwright.sync_api import Page, sync_playwright
-from testkit.servers import RedisServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 10_000  # for anything the page must show; the registry TTL is 5 s
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

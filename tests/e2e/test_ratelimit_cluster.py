@@ -7,7 +7,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -60,14 +59,6 @@ def start_limited(start_node, write_config) -> StartLimited:
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
 def shared_scope() -> Iterator[str]:
     """A fresh scope on the shared Redis; its counters are deleted afterwards."""
     client = connect(SHARED_REDIS)
@@ -115,11 +106,11 @@ async def test_two_nodes_share_a_global_limit(
 
 
 async def test_open_mode_serves_through_an_outage(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """on_backend_error=open: Redis killed under traffic, requests still pass unlimited."""
-    (port,) = start_limited(private_redis.url, outage_table("open"))
-    seen = await under_traffic(session, [port], private_redis.kill)
+    (port,) = start_limited(redis_server.url, outage_table("open"))
+    seen = await under_traffic(session, [port], redis_server.kill)
     assert set(seen) <= {200, 429}
     replies = await burst(session, [port], 2 * LIMIT, fresh())
     assert [status for status, _, _ in replies] == [200] * (2 * LIMIT)
@@ -127,11 +118,11 @@ async def test_open_mode_serves_through_an_outage(
 
 
 async def test_open_mode_outage_is_degraded_and_counted(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """on_backend_error=open: /ready stays 200 "degraded"; /metrics counts the outage."""
-    (port,) = start_limited(private_redis.url, outage_table("open"))
-    await under_traffic(session, [port], private_redis.kill)
+    (port,) = start_limited(redis_server.url, outage_table("open"))
+    await under_traffic(session, [port], redis_server.kill)
     await burst(session, [port], 10, fresh())
 
     async def degraded() -> bool:
@@ -145,11 +136,11 @@ async def test_open_mode_outage_is_degraded_and_counted(
 
 
 async def test_closed_mode_answers_503_during_an_outage(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """on_backend_error=closed: Redis killed under traffic, 503 JSON with Retry-After."""
-    (port,) = start_limited(private_redis.url, outage_table("closed"))
-    seen = await under_traffic(session, [port], private_redis.kill)
+    (port,) = start_limited(redis_server.url, outage_table("closed"))
+    seen = await under_traffic(session, [port], redis_server.kill)
     assert set(seen) <= {200, 429, 503}
     assert 503 in seen
     replies = await burst(session, [port], 10, fresh())
@@ -161,12 +152,12 @@ async def test_closed_mode_answers_503_during_an_outage(
 
 
 async def test_local_mode_enforces_each_nodes_share(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """on_backend_error=local with 2 live nodes: each node allows limit ÷ 2 during an outage."""
-    ports = start_limited(private_redis.url, outage_table("local"), count=2)
-    await wait_for_live_nodes(private_redis, 2)
-    seen = await under_traffic(session, ports, private_redis.kill)
+    ports = start_limited(redis_server.url, outage_table("local"), count=2)
+    await wait_for_live_nodes(redis_server, 2)
+    seen = await under_traffic(session, ports, redis_server.kill)
     assert set(seen) <= {200, 429}
     client = fresh()
     for port in ports:
@@ -178,15 +169,15 @@ async def test_local_mode_enforces_each_nodes_share(
 @pytest.mark.parametrize("mode", ["open", "closed", "local"])
 async def test_restarted_redis_enforces_limits_again(
     start_limited: StartLimited,
-    private_redis: RedisServer,
+    redis_server: RedisServer,
     session: aiohttp.ClientSession,
     mode: str,
 ) -> None:
     """After an outage Redis restarts on its port: a fresh key gets exactly `limit` again."""
-    ports = start_limited(private_redis.url, outage_table(mode), count=2)
-    await wait_for_live_nodes(private_redis, 2)
-    seen = await under_traffic(session, ports, private_redis.kill)
-    private_redis.start()
+    ports = start_limited(redis_server.url, outage_table(mode), count=2)
+    await wait_for_live_nodes(redis_server, 2)
+    seen = await under_traffic(session, ports, redis_server.kill)
+    redis_server.start()
     for port in ports:
         await wait_for_redis_decisions(session, port)
     assert 500 not in seen
@@ -214,40 +205,40 @@ async def stalled_burst(
 
 
 async def test_redis_stall_is_not_an_outage(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """150 requests in flight during a short Redis stall: the limit holds, no backend error."""
-    (port,) = start_limited(private_redis.url, outage_table("open"))
-    replies = await stalled_burst(session, port, private_redis)
+    (port,) = start_limited(redis_server.url, outage_table("open"))
+    replies = await stalled_burst(session, port, redis_server)
     assert await metric(session, port, ERRORS) == 0
     assert Counter(status for status, _, _ in replies) == {200: LIMIT, 429: 150 - LIMIT}
 
 
 async def test_lost_scripts_reload_without_an_outage(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """Redis lost its scripts (as after a failover): 150 concurrent requests still hold."""
-    (port,) = start_limited(private_redis.url, outage_table("open"))
-    replies = await stalled_burst(session, port, private_redis, "SCRIPT FLUSH")
+    (port,) = start_limited(redis_server.url, outage_table("open"))
+    replies = await stalled_burst(session, port, redis_server, "SCRIPT FLUSH")
     assert await metric(session, port, ERRORS) == 0
     assert Counter(status for status, _, _ in replies) == {200: LIMIT, 429: 150 - LIMIT}
 
 
 async def test_hung_redis_fails_open_within_the_command_timeout(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """Redis hung (SIGSTOP) with its connections open: open mode answers 200 within 3 s."""
-    (port,) = start_limited(private_redis.url, outage_table("open"))
+    (port,) = start_limited(redis_server.url, outage_table("open"))
     assert (await fetch(session, url(port), fresh()))[0] == 200
     await asyncio.sleep(0.2)  # the warm-up's reply is read; the connection sits idle
-    private_redis.freeze()
+    redis_server.freeze()
     started = time.monotonic()
     request = asyncio.ensure_future(fetch(session, url(port)))
     try:
         await asyncio.wait({request}, timeout=5)
         elapsed, answered = time.monotonic() - started, request.done()
     finally:
-        private_redis.thaw()
+        redis_server.thaw()
     await asyncio.wait({request}, timeout=3)  # thawed, Redis answers what it owes
     request.cancel()
     assert answered, "no answer in 5 s while Redis hung: the 1 s command timeout was not applied"
@@ -256,14 +247,14 @@ async def test_hung_redis_fails_open_within_the_command_timeout(
 
 
 async def test_tier_lookups_during_a_stall_are_not_an_outage(
-    start_limited: StartLimited, private_redis: RedisServer, session: aiohttp.ClientSession
+    start_limited: StartLimited, redis_server: RedisServer, session: aiohttp.ClientSession
 ) -> None:
     """130 new API keys (tier lookups) plus 20 calls of one key during a stall: its 5 hold."""
     tiers = {"free": {"limit": 5, "window": WINDOW}}
     table = {"key": "header:X-API-Key", "tiers": tiers, "default_tier": "free"}
-    (port,) = start_limited(private_redis.url, table)
+    (port,) = start_limited(redis_server.url, table)
     assert (await fetch(session, url(port), {"X-API-Key": "warm-up"}))[0] == 200
-    client = connect(private_redis.url)
+    client = connect(redis_server.url)
     try:
         client.execute_command("CLIENT", "PAUSE", 300, "ALL")
         strangers = [fetch(session, url(port), {"X-API-Key": uuid.uuid4().hex}) for _ in range(130)]

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import redis
 from dashboard_cluster import cluster_config
 from e2e_harness import free_port, request, wait_for
-from testkit.servers import RedisServer
 
 from node.keys import NODE_INFO
 from node.registry import HEARTBEAT_TTL
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def cluster_nodes(port: int) -> list[str]:
