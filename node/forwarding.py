@@ -10,6 +10,7 @@ from functools import lru_cache
 class TrustedProxies:
     def __init__(self, cidrs: tuple[str, ...]) -> None:
         self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.none = not self._networks  # no proxy is trusted: the peer is always the client
         # Peers are few (the load balancers), so the answer per address is cached.
         self.is_trusted = lru_cache(maxsize=4096)(self._is_trusted)
 

@@ -41,17 +41,18 @@ def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> tupl
     win = lim.window_us
     idx = math.floor(now / win)
     cur, prev = 0, 0
-    if state is not None:
+    if state is not None:  # states hold ints (both stores), so no conversions here
         if state[0] == idx:
-            cur, prev = int(state[1]), int(state[2])
+            _, cur, prev = state
         elif state[0] == idx - 1:
-            prev = int(state[1])
+            prev = state[1]
     elapsed = now - idx * win
-    weight = (win - elapsed) / win
-    allowed = math.floor(prev * weight + cur) + cost <= lim.limit
+    # prev * weight is computed once; the Lua script computes the same product each time.
+    faded = prev * ((win - elapsed) / win)
+    allowed = math.floor(faded + cur) + cost <= lim.limit
     if allowed:
         cur = cur + cost
-    remaining = max(0, lim.limit - math.floor(prev * weight + cur))
+    remaining = max(0, lim.limit - math.floor(faded + cur))
     reset = win - elapsed
     retry = 0
     if not allowed:

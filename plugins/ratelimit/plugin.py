@@ -46,6 +46,14 @@ class Policy:
     route: str
 
 
+def with_headers(reply: Reply, headers: dict[str, str]) -> Reply:
+    if reply.headers:
+        reply.headers.update(headers)  # type: ignore[attr-defined]
+    else:
+        reply.headers = headers
+    return reply
+
+
 class RateLimiter:
     name = "ratelimit"
 
@@ -83,8 +91,16 @@ class RateLimiter:
         self._dry_run_logged = 0.0
         self._keys: dict[str, list[str]] = {}  # client digest → its default limits' keys
         self.memory = store if isinstance(store, MemoryCounter) else None
+        default = policy.default
+        # The embedded store with one limit and no tiers takes `check_single`.
+        one = self.memory is not None and directory is None and default is not None
+        self.single = default if one and len(default) == 1 else None  # type: ignore[arg-type]
+        self.limit_text = str(default[0].limit) if default else ""
+        self.peer_is_client = self.by_ip_only and trusted.none
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
+        if self.single is not None:
+            return await self.check_single(call, next)
         client, api_key = self.identify(call)
         limits = self.policy.default if self.directory is None else await self.limits_for(api_key)
         keys = self.keys_of(client, limits)  # type: ignore[arg-type]
@@ -107,36 +123,62 @@ class RateLimiter:
             limits = self.node_share(limits)
             decision = await self.local.hit(keys, self.algorithm, limits)
         headers = self.headers(decision, limits)
-        if not decision.allowed:
-            if not self.policy.settings.dry_run:
-                self.counters["limited"] += 1
-                retry = max(v.retry_us for v in decision.verdicts)
-                headers["Retry-After"] = str(max(1, math.ceil(retry / 1_000_000)))
-                raise RateLimited(
-                    f"over {headers['RateLimit-Limit']} requests per window",
-                    status=self.policy.settings.status,
-                    headers=headers,
-                )
-            self.note_dry_run()
+        if decision.allowed:
+            self.counters["allowed"] += 1
+        else:
+            self.over_limit(headers, max(v.retry_us for v in decision.verdicts))
+        return with_headers(await next(call), headers)
+
+    async def check_single(self, call: Call, next: Handler) -> Reply:
+        """The embedded store's common case, one limit and no tiers, in one frame: no
+        lists, no Decision (~100 Python bytecodes less a request than the general path)."""
+        single = self.single
+        if self.peer_is_client:  # keys remembered by peer address: no header, no digest
+            peer = call.client
+            keys = self._keys.get(peer) or self.keys_of(digest(peer), single, peer)  # type: ignore[arg-type]
+        else:
+            client = self.identify(call)[0]
+            keys = self._keys.get(client) or self.keys_of(client, single)  # type: ignore[arg-type]
+        verdict = self.memory.decide_key(keys[0], self.algorithm, single[0])  # type: ignore[index, union-attr]
+        headers = {
+            RATELIMIT_LIMIT: self.limit_text,
+            RATELIMIT_REMAINING: str(verdict.remaining),
+            RATELIMIT_RESET: str(-(-verdict.reset_us // 1_000_000)),  # whole seconds, up
+        }
+        if verdict.retry_us:
+            self.over_limit(headers, verdict.retry_us)
         else:
             self.counters["allowed"] += 1
-        reply = await next(call)
-        if reply.headers:
-            reply.headers.update(headers)  # type: ignore[attr-defined]
-        else:
-            reply.headers = headers
-        return reply
+        return with_headers(await next(call), headers)
 
-    def keys_of(self, client: str, limits: tuple[Limit, ...]) -> list[str]:
+    def over_limit(self, headers: dict[str, str], retry_us: int) -> None:
+        """A request over its limit: 429 (raised), or in a dry run counted and let through."""
+        settings = self.policy.settings
+        if settings.dry_run:
+            self.note_dry_run()
+            return
+        self.counters["limited"] += 1
+        headers["Retry-After"] = str(max(1, math.ceil(retry_us / 1_000_000)))
+        raise RateLimited(
+            f"over {headers[RATELIMIT_LIMIT]} requests per window",
+            status=settings.status,
+            headers=headers,
+        )
+
+    def keys_of(
+        self, client: str, limits: tuple[Limit, ...], remember_as: str | None = None
+    ) -> list[str]:
         """The store keys of `client`'s limits; for the default limits, remembered for the
-        clients seen lately (keyed by client alone: hashing a Limit runs Python code)."""
+        clients seen lately, by `remember_as` (default: the client digest; hashing a Limit
+        runs Python code, so the limits are not part of it)."""
         if limits is not self.policy.default:
             return self.build_keys(client, limits)
-        keys = self._keys.get(client)
+        remember_as = remember_as or client
+        keys = self._keys.get(remember_as)
         if keys is None:
             if len(self._keys) >= KEYS_REMEMBERED:
                 self._keys.clear()
-            keys = self._keys[client] = self.build_keys(client, limits)
+            keys = self._keys[remember_as] = self.build_keys(client, limits)
         return keys
 
     def build_keys(self, client: str, limits: tuple[Limit, ...]) -> list[str]:

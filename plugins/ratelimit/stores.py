@@ -62,22 +62,27 @@ class MemoryCounter:
     def decide_now(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
+        if len(keys) == 1:
+            verdict = self.decide_key(keys[0], algorithm, limits[0], cost)
+            return Decision(verdict.retry_us == 0, [verdict])
         now = self.clock()
         states = self._states
-        if len(keys) == 1:  # the common case, without the lists
-            key = keys[0]
-            verdict, states[key] = decide_one(
-                algorithm, states.pop(key, None), limits[0], now, cost
-            )
-            allowed, verdicts = verdict.retry_us == 0, [verdict]
-        else:
-            loaded = [states.pop(key, None) for key in keys]
-            allowed, verdicts, new_states = decide(algorithm, loaded, limits, now, cost)
-            for key, state in zip(keys, new_states, strict=True):
-                states[key] = state
+        loaded = [states.pop(key, None) for key in keys]
+        allowed, verdicts, new_states = decide(algorithm, loaded, limits, now, cost)
+        for key, state in zip(keys, new_states, strict=True):
+            states[key] = state
         if len(states) > self.max_keys:
             del states[next(iter(states))]
         return Decision(allowed, verdicts)
+
+    def decide_key(self, key: str, algorithm: str, lim: Limit, cost: int = 1) -> Verdict:
+        """One key under one limit: the plugin's common case, without lists or a Decision;
+        allowed when `retry_us` is 0."""
+        states = self._states
+        verdict, states[key] = decide_one(algorithm, states.pop(key, None), lim, self.clock(), cost)
+        if len(states) > self.max_keys:
+            del states[next(iter(states))]
+        return verdict
 
     async def hit(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
