@@ -9,10 +9,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from testkit.origin import CountingOrigin
 from testkit.servers import RedisServer
 
-from .cache_helpers import REDIS_URL, TOKEN, Nodes, delete_keys, fetch, node_settings
+from node.call import Call
+from node.keys import CACHE_LOCKS
+
+from .cache_helpers import (
+    REDIS_URL,
+    TOKEN,
+    Nodes,
+    delete_keys,
+    fetch,
+    node_settings,
+    route_cache,
+)
 
 
 @pytest.fixture
@@ -60,6 +72,30 @@ async def test_cold_key_fetched_once_across_two_nodes(
     assert origin.gets[f"/{marker}"] == 1
     assert {status for status, _, _ in replies} == {200}
     assert len({body["count"] for _, _, body in replies}) == 1
+
+
+async def test_lock_timeout_when_another_node_never_fills(
+    origin: CountingOrigin, nodes: Nodes, marker: str
+) -> None:
+    """Another node holds the key's fill lock (its own token) and never fills it: the node's
+    5 concurrent GETs wait lock_timeout (0.3 s), then one of them fetches; lock_timeouts 1."""
+    node = await nodes.start(node_settings(origin.url, REDIS_URL, {"ttl": 30, "lock_timeout": 0.3}))
+    cache = route_cache(node)
+    path = f"/c/{marker}"
+    redis = aioredis.from_url(REDIS_URL)
+    try:
+        assert await redis.set(CACHE_LOCKS + cache.key.of(Call("GET", path)), "other", px=5000)
+        started = time.monotonic()
+        replies = await asyncio.gather(*(fetch(node, path) for _ in range(5)))
+        waited = time.monotonic() - started
+    finally:
+        await redis.aclose()
+    assert origin.gets[f"/{marker}"] == 1
+    assert 0.3 <= waited < 0.6, waited
+    assert {(status, body["count"]) for status, _, body in replies} == {(200, 1)}
+    assert sorted(label for _, label, _ in replies) == ["HIT-L1"] * 4 + ["MISS"]
+    counters = cache.snapshot()["counters"]
+    assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
 
 
 async def test_write_on_one_node_is_seen_on_the_other(

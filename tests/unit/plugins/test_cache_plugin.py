@@ -367,3 +367,37 @@ async def test_waiters_stop_waiting_when_the_fill_is_not_storable(clock: Clock) 
     await asyncio.gather(get(a, origin), get(b, origin))
     assert origin.calls == 2
     assert asyncio.get_running_loop().time() - started < 1.0  # far from lock_timeout (5 s)
+
+
+class FakeTime:
+    """A monotonic clock that only `sleep` moves: a wait of seconds takes no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def test_lock_timeout_then_one_fetch(clock: Clock) -> None:
+    """Another node holds the fill lock and never fills: after lock_timeout (waited on the
+    fake clock) this node fetches once for its 5 concurrent requests; lock_timeouts == 1."""
+    settings = build(CacheSettings, {"ttl": 10, "lock_timeout": 2}, "cache")
+    l2, time = MemoryL2(), FakeTime()
+    filler = Filler(l2, settings.lock_timeout, sleep=time.sleep, monotonic=time.monotonic)
+    cache = ResponseCache(settings, "/r", filler, None, clock)  # type: ignore[arg-type]
+    key = cache.key.of(Call("GET", "/x"))
+    assert await l2.lock(key, "another-node", 60)
+    origin = Origin()
+    replies = await asyncio.gather(*(get(cache, origin) for _ in range(5)))
+    assert origin.calls == 1 and {r.body for r in replies} == {b"v1"}
+    assert time.now == pytest.approx(2.0) and max(time.slept) <= 0.1  # polled, not one nap
+    counters = cache.snapshot()["counters"]
+    assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
+    assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L1"  # the fetch was stored
