@@ -401,3 +401,21 @@ async def test_lock_timeout_then_one_fetch(clock: Clock) -> None:
     counters = cache.snapshot()["counters"]
     assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
     assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L1"  # the fetch was stored
+
+
+async def test_stale_refresh_is_one_origin_call_across_nodes(clock: Clock) -> None:
+    """Both nodes serve STALE and start a refresh; one node's refresh finishes before the
+    other's takes the lock, which then finds the fresh entry in L2: one origin call."""
+    settings = build(CacheSettings, {"ttl": 10, "stale_while_revalidate": 30}, "cache")
+    l2 = MemoryL2()
+    a, b = (ResponseCache(settings, "/r", Filler(l2, 5), None, clock) for _ in range(2))  # type: ignore[arg-type]
+    origin = Origin()
+    await get(a, origin)
+    await get(b, origin)
+    clock.now += 11
+    replies = [await get(node, origin) for node in (a, b)]
+    assert [r.headers["X-Cache"] for r in replies] == ["STALE", "STALE"]
+    await asyncio.gather(*a.tasks)
+    await asyncio.gather(*b.tasks)
+    assert origin.calls == 2  # the fill, then one refresh
+    assert [(await get(node, origin)).body for node in (a, b)] == [b"v2", b"v2"]
