@@ -24,6 +24,7 @@ from .cache_helpers import (
     fetch,
     node_settings,
     route_cache,
+    wait_for,
 )
 
 
@@ -98,21 +99,44 @@ async def test_lock_timeout_when_another_node_never_fills(
     assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
 
 
+@pytest.mark.parametrize("method", ["PUT", "POST"])
 async def test_write_on_one_node_is_seen_on_the_other(
-    origin: CountingOrigin, nodes: Nodes, marker: str
+    origin: CountingOrigin, nodes: Nodes, marker: str, method: str
 ) -> None:
-    """A PUT through node A: node B serves the new version within 100 ms."""
+    """A PUT or POST through node A: node B serves the new version within 100 ms."""
     a = await nodes.start(node_settings(origin.url, REDIS_URL))
     b = await nodes.start(node_settings(origin.url, REDIS_URL))
     path = f"/c/{marker}"
     await fetch(b, path)
     assert (await fetch(b, path))[1] == "HIT-L1"
-    status, label, _ = await fetch(a, path, "PUT", data=b"new")
+    status, label, _ = await fetch(a, path, method, data=b"new")
     assert (status, label) == (200, "BYPASS")
     deadline = time.monotonic() + 0.1
     while (await fetch(b, path))[2]["version"] != 1:
         assert time.monotonic() < deadline, "node B still serves the old version"
         await asyncio.sleep(0.01)
+
+
+async def test_stale_while_revalidate_refreshes_once_across_two_nodes(
+    origin: CountingOrigin, nodes: Nodes, marker: str
+) -> None:
+    """Past its ttl, 20 concurrent GETs split over two nodes sharing Redis are answered
+    from the stale entry; the origin sees one refresh, and both nodes then serve it."""
+    cache = {"ttl": 0.3, "stale_while_revalidate": 30}
+    a = await nodes.start(node_settings(origin.url, REDIS_URL, cache))
+    b = await nodes.start(node_settings(origin.url, REDIS_URL, cache))
+    path = f"/c/{marker}"
+    assert (await fetch(a, path))[1] == "MISS"
+    assert (await fetch(b, path))[1] == "HIT-L2"  # both nodes hold it in L1
+    await asyncio.sleep(0.35)
+    replies = await asyncio.gather(*(fetch((a, b)[i % 2], path) for i in range(20)))
+    assert {status for status, _, _ in replies} == {200}
+    assert "STALE" in {label for _, label, _ in replies}
+    caches = [route_cache(node) for node in (a, b)]
+    await wait_for(lambda: not any(c.tasks for c in caches), 2, "the refreshes to end")
+    assert origin.gets[f"/{marker}"] == 2  # the fill and one refresh
+    for node in (a, b):
+        assert (await fetch(node, path))[2]["count"] == 2
 
 
 async def test_no_store_is_never_cached(origin: CountingOrigin, nodes: Nodes, marker: str) -> None:
