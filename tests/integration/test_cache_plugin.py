@@ -161,6 +161,18 @@ async def test_stale_if_error_when_the_origin_dies(
     assert (status, label, stale) == (200, "STALE", body)
 
 
+async def test_a_failing_target_answers_with_x_cache(
+    origin: CountingOrigin, nodes: Nodes, marker: str
+) -> None:
+    """The origin is gone and nothing is stored: the 502 (a Rejected raised inside the
+    cache) carries X-Cache, MISS for a GET and BYPASS for a write."""
+    node = await nodes.start(node_settings(origin.url, REDIS_URL))
+    await origin.stop()
+    path = f"/c/{marker}"
+    assert (await fetch(node, path))[:2] == (502, "MISS")
+    assert (await fetch(node, path, "PUT", data=b"x"))[:2] == (502, "BYPASS")
+
+
 async def test_large_replies_pass_through(
     origin: CountingOrigin, nodes: Nodes, marker: str
 ) -> None:
