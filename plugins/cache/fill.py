@@ -107,6 +107,12 @@ class Filler:
         if not taken:
             return
         try:
+            # Another node's refresh may have stored it between our stale read and our lock.
+            found, _ = await cache.read_l2(key)
+            now = cache.clock()
+            if found is not None and now < found.fresh_until:
+                cache.l1.put(key, found, now)
+                return
             await cache.fetch(call, next, key, None, MISS, store=True)
         finally:
             await self.release(key, token)

@@ -36,17 +36,27 @@ UNSAFE = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 # timed out, its breaker open or overloaded.
 TARGET_FAILURES = (BadGateway, GatewayTimeout, ServiceUnavailable)
 # Counted in `counts`; hits_l1 (a plain attribute, on the hot path) and evictions (the
-# LRU's) join them in snapshot(). The dashboard renders these names.
+# LRU's) join them in snapshot(). The dashboard renders these names. `coalesced`: requests
+# that waited for this node's in-flight fetch of the key from the target (not hits).
+# `lookups`: GETs and HEADs that were not L1 hits on the hot path (hits_l1 adds the rest).
 COUNTERS = (
     "hits_l2",
     "misses",
     "stale",
     "bypass",
+    "coalesced",
+    "lookups",
     "lock_waits",
     "lock_timeouts",
     "invalidations",
     "backend_errors",
 )
+
+
+def passing(exc: Rejected, label: str) -> None:
+    """Label a Rejected passing through (it becomes the reply outside): X-Cache in its
+    headers, copied first since its raiser may share that dict between raises."""
+    exc.headers = {**exc.headers, X_CACHE: label}
 
 
 def labelled(reply: Reply, label: str) -> Reply:
@@ -109,18 +119,29 @@ class ResponseCache:
         if method in UNSAFE:
             return await self.write_through(call, next)
         self.counts["bypass"] += 1
-        return labelled(await next(call), BYPASS)
+        try:
+            reply = await next(call)
+        except Rejected as exc:
+            passing(exc, BYPASS)
+            raise
+        return labelled(reply, BYPASS)
 
     async def lookup(self, call: Call, next: Handler, key: str, stale: Entry | None) -> Reply:
         """Concurrent misses of `key` on this node share the first one's outcome."""
+        counts = self.counts
+        counts["lookups"] += 1
         flight = self.flights.get(key)
         if flight is not None:
-            self.counts["lock_waits"] += 1
+            counts["lock_waits"] += 1
             entry, label = await asyncio.shield(flight)
             if entry is not None:
-                self.hits_l1 += label != STALE
-                self.counts["stale"] += label == STALE
-                return entry.reply(HIT_L1 if label != STALE else STALE, self.clock())
+                # Counted as what the first one did: a fetch from the target shared is no
+                # hit (it would inflate the hit ratio on every cold key), an L2 read is.
+                if label == STALE:
+                    counts["stale"] += 1
+                    return entry.reply(STALE, self.clock())
+                counts["hits_l2" if label == HIT_L2 else "coalesced"] += 1
+                return entry.reply(HIT_L1, self.clock())
             return (await self.fetch(call, next, key, stale, MISS, store=False))[0]
         flight = self.flights[key] = asyncio.get_running_loop().create_future()
         outcome: tuple[Entry | None, str] = (None, MISS)
@@ -174,10 +195,10 @@ class ResponseCache:
             if stale is not None and self.clock() < stale.stale_error_until:
                 self.counts["stale"] += 1
                 return stale.reply(STALE, self.clock()), None, STALE
-            exc.headers[X_CACHE] = label
+            passing(exc, label)
             raise
         except Rejected as exc:
-            exc.headers[X_CACHE] = label
+            passing(exc, label)
             raise
         now = self.clock()
         if reply.status >= 500 and stale is not None and now < stale.stale_error_until:
@@ -237,7 +258,7 @@ class ResponseCache:
         try:
             reply = await next(call)
         except Rejected as exc:
-            exc.headers[X_CACHE] = BYPASS
+            passing(exc, BYPASS)
             raise
         if reply.status < 400:  # RFC 9111 section 4.4: only a non-error status invalidates
             self.counts["invalidations"] += 1
@@ -247,14 +268,16 @@ class ResponseCache:
 
     def snapshot(self) -> dict[str, Any]:
         counters = {"hits_l1": self.hits_l1, **self.counts, "evictions": self.l1.evictions}
-        hits = counters["hits_l1"] + counters["hits_l2"] + counters["stale"]
-        served = hits + counters["misses"]
+        lookups = counters["lookups"] = self.hits_l1 + self.counts["lookups"]
+        # Hits are answers from a stored fresh entry; stale answers and coalesced waits
+        # count as lookups only (README, "Cache").
+        hits = counters["hits_l1"] + counters["hits_l2"]
         return {
             "counters": counters,
             "gauges": {
                 "l1_entries": len(self.l1.entries),
                 "l1_bytes": self.l1.bytes,
-                "hit_ratio": round(hits / served, 4) if served else 0.0,
+                "hit_ratio": round(hits / lookups, 4) if lookups else 0.0,
                 "backend_available": int(self.filler.l2.available),
             },
         }

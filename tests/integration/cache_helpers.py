@@ -14,6 +14,7 @@ from node.app import RESOURCES, build_app
 from node.config import Settings
 from node.keys import CACHE
 from node.schema import build
+from plugins.cache.plugin import ResponseCache
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TOKEN = "cache-admin-token"
@@ -52,6 +53,12 @@ class Nodes:
     async def close(self) -> None:
         for client in self.clients:
             await client.close()
+
+
+def route_cache(client: TestClient) -> ResponseCache:
+    """The node's cache plugin of its one cached route."""
+    invalidator = client.app[RESOURCES].shared("cache.invalidator", dict)
+    return invalidator.caches[0][1]
 
 
 async def wait_for(predicate: Any, seconds: float, what: str) -> None:

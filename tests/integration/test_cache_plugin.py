@@ -9,10 +9,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from testkit.origin import CountingOrigin
 from testkit.servers import RedisServer
 
-from .cache_helpers import REDIS_URL, TOKEN, Nodes, delete_keys, fetch, node_settings
+from node.call import Call
+from node.keys import CACHE_LOCKS
+
+from .cache_helpers import (
+    REDIS_URL,
+    TOKEN,
+    Nodes,
+    delete_keys,
+    fetch,
+    node_settings,
+    route_cache,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -62,21 +75,68 @@ async def test_cold_key_fetched_once_across_two_nodes(
     assert len({body["count"] for _, _, body in replies}) == 1
 
 
-async def test_write_on_one_node_is_seen_on_the_other(
+async def test_lock_timeout_when_another_node_never_fills(
     origin: CountingOrigin, nodes: Nodes, marker: str
 ) -> None:
-    """A PUT through node A: node B serves the new version within 100 ms."""
+    """Another node holds the key's fill lock (its own token) and never fills it: the node's
+    5 concurrent GETs wait lock_timeout (0.3 s), then one of them fetches; lock_timeouts 1."""
+    node = await nodes.start(node_settings(origin.url, REDIS_URL, {"ttl": 30, "lock_timeout": 0.3}))
+    cache = route_cache(node)
+    path = f"/c/{marker}"
+    redis = aioredis.from_url(REDIS_URL)
+    try:
+        assert await redis.set(CACHE_LOCKS + cache.key.of(Call("GET", path)), "other", px=5000)
+        started = time.monotonic()
+        replies = await asyncio.gather(*(fetch(node, path) for _ in range(5)))
+        waited = time.monotonic() - started
+    finally:
+        await redis.aclose()
+    assert origin.gets[f"/{marker}"] == 1
+    assert 0.3 <= waited < 0.6, waited
+    assert {(status, body["count"]) for status, _, body in replies} == {(200, 1)}
+    assert sorted(label for _, label, _ in replies) == ["HIT-L1"] * 4 + ["MISS"]
+    counters = cache.snapshot()["counters"]
+    assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+async def test_write_on_one_node_is_seen_on_the_other(
+    origin: CountingOrigin, nodes: Nodes, marker: str, method: str
+) -> None:
+    """A PUT or POST through node A: node B serves the new version within 100 ms."""
     a = await nodes.start(node_settings(origin.url, REDIS_URL))
     b = await nodes.start(node_settings(origin.url, REDIS_URL))
     path = f"/c/{marker}"
     await fetch(b, path)
     assert (await fetch(b, path))[1] == "HIT-L1"
-    status, label, _ = await fetch(a, path, "PUT", data=b"new")
+    status, label, _ = await fetch(a, path, method, data=b"new")
     assert (status, label) == (200, "BYPASS")
     deadline = time.monotonic() + 0.1
     while (await fetch(b, path))[2]["version"] != 1:
         assert time.monotonic() < deadline, "node B still serves the old version"
         await asyncio.sleep(0.01)
+
+
+async def test_stale_while_revalidate_refreshes_once_across_two_nodes(
+    origin: CountingOrigin, nodes: Nodes, marker: str
+) -> None:
+    """Past its ttl, 20 concurrent GETs split over two nodes sharing Redis are answered
+    from the stale entry; the origin sees one refresh, and both nodes then serve it."""
+    cache = {"ttl": 0.3, "stale_while_revalidate": 30}
+    a = await nodes.start(node_settings(origin.url, REDIS_URL, cache))
+    b = await nodes.start(node_settings(origin.url, REDIS_URL, cache))
+    path = f"/c/{marker}"
+    assert (await fetch(a, path))[1] == "MISS"
+    assert (await fetch(b, path))[1] == "HIT-L2"  # both nodes hold it in L1
+    await asyncio.sleep(0.35)
+    replies = await asyncio.gather(*(fetch((a, b)[i % 2], path) for i in range(20)))
+    assert {status for status, _, _ in replies} == {200}
+    assert "STALE" in {label for _, label, _ in replies}
+    caches = [route_cache(node) for node in (a, b)]
+    await wait_for(lambda: not any(c.tasks for c in caches), 2, "the refreshes to end")
+    assert origin.gets[f"/{marker}"] == 2  # the fill and one refresh
+    for node in (a, b):
+        assert (await fetch(node, path))[2]["count"] == 2
 
 
 async def test_no_store_is_never_cached(origin: CountingOrigin, nodes: Nodes, marker: str) -> None:
@@ -99,6 +159,18 @@ async def test_stale_if_error_when_the_origin_dies(
     await origin.stop()
     status, label, stale = await fetch(node, path)
     assert (status, label, stale) == (200, "STALE", body)
+
+
+async def test_a_failing_target_answers_with_x_cache(
+    origin: CountingOrigin, nodes: Nodes, marker: str
+) -> None:
+    """The origin is gone and nothing is stored: the 502 (a Rejected raised inside the
+    cache) carries X-Cache, MISS for a GET and BYPASS for a write."""
+    node = await nodes.start(node_settings(origin.url, REDIS_URL))
+    await origin.stop()
+    path = f"/c/{marker}"
+    assert (await fetch(node, path))[:2] == (502, "MISS")
+    assert (await fetch(node, path, "PUT", data=b"x"))[:2] == (502, "BYPASS")
 
 
 async def test_large_replies_pass_through(

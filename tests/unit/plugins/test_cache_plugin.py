@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from node.call import Call, Reply
-from node.errors import BackendUnavailable, BadGateway, CircuitOpen
+from node.errors import BackendUnavailable, BadGateway, CircuitOpen, Rejected
 from node.schema import build
 from plugins.cache.fill import Filler
 from plugins.cache.plugin import ResponseCache
@@ -163,12 +163,13 @@ async def test_failure_without_stale_keeps_the_error(clock: Clock) -> None:
     assert caught.value.headers["X-Cache"] == "MISS"
 
 
-async def test_write_invalidates_the_path(clock: Clock) -> None:
-    """A PUT goes to the target, is labelled BYPASS, and drops the path everywhere."""
+@pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])
+async def test_write_invalidates_the_path(clock: Clock, method: str) -> None:
+    """A write goes to the target, is labelled BYPASS, and drops the path everywhere."""
     cache, invalidated = make(clock)
     origin = Origin()
     await get(cache, origin)
-    reply = await get(cache, origin, method="PUT")
+    reply = await get(cache, origin, method=method)
     assert reply.headers["X-Cache"] == "BYPASS" and invalidated == [("path", "/x")]
 
 
@@ -210,6 +211,88 @@ async def test_hit_ratio_gauge(clock: Clock) -> None:
     assert cache.snapshot()["gauges"]["hit_ratio"] == 0.75
 
 
+async def test_coalesced_waiters_are_not_hits(clock: Clock) -> None:
+    """20 concurrent cold GETs on one node: 1 miss and 19 coalesced, no hit; the ratio
+    counts them as lookups only, and the next GET is the first real hit."""
+    cache, _ = make(clock)
+    origin = Origin()
+    origin.delay = 0.05
+    replies = await asyncio.gather(*(get(cache, origin) for _ in range(20)))
+    assert sorted(r.headers["X-Cache"] for r in replies) == ["HIT-L1"] * 19 + ["MISS"]
+    snapshot = cache.snapshot()
+    counters = snapshot["counters"]
+    assert (counters["misses"], counters["coalesced"], counters["hits_l1"]) == (1, 19, 0)
+    assert counters["lookups"] == 20 and snapshot["gauges"]["hit_ratio"] == 0.0
+    await get(cache, origin)
+    snapshot = cache.snapshot()
+    assert snapshot["counters"]["hits_l1"] == 1 and snapshot["counters"]["lookups"] == 21
+    assert snapshot["gauges"]["hit_ratio"] == round(1 / 21, 4)
+
+
+class SlowL2(MemoryL2):
+    """An L2 whose reads take 20 ms, so concurrent readers of one key overlap."""
+
+    async def get(self, key: str) -> bytes | None:
+        await asyncio.sleep(0.02)
+        return await super().get(key)
+
+
+async def test_waiters_on_an_l2_read_count_as_l2_hits(clock: Clock) -> None:
+    """A warm key in L2, cold in this node's L1: 5 concurrent GETs share one L2 read,
+    and all 5 are L2 hits (served from the store, not from the target)."""
+    settings = build(CacheSettings, {"ttl": 10}, "cache")
+    l2 = SlowL2()
+    first = ResponseCache(settings, "/r", Filler(l2, 5), None, clock)  # type: ignore[arg-type]
+    origin = Origin()
+    await get(first, origin)
+    other = ResponseCache(settings, "/r", Filler(l2, 5), None, clock)  # type: ignore[arg-type]
+    await asyncio.gather(*(get(other, origin) for _ in range(5)))
+    counters = other.snapshot()["counters"]
+    assert (counters["hits_l2"], counters["coalesced"], counters["misses"]) == (5, 0, 0)
+    assert other.snapshot()["gauges"]["hit_ratio"] == 1.0 and origin.calls == 1
+
+
+async def test_stale_and_bypass_are_lookups_not_hits(clock: Clock) -> None:
+    """A miss, a hit, then a STALE: hit_ratio 1/3; a write (BYPASS) is no lookup."""
+    cache, _ = make(clock, stale_while_revalidate=30)
+    origin = Origin()
+    await get(cache, origin)
+    await get(cache, origin)
+    clock.now += 11
+    assert (await get(cache, origin)).headers["X-Cache"] == "STALE"
+    await asyncio.gather(*cache.tasks)
+    await get(cache, origin, method="PUT")
+    snapshot = cache.snapshot()
+    assert snapshot["counters"]["lookups"] == 3 and snapshot["counters"]["bypass"] == 1
+    assert snapshot["gauges"]["hit_ratio"] == round(1 / 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("method", "label"),
+    [
+        ("GET", "MISS"),
+        ("HEAD", "MISS"),
+        ("PUT", "BYPASS"),
+        ("POST", "BYPASS"),
+        ("OPTIONS", "BYPASS"),
+    ],
+)
+async def test_a_rejected_target_passes_through_labelled(
+    clock: Clock, method: str, label: str
+) -> None:
+    """The target raises Rejected (its reply is made outside the cache): it passes through
+    unchanged but for X-Cache in its headers, and the dict its raiser passed is not touched."""
+    cache, invalidated = make(clock)
+    origin = Origin()
+    shared = {"Retry-After": "1"}
+    origin.failure = Rejected("no", status=418, code="teapot", headers=shared)
+    with pytest.raises(Rejected) as caught:
+        await get(cache, origin, method=method)
+    assert caught.value is origin.failure and caught.value.status == 418
+    assert caught.value.headers == {"Retry-After": "1", "X-Cache": label}
+    assert shared == {"Retry-After": "1"} and invalidated == []
+
+
 class DownL2(MemoryL2):
     """An L2 whose backend is unreachable: every call raises BackendUnavailable."""
 
@@ -243,6 +326,17 @@ async def test_stale_refresh_happens_with_l2_down(clock: Clock) -> None:
     assert (await get(cache, origin)).body == b"v2"
 
 
+async def test_a_rejected_target_is_labelled_bypass_with_l2_down(clock: Clock) -> None:
+    """Redis away: a GET whose target raises Rejected carries X-Cache: BYPASS."""
+    settings = build(CacheSettings, {"ttl": 10}, "cache")
+    cache = ResponseCache(settings, "/r", Filler(DownL2(), 5), None, clock)  # type: ignore[arg-type]
+    origin = Origin()
+    origin.failure = BadGateway("down")
+    with pytest.raises(BadGateway) as caught:
+        await get(cache, origin)
+    assert caught.value.headers["X-Cache"] == "BYPASS"
+
+
 def two_nodes(clock: Clock) -> tuple[ResponseCache, ResponseCache]:
     """Two plugins ("nodes") sharing one L2, as two nodes share Redis."""
     settings = build(CacheSettings, {"ttl": 10}, "cache")
@@ -273,3 +367,55 @@ async def test_waiters_stop_waiting_when_the_fill_is_not_storable(clock: Clock) 
     await asyncio.gather(get(a, origin), get(b, origin))
     assert origin.calls == 2
     assert asyncio.get_running_loop().time() - started < 1.0  # far from lock_timeout (5 s)
+
+
+class FakeTime:
+    """A monotonic clock that only `sleep` moves: a wait of seconds takes no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def test_lock_timeout_then_one_fetch(clock: Clock) -> None:
+    """Another node holds the fill lock and never fills: after lock_timeout (waited on the
+    fake clock) this node fetches once for its 5 concurrent requests; lock_timeouts == 1."""
+    settings = build(CacheSettings, {"ttl": 10, "lock_timeout": 2}, "cache")
+    l2, time = MemoryL2(), FakeTime()
+    filler = Filler(l2, settings.lock_timeout, sleep=time.sleep, monotonic=time.monotonic)
+    cache = ResponseCache(settings, "/r", filler, None, clock)  # type: ignore[arg-type]
+    key = cache.key.of(Call("GET", "/x"))
+    assert await l2.lock(key, "another-node", 60)
+    origin = Origin()
+    replies = await asyncio.gather(*(get(cache, origin) for _ in range(5)))
+    assert origin.calls == 1 and {r.body for r in replies} == {b"v1"}
+    assert time.now == pytest.approx(2.0) and max(time.slept) <= 0.1  # polled, not one nap
+    counters = cache.snapshot()["counters"]
+    assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
+    assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L1"  # the fetch was stored
+
+
+async def test_stale_refresh_is_one_origin_call_across_nodes(clock: Clock) -> None:
+    """Both nodes serve STALE and start a refresh; one node's refresh finishes before the
+    other's takes the lock, which then finds the fresh entry in L2: one origin call."""
+    settings = build(CacheSettings, {"ttl": 10, "stale_while_revalidate": 30}, "cache")
+    l2 = MemoryL2()
+    a, b = (ResponseCache(settings, "/r", Filler(l2, 5), None, clock) for _ in range(2))  # type: ignore[arg-type]
+    origin = Origin()
+    await get(a, origin)
+    await get(b, origin)
+    clock.now += 11
+    replies = [await get(node, origin) for node in (a, b)]
+    assert [r.headers["X-Cache"] for r in replies] == ["STALE", "STALE"]
+    await asyncio.gather(*a.tasks)
+    await asyncio.gather(*b.tasks)
+    assert origin.calls == 2  # the fill, then one refresh
+    assert [(await get(node, origin)).body for node in (a, b)] == [b"v2", b"v2"]
