@@ -109,6 +109,29 @@ async def test_failing_upstream_trips_then_recovers(start: Start, upstream: Upst
     assert (member["state"], member["trips"], member["probes"]) == ("closed", 1, 1)
 
 
+async def test_an_upstream_that_only_times_out_trips_the_breaker(
+    start: Start, upstream: Upstream
+) -> None:
+    """Every call outlives the pool's timeout (504, no failure status ever): after
+    min_requests the circuit opens and the next call is a 503 without an upstream call."""
+    table = {"open_seconds": 30, "min_requests": 3}
+    node = await start(settings([upstream.url], breaker=table, pool={"timeout": 0.1}))
+    try:
+        for _ in range(3):
+            async with node.get("/api/slow/5") as response:
+                assert response.status == 504
+        seen = len(upstream.seen)
+        async with node.get("/api/slow/5") as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "circuit_open"
+            assert "Retry-After" in response.headers
+        assert len(upstream.seen) == seen == 3
+        member = pool_of(node).snapshot()["members"][0]  # type: ignore[index]
+        assert (member["state"], member["timeouts"], member["failures"]) == ("open", 3, 0)
+    finally:
+        upstream.release.set()  # the held handlers finish
+
+
 @pytest.mark.parametrize("breaker", [None, {}], ids=["plain pool", "breaker defaults"])
 async def test_pool_with_a_dead_member_answers_every_request(
     start: Start,
