@@ -114,15 +114,35 @@ def merge_plugins(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return plugins
 
 
+POOL_COUNTERS = ("retries", "budget_exhausted", "rerouted", "rejected")
+MEMBER_COUNTERS = ("trips", "rejections", "probes")
+
+
 def merge_upstreams(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per pool and member: summed rates, error %, and breaker state as "k of N nodes"."""
+    """Per pool and member: summed rates and counters, error %, breaker state as "k of N
+    nodes", and the ring's balance as the worst deviation any node reports."""
     pools: dict[str, Any] = {}
     for record in records:
         for pool, snap in (record.get("upstreams") or {}).items():
             merged = pools.setdefault(
-                pool, {"balance": snap.get("balance", ""), "nodes": 0, "members": {}}
+                pool,
+                {
+                    "balance": snap.get("balance", ""),
+                    "nodes": 0,
+                    "counters": dict.fromkeys(POOL_COUNTERS, 0),
+                    "rates": dict.fromkeys(POOL_COUNTERS, 0.0),
+                    "ring_max_deviation": None,
+                    "members": {},
+                },
             )
             merged["nodes"] += 1
+            for key in POOL_COUNTERS:
+                merged["counters"][key] += snap.get(key) or 0
+                merged["rates"][key] += (snap.get("rates") or {}).get(key, 0.0)
+            deviation = snap.get("ring_max_deviation")
+            if deviation is not None:
+                worst = merged["ring_max_deviation"]
+                merged["ring_max_deviation"] = deviation if worst is None else max(worst, deviation)
             for member in snap.get("members", []):
                 m = merged["members"].setdefault(
                     member["url"],
@@ -135,6 +155,7 @@ def merge_upstreams(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                         "rps": 0.0,
                         "errors_rps": 0.0,
                         "in_flight": 0,
+                        **dict.fromkeys(MEMBER_COUNTERS, 0),
                     },
                 )
                 state = member.get("state", "closed")  # before breakers: always closed
@@ -146,6 +167,8 @@ def merge_upstreams(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 m["rps"] += rates.get("requests", 0.0)
                 m["errors_rps"] += rates.get("errors", 0.0)
                 m["in_flight"] += member.get("in_flight", 0)
+                for key in MEMBER_COUNTERS:
+                    m[key] += member.get(key) or 0
     for merged in pools.values():
         members = list(merged["members"].values())
         for m in members:

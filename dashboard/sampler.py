@@ -19,6 +19,8 @@ from typing import Any
 from dashboard.aggregate import quantile
 from node.metrics import LATENCY_BOUNDS, NodeStats
 
+# Pool-level counters of an upstream snapshot that get per-second rates like the members'.
+POOL_COUNTERS = ("retries", "budget_exhausted", "rerouted", "rejected")
 WINDOW = 10.0  # seconds of readings kept: the "last 10 s" of every rate
 MIN_INTERVAL = 0.04  # seconds; a second caller within this gets the cached snapshot
 MAX_READINGS = 256  # bounds the ring whatever the callers' pace (10 s at 0.05 s apart)
@@ -35,7 +37,7 @@ class Reading:
     requests: int
     statuses: tuple[int, ...]  # per STATUS_CLASSES
     buckets: tuple[int, ...]  # per LATENCY_BOUNDS, +Inf last
-    counters: dict[str, float]  # "plugin|route|counter" and "pool|url|requests" etc.
+    counters: dict[str, float]  # "plugin|route|counter", "pool|url|requests", "pool||retries"...
 
 
 def rss_bytes() -> int:
@@ -85,6 +87,8 @@ class NodeSampler:
                 counters[f"{plugin.name}|{route_label}|{key}"] = value
         pools = self.pools()
         for pool, snap in pools.items():
+            for key in POOL_COUNTERS:
+                counters[f"{pool}||{key}"] = snap.get(key, 0)
             for member in snap.get("members", []):
                 prefix = f"{pool}|{member['url']}|"
                 counters[prefix + "requests"] = member.get("requests", 0)
@@ -135,6 +139,12 @@ class NodeSampler:
                 for key, value in entry.get("counters", {}).items()
             }
         for pool, snap in pools.items():
+            snap["rates"] = {
+                key: rate(
+                    now.counters[f"{pool}||{key}"], first.counters.get(f"{pool}||{key}", 0), span
+                )
+                for key in POOL_COUNTERS
+            }
             for member in snap.get("members", []):
                 prefix = f"{pool}|{member['url']}|"
                 member["rates"] = {

@@ -126,6 +126,7 @@ class UpstreamSettings:
     retry_budget: float = 0.2  # retries may be this fraction of requests (at least 3 a second)
     ring_points: int = DEFAULT_POINTS  # balance = "hash": ring points per member
     load_factor: float = 0.0  # balance = "hash": bounded load (e.g. 1.25); 0 = off
+    weights: tuple[int, ...] = ()  # balance = "hash": one per target, ring points in proportion
 
     def check(self, path: str) -> None:
         require(bool(self.targets), join(path, "targets"), "must name at least one URL")
@@ -147,6 +148,19 @@ class UpstreamSettings:
             join(path, "load_factor"),
             "must be 0 (off) or > 1",
         )
+        if self.weights:
+            require(
+                self.balance == "hash",
+                join(path, "weights"),
+                f'apply to balance = "hash" only (this pool balances {self.balance})',
+            )
+            require(
+                len(self.weights) == len(self.targets),
+                join(path, "weights"),
+                f"must give one weight per target ({len(self.targets)}), got {len(self.weights)}",
+            )
+            for i, weight in enumerate(self.weights):
+                require(weight >= 1, join(join(path, "weights"), i), f"must be >= 1, got {weight}")
         names = [urlsplit(url).netloc for url in self.targets]
         require(len(set(names)) == len(names), join(path, "targets"), "must not repeat a host:port")
 

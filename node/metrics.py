@@ -205,7 +205,7 @@ def resilience_families() -> Families:
         ),
         "pool_ring_max_deviation": GaugeMetricFamily(
             "scalenode_upstream_pool_ring_max_deviation",
-            "The hash ring's worst member share relative to a fair one (0.06 = 6 % off).",
+            "The hash ring's worst member share against its weighted fair one (0.06 = 6 % off).",
             labels=pool,
         ),
     }

@@ -51,7 +51,11 @@ class HashRing:
             raise ValueError("member names must be unique")
         self.names = tuple(names)
         weights = tuple(weights) if weights is not None else (1,) * len(names)
+        if len(weights) != len(names) or min(weights) < 1:
+            raise ValueError("one weight >= 1 per member")
+        self.weights = weights
         total = sum(weights)
+        self.fair = [weight / total for weight in weights]  # each member's due share of keys
         per_member = points // POINTS_PER_DIGEST
         placed: dict[int, int] = {}
         for index, (name, weight) in enumerate(zip(self.names, weights, strict=True)):
@@ -85,16 +89,19 @@ class HashRing:
                     return
 
     def bounded(self, key: str, loads: Sequence[int], factor: float) -> Iterator[int]:
-        """`walk`, but members whose load is over `factor` times the fair share come last.
+        """`walk`, but members whose load is over `factor` times their fair share come last.
 
         Consistent hashing with bounded loads (Mirrokni et al., as Envoy's
         hash_balance_factor and HAProxy's hash-balance-factor): a member may carry at most
-        ceil(factor * (total + 1) / members); a busier one passes the key on along the ring.
+        ceil(factor * (total + 1) * weight / total weight), which is
+        ceil(factor * (total + 1) / members) at equal weights; a busier one passes the key
+        on along the ring.
         """
         order = list(self.walk(key))
-        cap = -(-factor * (sum(loads) + 1) // len(self.names))
-        light = [i for i in order if loads[i] + 1 <= cap]
-        return iter(light + [i for i in order if loads[i] + 1 > cap])
+        room, total = factor * (sum(loads) + 1), sum(self.weights)
+        caps = [-(-room * weight // total) for weight in self.weights]
+        light = [i for i in order if loads[i] + 1 <= caps[i]]
+        return iter(light + [i for i in order if loads[i] + 1 > caps[i]])
 
     def shares(self) -> list[float]:
         """Each member's fraction of the circle (what share of keys it owns); computed once."""

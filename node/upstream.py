@@ -224,7 +224,11 @@ class UpstreamPool:
         self.pick = self._least_conn if settings.balance == "least_conn" else self._round_robin
         self.ring: HashRing | None = None
         if settings.balance == "hash":
-            self.ring = HashRing([m.name for m in self.members], points=settings.ring_points)
+            self.ring = HashRing(
+                [m.name for m in self.members],
+                settings.weights or None,
+                points=settings.ring_points,
+            )
         self.failover = Failover(self)
         self.send = self._send_plain
         if self.ring is not None or settings.retries or settings.health is not None:
@@ -291,7 +295,8 @@ class UpstreamPool:
         return reply
 
     def snapshot(self) -> dict[str, object]:
-        shares = self.ring.shares() if self.ring is not None else None
+        ring = self.ring
+        shares = ring.shares() if ring is not None else None
         failover = self.failover
         return {
             "balance": self.settings.balance,
@@ -299,9 +304,12 @@ class UpstreamPool:
             "budget_exhausted": failover.budget.exhausted,
             "rejected": failover.rejected,
             "rerouted": failover.rerouted,
-            # hash pools: the worst member's distance from a fair share (0.06 = 6 % off)
+            # hash pools: the worst member's distance from its fair share, which is in
+            # proportion to its weight (0.06 = 6 % off)
             "ring_max_deviation": (
-                max(abs(share * len(shares) - 1) for share in shares) if shares else None
+                max(abs(share / fair - 1) for share, fair in zip(shares, ring.fair, strict=True))
+                if shares and ring is not None
+                else None
             ),
             "members": [
                 member_snapshot(m, shares[i] if shares else None)

@@ -292,6 +292,28 @@
     if (m.half_open > 0) return ["◆", "state-warn", `${m.half_open} of ${m.nodes} half-open`];
     return ["●", "state-ok", `0 of ${m.nodes} nodes open`];
   }
+  // The pool's resilience counters, each only once it has happened on a reporting node (the
+  // ring's balance only for hash pools): a rate over the last 10 s, the total in its tooltip.
+  const POOL_STATS = [["retries", "retries", ""], ["budget_exhausted", "budget exhausted", "state-warn"],
+                      ["rerouted", "rerouted", ""], ["rejected", "rejected 503", "state-bad"]];
+  function poolStats(p) {
+    const c = p.counters || {}, r = p.rates || {};
+    const items = POOL_STATS.filter(([k]) => (c[k] || 0) > 0).map(([k, label, warn]) => {
+      const cls = (r[k] || 0) > 0 ? warn : "";
+      return `<span class="${cls}" title="${(c[k] || 0).toLocaleString()} since start, summed over nodes">${label} ${fmtRate(r[k] || 0)}/s</span>`;
+    });
+    if (p.balance === "hash" && p.ring_max_deviation != null) {
+      const dev = p.ring_max_deviation * 100;
+      items.push(`<span class="${level(dev, 10, 25)}" title="the worst member's distance from its fair share of the ring, worst node">ring ±${fix(dev, 1)} %</span>`);
+    }
+    return items.length ? `<div class="pstats">${items.join('<span class="sep">·</span>')}</div>` : "";
+  }
+  function memberCounts(m) {
+    const parts = [];
+    if (m.trips > 0) parts.push(`${m.trips.toLocaleString()} trip${m.trips === 1 ? "" : "s"}`);
+    if (m.rejections > 0) parts.push(`${m.rejections.toLocaleString()} rejected`);
+    return parts.length ? `<span class="counts" title="since start, summed over nodes">${parts.join(" · ")}</span>` : "";
+  }
   function renderUpstreams(f) {
     const pools = f.cluster.upstreams || {};
     const H = state.hist;
@@ -300,13 +322,13 @@
       const members = p.members.map((m) => {
         const [icon, cls, text] = breaker(m);
         const health = m.unhealthy > 0 ? `<span class="state-warn">▲ ${m.unhealthy} unhealthy</span>` : '<span class="state-ok">healthy</span>';
-        return `<div class="member"><div class="url" title="${esc(m.url)}">${esc(m.url)}</div>
+        return `<div class="member"><div class="mhead"><span class="url" title="${esc(m.url)}">${esc(m.url)}</span>${memberCounts(m)}</div>
           <div class="mrow"><span class="${cls}">${icon} ${text}</span>${health}<span class="r">${fmtRate(m.rps)} req/s · ${fix(m.error_pct, 1)} % err</span></div></div>`;
       }).join("");
       return `<div class="card"><h4>${esc(name)} <span class="hint">${esc(p.balance)} · ${p.nodes} node(s)</span></h4>
         <div class="big2"><div><span>requests</span>${fmtRate(p.rps)}<small class="hint">/s</small></div>
         <div class="${level(p.error_pct, 1, 5)}"><span>errors</span>${fix(p.error_pct, 1)}<small class="hint">%</small></div></div>
-        <canvas class="vol" data-pool="${esc(name)}"></canvas>${members}</div>`;
+        ${poolStats(p)}<canvas class="vol" data-pool="${esc(name)}"></canvas>${members}</div>`;
     }).join("");
     $("upstreams").innerHTML = html || '<div class="card empty">No upstream pool configured on the reporting nodes.</div>';
     document.querySelectorAll("canvas.vol").forEach((cv) => {

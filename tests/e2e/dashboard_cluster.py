@@ -10,9 +10,33 @@ from pathlib import Path
 REPO_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-def cluster_config(name: str, redis_url: str, upstream_port: int) -> str:
+def cluster_config(
+    name: str, redis_url: str, upstream_port: int, dead_port: int | None = None
+) -> str:
     """A node with a rate-limited handler route, an upstream pool behind a breaker and a cached
-    route (so every tile has data)."""
+    route (so every tile has data); with `dead_port`, also a hash pool `shop` whose second
+    member never answers, behind `/shop/` (its card shows retries, a trip and the ring)."""
+    return _base_config(name, redis_url, upstream_port) + (
+        "" if dead_port is None else _shop_config(upstream_port, dead_port)
+    )
+
+
+def _shop_config(upstream_port: int, dead_port: int) -> str:
+    return f"""
+[upstreams.shop]
+targets = ["http://127.0.0.1:{upstream_port}", "http://127.0.0.1:{dead_port}"]
+balance = "hash"
+retries = 1
+
+[[routes]]
+path = "/shop/{{tail:.*}}"
+target = "upstream:shop"
+strip_prefix = "/shop"
+breaker = {{ open_seconds = 30 }}
+"""
+
+
+def _base_config(name: str, redis_url: str, upstream_port: int) -> str:
     return f"""
 [node]
 name = "{name}"

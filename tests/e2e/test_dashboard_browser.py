@@ -41,15 +41,26 @@ NODE_RPS = """(name) => {
 }"""
 
 
+# The `shop` pool's card shows its retries and ring balance, and its dead member's trip.
+SHOP_CARD = """(() => {
+    const card = [...document.querySelectorAll('#upstreams .card')]
+        .find(c => c.querySelector('h4').textContent.startsWith('shop'));
+    const stats = card && card.querySelector('.pstats');
+    return !!stats && /retries \\d/.test(stats.textContent) && stats.textContent.includes('ring ±')
+        && card.textContent.includes('1 trip');
+})()"""
+
+
 def node_rps(page: Page, name: str) -> float:
     return page.evaluate(NODE_RPS, name)
 
 
 def test_dashboard_follows_the_cluster(start_node, write_config, redis_server, page):
-    """Node 1's page: 2 instances, node 2's traffic in its row, 1 instance after SIGKILL."""
+    """Node 1's page: 2 instances, node 2's traffic in its row, its hash pool's retries, ring
+    balance and tripped member in their card, 1 instance after SIGKILL."""
     page, errors = page
-    port1, port2 = free_port(), free_port()
-    config1 = write_config(cluster_config("node-1", redis_server.url, port2), "n1.toml")
+    port1, port2, dead = free_port(), free_port(), free_port()
+    config1 = write_config(cluster_config("node-1", redis_server.url, port2, dead), "n1.toml")
     config2 = write_config(cluster_config("node-2", redis_server.url, port1), "n2.toml")
     start_node("--config", str(config1), port=port1)
     node2 = start_node("--config", str(config2), "--role", "gateway", port=port2)
@@ -62,11 +73,14 @@ def test_dashboard_follows_the_cluster(start_node, write_config, redis_server, p
         Traffic(port2, "/hello", 120),
         Traffic(port1, "/via/hello", 40),
         Traffic(port1, "/cached/hello", 40),
+        Traffic(port1, "/shop/hello", 40),
     ):
         page.wait_for_function(
             f"(({NODE_RPS})('node-2') >= 20) && (({NODE_RPS})('node-1') > 0)", timeout=WAIT_MS
         )
         assert node_rps(page, "node-2") > node_rps(page, "node-1") > 0
+        # The hash pool with a dead member: retries, the ring's balance, the dead one's trip.
+        page.wait_for_function(SHOP_CARD, timeout=WAIT_MS)
         page.get_by_role("button", name="1 min").click()
         page.wait_for_timeout(2500)  # a few more points on the charts
         REPO_ARTIFACTS.mkdir(exist_ok=True)

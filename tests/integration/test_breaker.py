@@ -16,11 +16,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from testkit.servers import RedisServer
 
-from node.app import POOLS, build_app
+from node import bus as cluster_bus
+from node.app import POOLS, RESOURCES, build_app
 from node.config import Settings
 from node.keys import BREAKER_PROBES, BREAKER_TRIPS
 from node.schema import build
 from node.upstream import UpstreamPool
+from plugins.breaker.shared import TripExchange
 
 from .conftest import Upstream, UpstreamFactory
 
@@ -105,6 +107,29 @@ async def test_failing_upstream_trips_then_recovers(start: Start, upstream: Upst
     assert await statuses(node, 3) == [200] * 3
     member = pool_of(node).snapshot()["members"][0]  # type: ignore[index]
     assert (member["state"], member["trips"], member["probes"]) == ("closed", 1, 1)
+
+
+async def test_an_upstream_that_only_times_out_trips_the_breaker(
+    start: Start, upstream: Upstream
+) -> None:
+    """Every call outlives the pool's timeout (504, no failure status ever): after
+    min_requests the circuit opens and the next call is a 503 without an upstream call."""
+    table = {"open_seconds": 30, "min_requests": 3}
+    node = await start(settings([upstream.url], breaker=table, pool={"timeout": 0.1}))
+    try:
+        for _ in range(3):
+            async with node.get("/api/slow/5") as response:
+                assert response.status == 504
+        seen = len(upstream.seen)
+        async with node.get("/api/slow/5") as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "circuit_open"
+            assert "Retry-After" in response.headers
+        assert len(upstream.seen) == seen == 3
+        member = pool_of(node).snapshot()["members"][0]  # type: ignore[index]
+        assert (member["state"], member["timeouts"], member["failures"]) == ("open", 3, 0)
+    finally:
+        upstream.release.set()  # the held handlers finish
 
 
 @pytest.mark.parametrize("breaker", [None, {}], ids=["plain pool", "breaker defaults"])
@@ -210,6 +235,68 @@ async def test_a_trip_on_one_node_stops_the_other_within_100_ms(
         assert sorted(c.state_name for c in circuits) == ["half_open", "open"]  # type: ignore[union-attr]
     finally:
         await redis_client.delete(BREAKER_TRIPS + circuit_name, BREAKER_PROBES + circuit_name)
+
+
+def exchange_of(client: TestClient) -> TripExchange:
+    return client.app[RESOURCES].shared("breaker.exchange", dict)  # type: ignore[index,return-value]
+
+
+async def test_a_node_that_starts_after_a_trip_opens_the_member_at_once(
+    start: Start, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    """Node A trips a member; node B, started afterwards (the trip's pub/sub message long
+    gone), reads the trip's key on start: its very first request is a 503 circuit_open
+    with Retry-After, and the upstream never hears from B."""
+    table = {"open_seconds": 30, "min_requests": 5, "shared": True}
+    a = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="a"))
+    assert await statuses(a, 5, **FAIL) == [500] * 5
+    name = pool_of(a).members[0].circuit.name  # type: ignore[union-attr]
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        deadline = time.monotonic() + 2.0
+        while await client.pttl(BREAKER_TRIPS + name) <= 0:  # written just after the trip
+            assert time.monotonic() < deadline, "no trip key"
+            await asyncio.sleep(0.005)
+    finally:
+        await client.aclose()
+    seen = len(upstream.seen)
+    b = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="b"))
+    async with b.get("/api/x") as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "circuit_open"
+        assert 25 <= int(response.headers["Retry-After"]) <= 30
+    assert len(upstream.seen) == seen
+    member = pool_of(b).snapshot()["members"][0]  # type: ignore[index]
+    assert (member["state"], member["trips"], member["rejections"]) == ("open", 1, 1)
+    assert exchange_of(b).heard == 0  # learned from the key, not from a message
+
+
+async def test_a_trip_missed_while_the_bus_was_down_is_read_on_reconnect(
+    start: Start, upstream: Upstream, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's subscriber connection is cut when A trips: B misses the message, and on
+    resubscribing (resync) reads the trip's key and opens the member."""
+    monkeypatch.setattr(cluster_bus, "RECONNECT_INTERVAL", 1.5)  # time for A's trip meanwhile
+    table = {"open_seconds": 30, "min_requests": 5, "shared": True}
+    a = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="a"))
+    b = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="b"))
+    bus_b = b.app[RESOURCES].bus  # type: ignore[index]
+    circuit_b = pool_of(b).members[0].circuit
+    assert circuit_b is not None
+    await eventually(lambda: bus_b.connected)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.client_kill_filter(_type="pubsub")  # every subscriber, A's and B's
+    finally:
+        await client.aclose()
+    await eventually(lambda: not bus_b.connected, within=2.0)
+    assert await statuses(a, 5, **FAIL) == [500] * 5  # published to nobody; the key stays
+    assert circuit_b.state_name == "closed"
+    await eventually(lambda: bus_b.connected and circuit_b.state_name == "open", within=3.0)
+    assert exchange_of(b).heard == 0
+    seen = len(upstream.seen)
+    assert await statuses(b, 2) == [503, 503]
+    assert len(upstream.seen) == seen
 
 
 async def test_redis_down_keeps_the_breaker_working_locally(

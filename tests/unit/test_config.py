@@ -137,6 +137,25 @@ ERRORS = {
         UPSTREAM + "load_factor = 0.5",
         "upstreams.users.load_factor: must be 0 (off) or > 1",
     ),
+    "upstream weights without hash": (
+        '[upstreams.users]\ntargets = ["http://a:1", "http://b:1"]\nweights = [2, 1]',
+        'upstreams.users.weights: apply to balance = "hash" only (this pool balances round_robin)',
+    ),
+    "upstream weights count": (
+        '[upstreams.users]\ntargets = ["http://a:1", "http://b:1"]\nbalance = "hash"\n'
+        "weights = [2]",
+        "upstreams.users.weights: must give one weight per target (2), got 1",
+    ),
+    "upstream weight zero": (
+        '[upstreams.users]\ntargets = ["http://a:1", "http://b:1"]\nbalance = "hash"\n'
+        "weights = [2, 0]",
+        "upstreams.users.weights[1]: must be >= 1, got 0",
+    ),
+    "upstream weight not an integer": (
+        '[upstreams.users]\ntargets = ["http://a:1", "http://b:1"]\nbalance = "hash"\n'
+        "weights = [1.5, 1]",
+        "upstreams.users.weights[0]: must be an integer, got a number",
+    ),
     "upstream repeated member": (
         '[upstreams.users]\ntargets = ["http://a:1", "http://a:1/"]',
         "upstreams.users.targets: must not repeat a host:port",

@@ -95,6 +95,22 @@ def test_bounded_load_passes_an_overloaded_owners_key_on() -> None:
     assert next(ring.bounded(key, [1, 1, 1, 1], 1.25)) == owner
 
 
+def test_bounded_load_caps_in_proportion_to_weight() -> None:
+    """A weight-3 member may carry three times a weight-1 member's load before it passes a
+    key on: with 8 calls in flight and factor 1.25, its cap is ceil(1.25 * 9 * 3/6) = 6."""
+    ring = HashRing(MEMBERS[:3], [3, 2, 1])
+    key = next(k for k in KEYS if ring.lookup(k) == 0)
+    assert next(ring.bounded(key, [5, 2, 1], 1.25)) == 0  # 6 <= 6: still its own
+    assert list(ring.bounded(key, [6, 1, 1], 1.25))[-1] == 0  # 7 > 6: tried last
+
+
+def test_a_ring_refuses_weights_that_do_not_fit() -> None:
+    """A weight per member, each at least 1."""
+    for weights in ([1, 2], [1, 0, 1]):
+        with pytest.raises(ValueError):
+            HashRing(MEMBERS[:3], weights)
+
+
 def test_a_ring_needs_unique_members() -> None:
     """No members, or the same name twice, is refused."""
     with pytest.raises(ValueError):

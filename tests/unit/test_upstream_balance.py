@@ -187,3 +187,22 @@ async def test_send_counts_failures_and_timeouts(error, counter):
         await p.send("GET", "/", CIMultiDict(), b"")
     member = p.snapshot()["members"][0]
     assert (member[counter], member["in_flight"], member["requests"]) == (1, 0, 1)
+
+
+async def test_a_weight_two_member_gets_about_twice_the_keys() -> None:
+    """weights = [2, 1, 1] on a hash pool: the first member owns about half of 20000 keys
+    (the ring's points follow the weights), and the pool reports the ring's deviation
+    against those weighted fair shares."""
+    settings = UpstreamSettings(targets=URLS, balance="hash", weights=(2, 1, 1))
+    client = FakeClient()
+    p = UpstreamPool("carts", settings, client)
+    for i in range(20_000):
+        await p.send("GET", "/", CIMultiDict(), b"", f"user-{i}")
+    counts = Counter(client.sent)
+    share = {url: counts[url] / 20_000 for url in URLS}
+    assert share[URLS[0]] == pytest.approx(0.5, rel=0.1)
+    assert share[URLS[1]] == pytest.approx(0.25, rel=0.1)
+    assert share[URLS[2]] == pytest.approx(0.25, rel=0.1)
+    assert counts[URLS[0]] / counts[URLS[1]] == pytest.approx(2.0, rel=0.15)
+    snapshot = p.snapshot()
+    assert snapshot["ring_max_deviation"] < 0.1  # against 50/25/25, not a third each

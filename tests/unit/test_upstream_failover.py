@@ -99,6 +99,24 @@ async def test_failures_trip_the_member_and_calls_move_on() -> None:
     assert (snapshot["state"], snapshot["trips"]) == ("open", 1)
 
 
+async def test_timeouts_alone_trip_the_member() -> None:
+    """A member that never fails outright but always times out (504) trips after
+    min_requests like a failing one; nothing else counts against it."""
+    client = ScriptedClient({URLS[0]: GatewayTimeout("no answer in time")})
+    pool = make_pool(client)
+    guard_pool(pool, BreakerSettings(min_requests=4))
+    timeouts = 0
+    for _ in range(30):
+        try:
+            await send(pool)
+        except GatewayTimeout:
+            timeouts += 1
+    assert timeouts == client.sent.count(URLS[0]) == 4
+    snapshot = pool.snapshot()["members"][0]  # type: ignore[index]
+    assert (snapshot["state"], snapshot["trips"]) == ("open", 1)
+    assert (snapshot["timeouts"], snapshot["failures"]) == (4, 0)
+
+
 @pytest.mark.parametrize("error", [BadGateway("refused"), GatewayTimeout("slow"), 503])
 async def test_idempotent_call_is_retried_on_another_member(error: Exception | int) -> None:
     """A GET failing on a dead member is answered by the next one, and counted as a retry."""

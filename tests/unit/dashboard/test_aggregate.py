@@ -140,3 +140,39 @@ def test_skew_is_flagged_after_a_streak():
         tracker.update(rows, cluster["rps"])
         flags.append([row["skewed"] for row in rows])
     assert flags == [[False, False], [False, False], [True, True]]
+
+
+def test_pool_counters_are_summed_and_ring_deviation_is_the_worst():
+    """Retries, budget exhaustion, reroutes and rejections (totals and rates) add up across
+    nodes, as do each member's trips and rejections; the ring's deviation is the worst one."""
+
+    def pool(deviation, retries, exhausted, trips):
+        member = {"url": "http://u:1", "in_flight": 0, "trips": trips, "rejections": 2 * trips}
+        return {
+            "shop": {
+                "balance": "hash",
+                "retries": retries,
+                "budget_exhausted": exhausted,
+                "rerouted": 1,
+                "rejected": 0,
+                "ring_max_deviation": deviation,
+                "rates": {"retries": retries / 10, "budget_exhausted": exhausted / 10},
+                "members": [member],
+            }
+        }
+
+    a = record("a", upstreams=pool(0.03, retries=20, exhausted=0, trips=1))
+    b = record("b", upstreams=pool(0.06, retries=10, exhausted=5, trips=2))
+    c = record("c", upstreams={"other": {"balance": "round_robin", "members": []}})
+    _, cluster = aggregate([a, b, c], NOW)
+    shop = cluster["upstreams"]["shop"]
+    assert shop["counters"] == {"retries": 30, "budget_exhausted": 5, "rerouted": 2, "rejected": 0}
+    assert shop["rates"]["retries"] == pytest.approx(3.0)
+    assert shop["rates"]["budget_exhausted"] == pytest.approx(0.5)
+    assert shop["rates"]["rerouted"] == 0.0  # absent rates count as none
+    assert shop["ring_max_deviation"] == 0.06
+    (member,) = shop["members"]
+    assert (member["trips"], member["rejections"], member["probes"]) == (3, 6, 0)
+    other = cluster["upstreams"]["other"]
+    assert other["ring_max_deviation"] is None  # not a hash pool: no ring to judge
+    assert other["counters"]["retries"] == 0

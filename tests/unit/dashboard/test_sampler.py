@@ -93,3 +93,27 @@ def test_cpu_percent_from_process_time():
     clock.now += 1.0
     cpu.now += 0.5
     assert sampler.snapshot()["metrics"]["cpu_percent"] == pytest.approx(50.0)
+
+
+def test_upstream_pools_carry_pool_and_member_rates():
+    """A pool's retries, budget exhaustion, reroutes and rejections get per-second rates."""
+    stats, clock = NodeStats(), Clock()
+    counts = {"retries": 0, "budget_exhausted": 0, "rerouted": 0, "rejected": 0}
+    member = {"url": "http://u:1", "requests": 0, "failures": 0, "timeouts": 0}
+
+    def pools() -> dict:
+        return {"shop": {**counts, "members": [dict(member)]}}
+
+    sampler = NodeSampler(stats, pools, clock=clock, cpu_clock=Clock())
+    sampler.snapshot()
+    clock.now += 2.0
+    counts.update(retries=6, budget_exhausted=2, rejected=4)
+    member.update(requests=20, timeouts=1)
+    shop = sampler.snapshot()["upstreams"]["shop"]
+    assert shop["rates"] == {
+        "retries": 3.0,
+        "budget_exhausted": 1.0,
+        "rerouted": 0.0,
+        "rejected": 2.0,
+    }
+    assert shop["members"][0]["rates"] == {"requests": 10.0, "errors": 0.5}
