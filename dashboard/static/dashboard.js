@@ -261,13 +261,16 @@
     const r = p.rates, c = p.counters, g = p.gauges;
     const useRates = ["hits_l1", "hits_l2", "misses"].some((k) => (r[k] || 0) > 0);
     const src = useRates ? r : c;
-    const lookups = (src.hits_l1 || 0) + (src.hits_l2 || 0) + (src.misses || 0) + (src.stale || 0);
+    // The plugin counts every lookup (coalesced waiters, stale and bypass included), so the
+    // ratios here match its own hit_ratio; the sum is for snapshots without that counter.
+    const lookups = src.lookups != null ? src.lookups
+      : (src.hits_l1 || 0) + (src.hits_l2 || 0) + (src.misses || 0) + (src.stale || 0);
     return `<div class="card"><h4>Cache <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes · ${useRates ? "last 10 s" : "since start"}</span></h4>
       <div class="big2"><div><span>L1 hit ratio</span>${pct(src.hits_l1 || 0, lookups)}<small class="hint">%</small></div>
       <div><span>L2 hit ratio</span>${pct(src.hits_l2 || 0, lookups)}<small class="hint">%</small></div>
       <div><span>misses</span>${fmtRate(r.misses || 0)}<small class="hint">/s</small></div></div>
       <div class="kv">${kvRows([["stale served", fmtRate(r.stale || 0), "/s"], ["bypass", fmtRate(r.bypass || 0), "/s"],
-        ["evictions", fmtRate(r.evictions || 0), "/s"], ["lock waits", fmtRate(r.lock_waits || 0), "/s"],
+        ["evictions", fmtRate(r.evictions || 0), "/s"], ["lock waits", fmtRate(r.lock_waits || 0), "/s"], ["coalesced", fmtRate(r.coalesced || 0), "/s"],
         ["L1 entries", (g.l1_entries || 0).toLocaleString(), ""], ["L1 size", fmtBytes(g.l1_bytes || 0), ""]])}</div></div>`;
   }
   function genericCard(name, p, nodes) {
