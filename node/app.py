@@ -11,7 +11,7 @@ from dashboard import build_dashboard
 from dashboard.sampler import NodeSampler
 from node.admin import admin_app
 from node.backends import build_probes
-from node.config import Settings, UpstreamSettings, route_methods
+from node.config import Settings, route_methods
 from node.errors import ConfigError
 from node.fastclient import FastClient
 from node.health import health_context
@@ -24,6 +24,7 @@ from node.schema import join
 from node.system import add_system_routes
 from node.targets import build_target
 from node.upstream import AiohttpClient, UpstreamClient, UpstreamPool, close_pools
+from node.upstream_settings import UpstreamSettings
 
 STATS = web.AppKey("stats", NodeStats)
 POOLS = web.AppKey("pools", dict[str, UpstreamPool])

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from multidict import CIMultiDict
 
-from node.config import UpstreamSettings
 from node.errors import BadGateway, GatewayTimeout, Rejected
 from node.exchange import PAUSE_AT
 from node.fastclient import FastClient
+from node.upstream_settings import UpstreamSettings
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -9,12 +9,12 @@ import orjson
 import pytest
 
 from node.call import Call, Reply
-from node.config import UpstreamSettings
 from node.errors import ConfigError
 from node.forwarding import TrustedProxies
 from node.proxy import UpstreamProxy
 from node.targets import build_target, handler_target, import_handler
 from node.upstream import UpstreamPool
+from node.upstream_settings import UpstreamSettings
 
 PATH = "routes[0].target"
 

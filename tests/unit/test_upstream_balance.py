@@ -9,9 +9,9 @@ import pytest
 from multidict import CIMultiDict
 
 from node.call import Reply
-from node.config import UpstreamSettings
 from node.errors import BadGateway, GatewayTimeout
 from node.upstream import HOP_BY_HOP, UpstreamPool, end_to_end
+from node.upstream_settings import UpstreamSettings
 
 URLS = ("http://a:1", "http://b:1", "http://c:1")
 STANDARD = [

@@ -10,11 +10,11 @@ import pytest
 from multidict import CIMultiDict
 
 from node.call import Reply
-from node.config import HealthSettings, UpstreamSettings
 from node.errors import BadGateway, CircuitOpen, GatewayTimeout, ServiceUnavailable
 from node.failover import MIN_RETRIES_PER_SECOND, RetryBudget
 from node.health import HealthChecker
 from node.upstream import UpstreamPool
+from node.upstream_settings import HealthSettings, UpstreamSettings
 from plugins.breaker.circuit import OPEN
 from plugins.breaker.plugin import guard_pool
 from plugins.breaker.settings import BreakerSettings
