@@ -1,61 +1,18 @@
-"""The ResponseCache plugin on a fake clock and a counting target, over the memory L2."""
+"""The ResponseCache plugin on one node: a fake clock and a counting target, over the memory L2."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
+from testkit.cache_doubles import Clock, Origin, get, make
 
-from node.call import Call, Reply
 from node.errors import BackendUnavailable, BadGateway, CircuitOpen, Rejected
 from node.schema import build
 from plugins.cache.fill import Filler
 from plugins.cache.plugin import ResponseCache
 from plugins.cache.settings import CacheSettings
 from plugins.cache.stores import MemoryL2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Origin:
-    """A target that counts its calls, answers `headers`, and can fail or be slow."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.headers: dict[str, str] = {}
-        self.failure: Exception | None = None
-        self.status = 200
-        self.delay = 0.0
-
-    async def __call__(self, call: Call) -> Reply:
-        self.calls += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.failure is not None:
-            raise self.failure
-        return Reply(self.status, f"v{self.calls}".encode(), dict(self.headers), "text/plain")
-
-
-def make(clock: Clock, **table: Any) -> tuple[ResponseCache, list[tuple[str, str]]]:
-    invalidated: list[tuple[str, str]] = []
-
-    async def invalidate(kind: str, value: str) -> None:
-        invalidated.append((kind, value))
-
-    settings = build(CacheSettings, {"ttl": 10, **table}, "cache")
-    filler = Filler(MemoryL2(), settings.lock_timeout)
-    return ResponseCache(settings, "/r", filler, invalidate, clock), invalidated
-
-
-async def get(cache: ResponseCache, origin: Origin, path: str = "/x", method: str = "GET") -> Reply:
-    return await cache(Call(method, path), origin)
 
 
 @pytest.fixture
@@ -335,87 +292,3 @@ async def test_a_rejected_target_is_labelled_bypass_with_l2_down(clock: Clock) -
     with pytest.raises(BadGateway) as caught:
         await get(cache, origin)
     assert caught.value.headers["X-Cache"] == "BYPASS"
-
-
-def two_nodes(clock: Clock) -> tuple[ResponseCache, ResponseCache]:
-    """Two plugins ("nodes") sharing one L2, as two nodes share Redis."""
-    settings = build(CacheSettings, {"ttl": 10}, "cache")
-    l2 = MemoryL2()
-    return (
-        ResponseCache(settings, "/r", Filler(l2, 5), None, clock),  # type: ignore[arg-type]
-        ResponseCache(settings, "/r", Filler(l2, 5), None, clock),  # type: ignore[arg-type]
-    )
-
-
-async def test_fill_lock_makes_one_fetch_across_nodes(clock: Clock) -> None:
-    """Cold key, two nodes, 10 GETs each at once: one target call; the other node waited."""
-    a, b = two_nodes(clock)
-    origin = Origin()
-    origin.delay = 0.05
-    replies = await asyncio.gather(*(get(n, origin) for n in (a, b) * 10))
-    assert origin.calls == 1 and {r.body for r in replies} == {b"v1"}
-    assert {r.headers["X-Cache"] for r in replies} <= {"MISS", "HIT-L1", "HIT-L2"}
-
-
-async def test_waiters_stop_waiting_when_the_fill_is_not_storable(clock: Clock) -> None:
-    """no-store: the other node sees the lock go without a value and fetches at once."""
-    a, b = two_nodes(clock)
-    origin = Origin()
-    origin.delay = 0.05
-    origin.headers = {"Cache-Control": "no-store"}
-    started = asyncio.get_running_loop().time()
-    await asyncio.gather(get(a, origin), get(b, origin))
-    assert origin.calls == 2
-    assert asyncio.get_running_loop().time() - started < 1.0  # far from lock_timeout (5 s)
-
-
-class FakeTime:
-    """A monotonic clock that only `sleep` moves: a wait of seconds takes no real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-async def test_lock_timeout_then_one_fetch(clock: Clock) -> None:
-    """Another node holds the fill lock and never fills: after lock_timeout (waited on the
-    fake clock) this node fetches once for its 5 concurrent requests; lock_timeouts == 1."""
-    settings = build(CacheSettings, {"ttl": 10, "lock_timeout": 2}, "cache")
-    l2, time = MemoryL2(), FakeTime()
-    filler = Filler(l2, settings.lock_timeout, sleep=time.sleep, monotonic=time.monotonic)
-    cache = ResponseCache(settings, "/r", filler, None, clock)  # type: ignore[arg-type]
-    key = cache.key.of(Call("GET", "/x"))
-    assert await l2.lock(key, "another-node", 60)
-    origin = Origin()
-    replies = await asyncio.gather(*(get(cache, origin) for _ in range(5)))
-    assert origin.calls == 1 and {r.body for r in replies} == {b"v1"}
-    assert time.now == pytest.approx(2.0) and max(time.slept) <= 0.1  # polled, not one nap
-    counters = cache.snapshot()["counters"]
-    assert counters["lock_timeouts"] == 1 and counters["misses"] == 1
-    assert (await get(cache, origin)).headers["X-Cache"] == "HIT-L1"  # the fetch was stored
-
-
-async def test_stale_refresh_is_one_origin_call_across_nodes(clock: Clock) -> None:
-    """Both nodes serve STALE and start a refresh; one node's refresh finishes before the
-    other's takes the lock, which then finds the fresh entry in L2: one origin call."""
-    settings = build(CacheSettings, {"ttl": 10, "stale_while_revalidate": 30}, "cache")
-    l2 = MemoryL2()
-    a, b = (ResponseCache(settings, "/r", Filler(l2, 5), None, clock) for _ in range(2))  # type: ignore[arg-type]
-    origin = Origin()
-    await get(a, origin)
-    await get(b, origin)
-    clock.now += 11
-    replies = [await get(node, origin) for node in (a, b)]
-    assert [r.headers["X-Cache"] for r in replies] == ["STALE", "STALE"]
-    await asyncio.gather(*a.tasks)
-    await asyncio.gather(*b.tasks)
-    assert origin.calls == 2  # the fill, then one refresh
-    assert [(await get(node, origin)).body for node in (a, b)] == [b"v2", b"v2"]
