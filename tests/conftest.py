@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from testkit.origin import CountingOrigin
 from testkit.servers import RedisServer
 
 
@@ -16,3 +17,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[CountingOrigin]:
+    """An origin server that counts what it is asked (see testkit.origin)."""
+    made = CountingOrigin()
+    await made.start()
+    yield made
+    await made.stop()

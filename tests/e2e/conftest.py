@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from e2e_harness import REPO, NodeProcess, free_port
 
@@ -45,3 +46,10 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield start
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client without a connection cap, for concurrent bursts against the nodes."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as made:
+        yield made

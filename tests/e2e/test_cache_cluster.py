@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,6 @@ def cached_config(name: str, redis_url: str, origin: str, cache: dict[str, Any])
         'methods = ["GET", "HEAD", "PUT", "DELETE"]\n'
         f"cache = {toml_value(cache)}\n"
     )
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[CountingOrigin]:
-    made = CountingOrigin()
-    await made.start()
-    yield made
-    await made.stop()
 
 
 @pytest.fixture
@@ -65,12 +57,6 @@ def marker() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as made:
-        yield made
 
 
 async def fetch(

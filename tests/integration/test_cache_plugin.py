@@ -29,14 +29,6 @@ from .cache_helpers import (
 
 
 @pytest.fixture
-async def origin() -> AsyncIterator[CountingOrigin]:
-    made = CountingOrigin()
-    await made.start()
-    yield made
-    await made.stop()
-
-
-@pytest.fixture
 async def nodes() -> AsyncIterator[Nodes]:
     made = Nodes()
     yield made
