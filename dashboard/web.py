@@ -105,13 +105,6 @@ def asset_versions() -> dict[str, str]:
     return {name: hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:12] for name in ASSETS}
 
 
-async def asset(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    if name not in ASSETS:
-        raise web.HTTPNotFound()
-    return web.FileResponse(STATIC / name, headers={"Cache-Control": "max-age=86400"})
-
-
 @aiohttp_jinja2.template("dashboard.html")
 async def page(request: web.Request) -> dict[str, object]:
     router = request.app.router
@@ -172,10 +165,10 @@ def dashboard_app(hub: FeedHub, node: str, token: str, host: str) -> web.Applica
         return json_response(body, 404, node)
 
     async def static(request: web.Request) -> web.StreamResponse:
-        try:
-            return await asset(request)
-        except web.HTTPNotFound:
+        name = request.match_info["name"]
+        if name not in ASSETS:  # only the listed files: no path ever reaches the disk
             return await not_found(request)
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "max-age=86400"})
 
     app.router.add_get("/static/{name}", guard(static), name="static")
     app.router.add_route("*", "/{tail:.*}", guard(not_found))  # errors are JSON here too

@@ -91,8 +91,19 @@ async def test_no_token_on_loopback_is_quiet_and_open(caplog):
     assert "open to anyone" not in caplog.text
 
 
-async def test_unknown_dashboard_path_is_a_json_404(client):
-    """Past the guard, an unknown path under /dashboard is a JSON 404 like the node's own."""
-    resp = await client.get("/dashboard/nope", headers=BEARER)
+@pytest.mark.parametrize(
+    "path", ["/dashboard/nope", "/dashboard/static/nope.js", "/dashboard/static/..%2Fweb.py"]
+)
+async def test_unknown_dashboard_path_is_a_json_404(client, path):
+    """Past the guard, an unknown path under /dashboard (a static file not listed among the
+    assets included) is a JSON 404 like the node's own."""
+    resp = await client.get(path, headers=BEARER)
     assert resp.status == 404
     assert (await resp.json())["error"] == "not_found"
+
+
+async def test_static_assets_are_served_behind_the_guard(client):
+    """A listed asset is served with the bearer token, refused without it."""
+    resp = await client.get("/dashboard/static/dashboard.js", headers=BEARER)
+    assert resp.status == 200 and "WebSocket" in await resp.text()
+    assert (await client.get("/dashboard/static/dashboard.js")).status == 401
