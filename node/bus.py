@@ -47,7 +47,6 @@ class ClusterBus:
         self.connection = connection
         self.subscriptions: list[Subscription] = []
         self.connected = connection is None
-        self.received = 0
         self._task: asyncio.Task[None] | None = None
 
     def subscribe(
@@ -74,7 +73,6 @@ class ClusterBus:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def _dispatch(self, channel: str, payload: bytes) -> None:
-        self.received += 1
         for sub in self.subscriptions:
             if sub.channel == channel:
                 try:

@@ -26,7 +26,6 @@ class HealthChecker:
         self.settings = settings
         self.streak = {member.url: 0 for member in pool.members}  # + passes, - failures
         self.ejections = 0
-        self.checks = 0
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
@@ -45,7 +44,6 @@ class HealthChecker:
 
     def observe(self, member: Member, passed: bool) -> None:
         """Count a check's result; eject or re-admit once a streak reaches its threshold."""
-        self.checks += 1
         streak = self.streak[member.url]
         # A pass after failures (or a failure after passes) starts a new streak.
         streak = max(streak, 0) + 1 if passed else min(streak, 0) - 1

@@ -74,7 +74,6 @@ class RedisConnection:
             None if url.startswith(CLUSTER_SCHEME) else AutoPipeline(url, COMMAND_TIMEOUT)
         )
         self.available = True
-        self.outages = 0
         self._reconnect_interval = reconnect_interval
         self._reconnecting: asyncio.Task[None] | None = None
 
@@ -96,7 +95,6 @@ class RedisConnection:
         if not self.available:
             return
         self.available = False
-        self.outages += 1
         log.warning(
             "redis at %s unreachable (%s); failing fast and reconnecting",
             redact_url(self.url),

@@ -44,7 +44,6 @@ class TripExchange:
         self.clock = clock
         self.circuits: dict[str, Circuit] = {}
         self.trial_ttl: dict[str, float] = {}  # seconds a trial token is held at most
-        self.published = 0
         self.heard = 0
         self.backend_errors = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -126,7 +125,6 @@ class TripExchange:
     async def _send(self, message: bytes, record: Callable[[Any], Any]) -> None:
         try:
             await self.bus.publish(BREAKER_EVENTS, message)
-            self.published += 1
             await self.redis.run(record)
         except BackendUnavailable:
             self.backend_errors += 1  # the others learn by their own outcomes instead
