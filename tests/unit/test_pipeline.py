@@ -247,7 +247,7 @@ async def test_rejected_becomes_json_reply():
     assert response.status == 429
     assert response.headers["Retry-After"] == "3"
     assert response.headers["X-Node"] == "n1"
-    assert response.content_type == "application/json"
+    assert response.headers["Content-Type"] == "application/json"
     assert orjson.loads(response.body) == {"error": "rate_limited", "detail": "slow down"}
     assert stats.statuses == {429: 1}
 

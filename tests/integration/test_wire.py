@@ -1,0 +1,143 @@
+"""What the node writes on the wire for a reply in hand (node/wire.py), read as raw bytes:
+aiohttp's framing rules kept (length, bodiless statuses and HEAD, Connection by version)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from node.config import Settings
+from node.schema import build
+
+HANDLERS = "testkit.wire_handlers"
+ROUTES = {
+    "/hello": "node.demo:hello",
+    "/no-content": f"{HANDLERS}:no_content",
+    "/not-modified": f"{HANDLERS}:not_modified",
+    "/lying": f"{HANDLERS}:lying_length",
+    "/cookies": f"{HANDLERS}:cookies",
+    "/untyped": f"{HANDLERS}:untyped",
+    "/injected": f"{HANDLERS}:injected",
+}
+CLOSE = "Connection: close\r\n"
+KEEP = "Connection: keep-alive\r\n"
+
+
+@pytest.fixture
+async def node(node_factory) -> TestClient:
+    routes = [
+        {"path": path, "methods": ["GET", "HEAD"], "target": f"handler:{target}"}
+        for path, target in ROUTES.items()
+    ]
+    return await node_factory(build(Settings, {"node": {"name": "node-a"}, "routes": routes}, ""))
+
+
+async def exchange(client: TestClient, raw: bytes, then: bytes | None = None) -> bytes:
+    """Send `raw` (and `then` on the same connection once the first reply is in); all bytes
+    the node sent until it closed or went quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(raw)
+        received = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.5)
+            except TimeoutError:
+                if then is None:
+                    break
+                writer.write(then)
+                then = None
+                continue
+            if not chunk:
+                break
+            received += chunk
+        return received
+    finally:
+        writer.close()
+
+
+def parse(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition(": ")
+        headers.setdefault(name.lower(), []).append(value)
+    return status, headers, body
+
+
+def get(path: str, method: str = "GET", version: str = "1.1", extra: str = "") -> bytes:
+    return f"{method} {path} HTTP/{version}\r\nHost: node\r\n{extra}\r\n".encode()
+
+
+async def test_a_reply_carries_length_type_date_server_and_node(node):
+    status, headers, body = parse(await exchange(node, get("/hello", extra=CLOSE)))
+    assert status == "HTTP/1.1 200 OK"
+    assert body == b'{"message":"hello from scalenode"}'
+    assert headers["content-length"] == [str(len(body))]
+    assert headers["content-type"] == ["application/json"]
+    assert headers["x-node"] == ["node-a"]
+    assert headers["connection"] == ["close"]
+    assert len(headers["date"]) == 1 and headers["date"][0].endswith(" GMT")
+    assert headers["server"][0].startswith("Python/")
+
+
+async def test_keep_alive_serves_two_requests_on_one_connection(node):
+    raw = await exchange(node, get("/hello"), then=get("/hello"))
+    assert raw.count(b"HTTP/1.1 200 OK") == 2
+    assert b"connection:" not in raw.lower()  # HTTP/1.1 keeps alive without saying so
+
+
+async def test_http_10_keep_alive_is_said_and_plain_10_closes(node):
+    kept = parse(await exchange(node, get("/hello", version="1.0", extra=KEEP)))
+    assert kept[0] == "HTTP/1.0 200 OK" and kept[1]["connection"] == ["keep-alive"]
+    raw = await exchange(node, get("/hello", version="1.0"), then=get("/hello", version="1.0"))
+    assert raw.count(b"HTTP/1.0 200 OK") == 1  # closed after the first reply
+    assert b"connection:" not in raw.lower()
+
+
+async def test_head_sends_the_length_but_no_body(node):
+    raw = await exchange(node, get("/hello", "HEAD"), then=get("/hello"))
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"content-length: 34" in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 OK")  # no body bytes between the two replies
+
+
+async def test_no_content_has_neither_length_nor_body(node):
+    raw = await exchange(node, get("/no-content"), then=get("/hello"))
+    status, headers, rest = parse(raw)
+    assert status == "HTTP/1.1 204 No Content"
+    assert "content-length" not in headers and headers["x-kept"] == ["yes"]
+    assert rest.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_not_modified_keeps_its_length_header_and_sends_no_body(node):
+    raw = await exchange(node, get("/not-modified"), then=get("/hello"))
+    status, headers, rest = parse(raw)
+    assert status == "HTTP/1.1 304 Not Modified"
+    assert headers["content-length"] == ["5"] and headers["etag"] == ['"v1"']
+    assert rest.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_a_wrong_length_header_is_replaced_by_the_real_one(node):
+    raw = await exchange(node, get("/lying"), then=get("/hello"))
+    _, headers, rest = parse(raw)
+    assert headers["content-length"] == ["12"]
+    assert rest.startswith(b"twelve bytesHTTP/1.1 200 OK")
+
+
+async def test_repeated_headers_are_all_sent(node):
+    _, headers, _ = parse(await exchange(node, get("/cookies", extra=CLOSE)))
+    assert headers["set-cookie"] == ["a=1", "b=2"]
+
+
+async def test_a_body_without_a_type_is_octet_stream(node):
+    _, headers, body = parse(await exchange(node, get("/untyped", extra=CLOSE)))
+    assert headers["content-type"] == ["application/octet-stream"] and body == b"\x00\x01"
+
+
+async def test_a_header_value_with_a_line_break_is_never_sent(node):
+    raw = await exchange(node, get("/injected", extra=CLOSE))
+    assert b"stolen" not in raw
