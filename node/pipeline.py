@@ -19,6 +19,10 @@ from node.upstream import UpstreamPool
 
 
 class Plugin(Protocol):
+    """A route's plugin. It may also offer `bind(next) -> Handler`: its step with `next`
+    bound, behaving exactly as `__call__`. `compose` prefers it: the closure is one
+    coroutine frame a request where a wrapper around `__call__` is two (~2k instructions)."""
+
     name: str
 
     async def __call__(self, call: Call, next: Handler) -> Reply: ...
@@ -65,8 +69,10 @@ def compose(plugins: list[Plugin], target: Handler) -> Handler:
     reports) is left out of the chain: two coroutine frames less per call."""
     handler = target
     for plugin in reversed(plugins):
-        if not getattr(plugin, "passes_through", False):
-            handler = _bind(plugin, handler)
+        if getattr(plugin, "passes_through", False):
+            continue
+        bind = getattr(plugin, "bind", None)
+        handler = bind(handler) if bind is not None else _bind(plugin, handler)
     return handler
 
 

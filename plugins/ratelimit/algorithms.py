@@ -7,9 +7,9 @@ operation order so IEEE doubles round the same way in both.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import floor
 
 SLIDING_WINDOW = "sliding_window"
 TOKEN_BUCKET = "token_bucket"
@@ -19,6 +19,11 @@ ALGORITHMS = (SLIDING_WINDOW, TOKEN_BUCKET, FIXED_WINDOW)
 # A window's state: (window index, count in it, count in the one before);
 # a bucket's: (TAT in µs, remainder in 1/limit µs).
 State = tuple[float, ...]
+# What one step decides: (remaining, reset_us, retry_us, the state to keep), as Verdict's
+# fields; retry_us == 0 when the request passes. A plain tuple: the embedded store's hot
+# path builds no object per request.
+Outcome = tuple[int, int, int, State]
+Step = Callable[[State | None, "Limit", int, int], Outcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +40,11 @@ class Verdict:
     retry_us: int  # until a request of the same cost would pass; 0 when it passes now
 
 
-def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
+def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> Outcome:
     """Two-window weighted counter, as `limits`' sliding window counter: the previous window's
     count weighs by the share of it still inside the sliding window; exact in the first window."""
-    win = lim.window_us
-    idx = math.floor(now / win)
+    win, limit = lim.window_us, lim.limit
+    idx = floor(now / win)
     cur, prev = 0, 0
     if state is not None:  # states hold ints (both stores), so no conversions here
         if state[0] == idx:
@@ -49,39 +54,41 @@ def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> tupl
     elapsed = now - idx * win
     # prev * weight is computed once; the Lua script computes the same product each time.
     faded = prev * ((win - elapsed) / win)
-    allowed = math.floor(faded + cur) + cost <= lim.limit
+    allowed = floor(faded + cur) + cost <= limit
     if allowed:
         cur = cur + cost
-    remaining = max(0, lim.limit - math.floor(faded + cur))
+    remaining = limit - floor(faded + cur)
+    if remaining < 0:
+        remaining = 0
     reset = win - elapsed
     retry = 0
     if not allowed:
         # The weighted count x passes when floor(x) + cost <= limit, i.e. x < room; the
         # earliest such moment is one microsecond past the solution of x == room.
-        room = lim.limit - cost + 1
-        if cost > lim.limit:
+        room = limit - cost + 1
+        if cost > limit:
             retry = reset + win
-        elif cur + cost > lim.limit:
+        elif cur + cost > limit:
             # Only the next window can admit it, once this window's count has faded enough.
-            retry = reset + math.floor(win * (1 - room / cur)) + 1
+            retry = reset + floor(win * (1 - room / cur)) + 1
         else:
-            retry = math.floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
-    return Verdict(remaining, reset, retry), (idx, cur, prev)
+            retry = floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
+    return remaining, reset, retry, (idx, cur, prev)
 
 
-def fixed_window(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
+def fixed_window(state: State | None, lim: Limit, now: int, cost: int) -> Outcome:
     """A counter per aligned window; rejected requests are not counted."""
     win = lim.window_us
-    idx = math.floor(now / win)
+    idx = floor(now / win)
     cur = int(state[1]) if state is not None and state[0] == idx else 0
     allowed = cur + cost <= lim.limit
     if allowed:
         cur = cur + cost
     reset = win - (now - idx * win)
-    return Verdict(max(0, lim.limit - cur), reset, 0 if allowed else reset), (idx, cur, 0)
+    return max(0, lim.limit - cur), reset, 0 if allowed else reset, (idx, cur, 0)
 
 
-def token_bucket(state: State | None, lim: Limit, now: int, cost: int) -> tuple[Verdict, State]:
+def token_bucket(state: State | None, lim: Limit, now: int, cost: int) -> Outcome:
     """GCRA: one theoretical arrival time (TAT) per key; `burst` requests at once, then one
     per window/limit. Rejected requests take no tokens.
 
@@ -101,24 +108,12 @@ def token_bucket(state: State | None, lim: Limit, now: int, cost: int) -> tuple[
     remaining = (capacity - backlog) // win
     reset = -(-backlog // limit)  # ceiling division
     retry = 0 if allowed else -(-(wanted - capacity) // limit)
-    return Verdict(remaining, reset, retry), (now + backlog // limit, backlog % limit)
+    return remaining, reset, retry, (now + backlog // limit, backlog % limit)
 
 
+# A rejected request changes no state in any of them, so a step that rejects already
+# reports what its limit says without that request's cost.
 STEP = {SLIDING_WINDOW: sliding_window, FIXED_WINDOW: fixed_window, TOKEN_BUCKET: token_bucket}
-
-
-def decide_one(
-    algorithm: str, state: State | None, lim: Limit, now: int, cost: int = 1
-) -> tuple[Verdict, State]:
-    """One limit: the verdict (retry_us == 0 when allowed) and the state to keep."""
-    step = STEP[algorithm]
-    verdict, new_state = step(state, lim, now, cost)
-    if verdict.retry_us == 0:
-        return verdict, new_state
-    # Rejected: report what the limit says without this request's cost.
-    dry, new_state = step(state, lim, now, 0)
-    dry.retry_us = verdict.retry_us
-    return dry, new_state
 
 
 def decide(
@@ -129,18 +124,13 @@ def decide(
     cost: int = 1,
 ) -> tuple[bool, list[Verdict], list[State]]:
     """Every limit must pass; only then does any of them take the request's cost."""
-    if len(limits) == 1:
-        verdict, state = decide_one(algorithm, states[0], limits[0], now, cost)
-        return verdict.retry_us == 0, [verdict], [state]
     step = STEP[algorithm]
     trial = [step(state, lim, now, cost) for state, lim in zip(states, limits, strict=True)]
-    allowed = all(verdict.retry_us == 0 for verdict, _ in trial)
-    if allowed:
-        return True, [v for v, _ in trial], [s for _, s in trial]
-    # Rejected: report what each limit would say without this request's cost.
-    dry = [step(state, lim, now, 0) for state, lim in zip(states, limits, strict=True)]
-    verdicts = [
-        Verdict(d.remaining, d.reset_us, t.retry_us)
-        for (d, _), (t, _) in zip(dry, trial, strict=True)
-    ]
-    return False, verdicts, [s for _, s in dry]
+    allowed = all(outcome[2] == 0 for outcome in trial)
+    if not allowed:
+        # Rejected: the limits that would have passed report without this request's cost.
+        trial = [
+            outcome if outcome[2] else step(state, lim, now, 0)
+            for outcome, state, lim in zip(trial, states, limits, strict=True)
+        ]
+    return allowed, [Verdict(*outcome[:3]) for outcome in trial], [o[3] for o in trial]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from time import time_ns
 from typing import Any
 
 from multidict import istr
@@ -17,7 +18,7 @@ from node.call import Call, Handler, Reply
 from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
 from node.forwarding import TrustedProxies
 from node.keys import RATELIMIT
-from plugins.ratelimit.algorithms import Limit
+from plugins.ratelimit.algorithms import STEP, Limit
 from plugins.ratelimit.settings import MAX_KEY_LENGTH, RateLimitSettings, key_parts
 from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter
 from plugins.ratelimit.tiers import TierDirectory
@@ -29,6 +30,7 @@ KEYS_REMEMBERED = 65536  # clients whose store keys are kept built, as `digest` 
 RATELIMIT_LIMIT = istr("RateLimit-Limit")  # istr: aiohttp need not case-fold these names
 RATELIMIT_REMAINING = istr("RateLimit-Remaining")
 RATELIMIT_RESET = istr("RateLimit-Reset")
+SECONDS = tuple(str(n) for n in range(3601))  # Reset values, formatted once
 
 
 @lru_cache(maxsize=65536)  # clients repeat; their digest need not be recomputed
@@ -251,9 +253,10 @@ class RateLimiter:
 
 
 class LocalRateLimiter(RateLimiter):
-    """The embedded store's common case, one limit and no tiers, checked in the plugin's
-    own frame: no lists, no Decision (~100 Python bytecodes a request less than the general
-    path). The factory picks it when `fits` says so."""
+    """The embedded store's common case, one limit and no tiers, as a step bound to the
+    rest of the route (`bind`, used by the pipeline): one coroutine frame, the algorithm
+    called directly, no lists, no Decision. `__call__` (the general path) decides the same.
+    The factory picks this class when `fits` says so."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -267,22 +270,40 @@ class LocalRateLimiter(RateLimiter):
         one_limit = default is not None and len(default) == 1
         return isinstance(store, MemoryCounter) and directory is None and one_limit
 
-    async def __call__(self, call: Call, next: Handler) -> Reply:
-        single = self.single
-        if self.peer_is_client:  # keys remembered by peer address: no header, no digest
-            peer = call.client
-            keys = self._keys.get(peer) or self.keys_of(digest(peer), single, peer)
-        else:
-            client = self.identify(call)[0]
-            keys = self._keys.get(client) or self.keys_of(client, single)
-        verdict = self.memory.decide_key(keys[0], self.algorithm, single[0])  # type: ignore[union-attr]
-        headers = {
-            RATELIMIT_LIMIT: self.limit_text,
-            RATELIMIT_REMAINING: str(verdict.remaining),
-            RATELIMIT_RESET: str(-(-verdict.reset_us // 1_000_000)),  # whole seconds, up
-        }
-        if verdict.retry_us:
-            self.over_limit(headers, verdict.retry_us)
-        else:
-            self.counters["allowed"] += 1
-        return with_headers(await next(call), headers)
+    def bind(self, next: Handler) -> Handler:
+        memory: MemoryCounter = self.memory  # type: ignore[assignment]
+        states, max_keys, clock = memory.states, memory.max_keys, memory.clock
+        step, single, limit_text = STEP[self.algorithm], self.single, self.limit_text
+        lim = single[0]
+        remembered, counters, peer_is_client = self._keys, self.counters, self.peer_is_client
+
+        async def ratelimit_step(call: Call) -> Reply:
+            if peer_is_client:  # keys remembered by peer address: no header, no digest
+                peer = call.client
+                key = (remembered.get(peer) or self.keys_of(digest(peer), single, peer))[0]
+            else:
+                client = self.identify(call)[0]
+                key = (remembered.get(client) or self.keys_of(client, single))[0]
+            # MemoryCounter.decide_now's work for one key, in this frame.
+            now = time_ns() // 1000 if clock is None else clock()
+            remaining, reset_us, retry_us, states[key] = step(states.pop(key, None), lim, now, 1)
+            if len(states) > max_keys:
+                memory.trim()
+            reset = -(-reset_us // 1_000_000)  # whole seconds, up
+            headers = {
+                RATELIMIT_LIMIT: limit_text,
+                RATELIMIT_REMAINING: str(remaining),
+                RATELIMIT_RESET: SECONDS[reset] if reset < len(SECONDS) else str(reset),
+            }
+            if retry_us:
+                self.over_limit(headers, retry_us)
+            else:
+                counters["allowed"] += 1
+            reply = await next(call)
+            if reply.headers:
+                reply.headers.update(headers)  # type: ignore[attr-defined]
+            else:
+                reply.headers = headers
+            return reply
+
+        return ratelimit_step

@@ -7,16 +7,16 @@ and only then does any of them count the request.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import time_ns
 from typing import Any, Protocol
 
 from node.autopipe import AutoPipeline, ReplyError
 from node.errors import BackendUnavailable
 from node.redisconn import RedisConnection
-from plugins.ratelimit.algorithms import Limit, State, Verdict, decide, decide_one
+from plugins.ratelimit.algorithms import Limit, State, Verdict, decide
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
 # The embedded store forgets the least recently used clients beyond this many keys.
@@ -37,52 +37,47 @@ class CounterStore(Protocol):
         ...
 
 
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
-
-
 class MemoryCounter:
     """The algorithms run in-process; state in a bounded LRU.
 
     States need no expiry here: every algorithm reads a state from an earlier window, or a
     bucket whose arrival time has passed, as empty, so the LRU bound alone keeps memory in
-    check. `decide_now` is the synchronous core (the plugin saves a coroutine per request);
-    `hit` is the store interface over it.
+    check. `decide_now` is the synchronous core, `hit` the store interface over it. The
+    rate limit's one-limit step reads and writes `states` itself (LocalRateLimiter.bind):
+    a call into the store would cost a Python frame per request.
     """
 
     def __init__(
-        self, clock: Callable[[], int] = wall_clock_us, max_keys: int = MEMORY_MAX_KEYS
+        self, clock: Callable[[], int] | None = None, max_keys: int = MEMORY_MAX_KEYS
     ) -> None:
+        # Microseconds; None: the wall clock, read inline (a clock function would cost a
+        # Python frame per request).
         self.clock = clock
         self.max_keys = max_keys
         # A plain dict keeps insertion order: re-inserting a key on every hit makes the
         # first key the least recently used.
-        self._states: dict[str, State] = {}
+        self.states: dict[str, State] = {}
+
+    def now(self) -> int:
+        return time_ns() // 1000 if self.clock is None else self.clock()
 
     def decide_now(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
-        if len(keys) == 1:
-            verdict = self.decide_key(keys[0], algorithm, limits[0], cost)
-            return Decision(verdict.retry_us == 0, [verdict])
-        now = self.clock()
-        states = self._states
+        states = self.states
         loaded = [states.pop(key, None) for key in keys]
-        allowed, verdicts, new_states = decide(algorithm, loaded, limits, now, cost)
+        allowed, verdicts, new_states = decide(algorithm, loaded, limits, self.now(), cost)
         for key, state in zip(keys, new_states, strict=True):
             states[key] = state
         if len(states) > self.max_keys:
-            del states[next(iter(states))]
+            self.trim()
         return Decision(allowed, verdicts)
 
-    def decide_key(self, key: str, algorithm: str, lim: Limit, cost: int = 1) -> Verdict:
-        """One key under one limit: the plugin's common case, without lists or a Decision;
-        allowed when `retry_us` is 0."""
-        states = self._states
-        verdict, states[key] = decide_one(algorithm, states.pop(key, None), lim, self.clock(), cost)
-        if len(states) > self.max_keys:
+    def trim(self) -> None:
+        """Forget the least recently used states beyond `max_keys`."""
+        states = self.states
+        while len(states) > self.max_keys:
             del states[next(iter(states))]
-        return verdict
 
     async def hit(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1

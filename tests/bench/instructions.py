@@ -108,6 +108,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated parts of the labels to count (default all)"
     )
+    parser.add_argument(
+        "--keep", default="", help="copy the callgrind dumps here (for callgrind_annotate)"
+    )
     args = parser.parse_args(argv)
     parts = [part for part in args.only.split(",") if part]
     cases = [c for c in CASES + CACHE_CASES if not parts or any(p in c[0] for p in parts)]
@@ -152,6 +155,8 @@ def main(argv: list[str]) -> int:
     finally:
         harness.stop(redis_proc)
         harness.stop(origin_proc)
+        if args.keep:
+            shutil.copytree(root, args.keep, dirs_exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
     print("| system | instructions / request | ratio |\n|---|--:|---|")
     for label, _, _, baseline in cases:
