@@ -55,23 +55,40 @@ class AutoPipeline:
         """Send one packed command; its reply (an error reply raises ReplyError)."""
         if self._writer is None:
             await self._connect()
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._waiting.append(future)
-        if not self._batch:
-            loop.call_soon(self._flush)
-        self._batch.append(command)
-        reply = await future
+        reply = await self.submit(command)
         if isinstance(reply, hiredis.ReplyError):
             raise ReplyError(str(reply))
         return reply
 
-    def _flush(self) -> None:
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    def submit(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command on the open connection (see `connected`) for this tick's
+        write; the future of its reply, where an error reply is a hiredis.ReplyError result.
+        For callers that settle replies in callbacks: no coroutine, no task."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append(future)
+        if not self._batch:
+            loop.call_soon(self.flush)
+        self._batch.append(command)
+        return future
+
+    def flush(self) -> None:
+        """Write what is queued now (it is written at the end of the tick anyway)."""
+        if not self._batch:
+            return
         batch, self._batch = self._batch, []
         if self._writer is None:
             self._fail(ConnectionError("redis connection lost"))
             return
-        self._writer.write(b"".join(batch))
+        try:
+            self._writer.write(b"".join(batch))
+        except (RuntimeError, OSError) as exc:  # closed under us (uvloop raises RuntimeError)
+            self._fail(ConnectionError(f"redis connection lost: {type(exc).__name__}"))
+            return
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().call_later(
                 self.timeout, self._watch, self._received

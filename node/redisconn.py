@@ -83,13 +83,17 @@ class RedisConnection:
             raise BackendUnavailable("redis is unreachable; reconnecting")
         try:
             return await operation(self.client)
-        except MaxConnectionsError as exc:  # our own backlog, not Redis's health
-            raise BackendUnavailable("too many redis commands in flight") from exc
-        except OUTAGE_ERRORS as exc:
+        except (MaxConnectionsError, *OUTAGE_ERRORS, RedisError) as exc:
+            raise self.failure(exc) from exc
+
+    def failure(self, exc: BaseException) -> BackendUnavailable:
+        """What a failed command means to its caller; an outage also marks Redis down."""
+        if isinstance(exc, MaxConnectionsError):  # our own backlog, not Redis's health
+            return BackendUnavailable("too many redis commands in flight")
+        if isinstance(exc, OUTAGE_ERRORS):
             self.went_down(exc)
-            raise BackendUnavailable(f"redis is unreachable: {type(exc).__name__}") from exc
-        except RedisError as exc:
-            raise BackendUnavailable(f"redis refused the command: {exc}") from exc
+            return BackendUnavailable(f"redis is unreachable: {type(exc).__name__}")
+        return BackendUnavailable(f"redis refused the command: {exc}")
 
     def went_down(self, exc: BaseException) -> None:
         if not self.available:

@@ -6,7 +6,7 @@ from typing import Any
 
 from node.pipeline import BuildContext
 from node.schema import build
-from plugins.ratelimit.plugin import LocalRateLimiter, Policy, RateLimiter
+from plugins.ratelimit.plugin import OneLimitRateLimiter, Policy, RateLimiter
 from plugins.ratelimit.settings import (
     RateLimitSettings,
     check_bucket_range,
@@ -45,5 +45,7 @@ def build_rate_limiter(table: dict[str, Any], path: str, ctx: BuildContext) -> R
 
         directory = resources.shared("ratelimit.tiers", make_directory)
         directory.known_tiers.update(settings.tiers)
-    kind = LocalRateLimiter if LocalRateLimiter.fits(policy, store, directory) else RateLimiter
+    kind = (
+        OneLimitRateLimiter if OneLimitRateLimiter.fits(policy, store, directory) else RateLimiter
+    )
     return kind(policy, store, resources.trusted, resources.registry.live_count, directory)

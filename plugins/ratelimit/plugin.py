@@ -20,7 +20,7 @@ from node.forwarding import TrustedProxies
 from node.keys import RATELIMIT
 from plugins.ratelimit.algorithms import STEP, Limit
 from plugins.ratelimit.settings import MAX_KEY_LENGTH, RateLimitSettings, key_parts
-from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter
+from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter, RedisCounter
 from plugins.ratelimit.tiers import TierDirectory
 
 log = logging.getLogger("scalenode.ratelimit")
@@ -46,14 +46,6 @@ class Policy:
     default: tuple[Limit, ...] | None
     tiers: dict[str, tuple[Limit, ...]]
     route: str
-
-
-def with_headers(reply: Reply, headers: dict[str, str]) -> Reply:
-    if reply.headers:
-        reply.headers.update(headers)  # type: ignore[attr-defined]
-    else:
-        reply.headers = headers
-    return reply
 
 
 class RateLimiter:
@@ -104,24 +96,38 @@ class RateLimiter:
             else:
                 decision = await self.store.hit(keys, self.algorithm, limits)  # type: ignore[arg-type]
         except BackendUnavailable:
-            self.counters["backend_errors"] += 1
-            if self.mode == "closed":
-                raise ServiceUnavailable(
-                    "the rate limit backend is unreachable",
-                    code="ratelimit_unavailable",
-                    headers={"Retry-After": "1"},
-                ) from None
-            if self.local is None:
-                self.counters["unlimited_by_outage"] += 1
-                return await next(call)
-            limits = self.node_share(limits)
-            decision = await self.local.hit(keys, self.algorithm, limits)
+            return await self.without_backend(call, next, keys, limits)  # type: ignore[arg-type]
+        return await self.answer(call, next, decision, limits)  # type: ignore[arg-type]
+
+    async def without_backend(
+        self, call: Call, next: Handler, keys: list[str], limits: tuple[Limit, ...]
+    ) -> Reply:
+        """The store is unreachable: `on_backend_error` decides. open: through, counted;
+        closed: 503; local: this node's share of each limit, counted in memory."""
+        self.counters["backend_errors"] += 1
+        if self.mode == "closed":
+            raise ServiceUnavailable(
+                "the rate limit backend is unreachable",
+                code="ratelimit_unavailable",
+                headers={"Retry-After": "1"},
+            )
+        if self.local is None:
+            self.counters["unlimited_by_outage"] += 1
+            return await next(call)
+        limits = self.node_share(limits)
+        return await self.answer(
+            call, next, self.local.decide_now(keys, self.algorithm, limits), limits
+        )
+
+    async def answer(
+        self, call: Call, next: Handler, decision: Decision, limits: tuple[Limit, ...]
+    ) -> Reply:
         headers = self.headers(decision, limits)
         if decision.allowed:
             self.counters["allowed"] += 1
         else:
             self.over_limit(headers, max(v.retry_us for v in decision.verdicts))
-        return with_headers(await next(call), headers)
+        return merged(await next(call), headers)
 
     def over_limit(self, headers: dict[str, str], retry_us: int) -> None:
         """A request over its limit: 429 (raised), or in a dry run counted and let through."""
@@ -252,11 +258,12 @@ class RateLimiter:
         return connection is None or connection.available
 
 
-class LocalRateLimiter(RateLimiter):
-    """The embedded store's common case, one limit and no tiers, as a step bound to the
-    rest of the route (`bind`, used by the pipeline): one coroutine frame, the algorithm
-    called directly, no lists, no Decision. `__call__` (the general path) decides the same.
-    The factory picks this class when `fits` says so."""
+class OneLimitRateLimiter(RateLimiter):
+    """The common case, one limit and no tiers, as a step bound to the rest of the route
+    (`bind`, which the pipeline uses): one coroutine frame, no lists, no Decision. The
+    embedded store's state is read and written in that frame; a Redis check is a future
+    on the store's batch. `__call__` (the general path) decides the same. The factory picks
+    this class when `fits` says so."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -267,43 +274,84 @@ class LocalRateLimiter(RateLimiter):
     @staticmethod
     def fits(policy: Policy, store: CounterStore, directory: TierDirectory | None) -> bool:
         default = policy.default
-        one_limit = default is not None and len(default) == 1
-        return isinstance(store, MemoryCounter) and directory is None and one_limit
+        if directory is not None or default is None or len(default) != 1:
+            return False
+        # Redis Cluster checks go through redis-py, one by one: the general path.
+        return isinstance(store, MemoryCounter) or (
+            isinstance(store, RedisCounter) and store.connection.pipeline is not None
+        )
+
+    def keys_for(self, call: Call) -> list[str]:
+        if self.peer_is_client:  # keys remembered by peer address: no header, no digest
+            peer = call.client
+            return self._keys.get(peer) or self.keys_of(digest(peer), self.single, peer)
+        client = self.identify(call)[0]
+        return self._keys.get(client) or self.keys_of(client, self.single)
 
     def bind(self, next: Handler) -> Handler:
+        return self.memory_step(next) if self.memory is not None else self.redis_step(next)
+
+    def memory_step(self, next: Handler) -> Handler:
         memory: MemoryCounter = self.memory  # type: ignore[assignment]
         states, max_keys, clock = memory.states, memory.max_keys, memory.clock
-        step, single, limit_text = STEP[self.algorithm], self.single, self.limit_text
-        lim = single[0]
-        remembered, counters, peer_is_client = self._keys, self.counters, self.peer_is_client
+        step, lim, limit_text = STEP[self.algorithm], self.single[0], self.limit_text
+        counters, keys_for = self.counters, self.keys_for
 
         async def ratelimit_step(call: Call) -> Reply:
-            if peer_is_client:  # keys remembered by peer address: no header, no digest
-                peer = call.client
-                key = (remembered.get(peer) or self.keys_of(digest(peer), single, peer))[0]
-            else:
-                client = self.identify(call)[0]
-                key = (remembered.get(client) or self.keys_of(client, single))[0]
+            key = keys_for(call)[0]
             # MemoryCounter.decide_now's work for one key, in this frame.
             now = time_ns() // 1000 if clock is None else clock()
             remaining, reset_us, retry_us, states[key] = step(states.pop(key, None), lim, now, 1)
             if len(states) > max_keys:
                 memory.trim()
-            reset = -(-reset_us // 1_000_000)  # whole seconds, up
             headers = {
                 RATELIMIT_LIMIT: limit_text,
                 RATELIMIT_REMAINING: str(remaining),
-                RATELIMIT_RESET: SECONDS[reset] if reset < len(SECONDS) else str(reset),
+                RATELIMIT_RESET: seconds_up(reset_us),
             }
             if retry_us:
                 self.over_limit(headers, retry_us)
             else:
                 counters["allowed"] += 1
-            reply = await next(call)
-            if reply.headers:
-                reply.headers.update(headers)  # type: ignore[attr-defined]
-            else:
-                reply.headers = headers
-            return reply
+            return merged(await next(call), headers)
 
         return ratelimit_step
+
+    def redis_step(self, next: Handler) -> Handler:
+        store: RedisCounter = self.store  # type: ignore[assignment]
+        single, limit_text, counters = self.single, self.limit_text, self.counters
+        packed, count = store.packed_args(self.algorithm, single, 1)
+
+        async def ratelimit_step(call: Call) -> Reply:
+            keys = self.keys_for(call)
+            try:
+                allowed, remaining, reset_us, retry_us = await store.enqueue(keys, packed, count)
+            except BackendUnavailable:
+                return await self.without_backend(call, next, keys, single)
+            headers = {
+                RATELIMIT_LIMIT: limit_text,
+                RATELIMIT_REMAINING: str(remaining),
+                RATELIMIT_RESET: seconds_up(reset_us),
+            }
+            if allowed:
+                counters["allowed"] += 1
+            else:
+                self.over_limit(headers, retry_us)
+            return merged(await next(call), headers)
+
+        return ratelimit_step
+
+
+def seconds_up(us: int) -> str:
+    """Microseconds as whole seconds, rounded up (RateLimit-Reset)."""
+    seconds = -(-us // 1_000_000)
+    return SECONDS[seconds] if 0 <= seconds < len(SECONDS) else str(seconds)
+
+
+def merged(reply: Reply, headers: dict[str, str]) -> Reply:
+    """`reply` with `headers` added (the plugin's own dict becomes the reply's when it has none)."""
+    if reply.headers:
+        reply.headers.update(headers)  # type: ignore[attr-defined]
+    else:
+        reply.headers = headers
+    return reply

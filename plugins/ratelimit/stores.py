@@ -7,11 +7,14 @@ and only then does any of them count the request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import time_ns
 from typing import Any, Protocol
+
+import hiredis
 
 from node.autopipe import AutoPipeline, ReplyError
 from node.errors import BackendUnavailable
@@ -19,6 +22,8 @@ from node.redisconn import RedisConnection
 from plugins.ratelimit.algorithms import Limit, State, Verdict, decide
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
+# One tick's checks: each request's keys, its packed arguments and their count, its future.
+Batch = list[tuple[Sequence[str], bytes, int, "asyncio.Future[list[int]]"]]
 # The embedded store forgets the least recently used clients beyond this many keys.
 MEMORY_MAX_KEYS = 100_000
 
@@ -43,7 +48,7 @@ class MemoryCounter:
     States need no expiry here: every algorithm reads a state from an earlier window, or a
     bucket whose arrival time has passed, as empty, so the LRU bound alone keeps memory in
     check. `decide_now` is the synchronous core, `hit` the store interface over it. The
-    rate limit's one-limit step reads and writes `states` itself (LocalRateLimiter.bind):
+    rate limit's one-limit step reads and writes `states` itself (OneLimitRateLimiter.memory_step):
     a call into the store would cost a Python frame per request.
     """
 
@@ -105,7 +110,7 @@ class RedisCounter:
         self._sha = bulk(self.script.sha)
         self._args: dict[tuple[str, tuple[Limit, ...], int], list[str | int]] = {}
         self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, int]] = {}
-        self._batch: list[tuple[Sequence[str], bytes, int, asyncio.Future[list[int]]]] = []
+        self._batch: Batch = []
         self._loading: asyncio.Future[Any] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -150,33 +155,64 @@ class RedisCounter:
             args = [1, *self.request_args(algorithm, limits, cost)]  # a batch of one
             raw = await self.connection.run(lambda c: self.script(keys=list(keys), args=args))
         else:
-            if not self.connection.available:
-                raise BackendUnavailable("redis is unreachable; reconnecting")
             packed, count = self.packed_args(algorithm, limits, cost)
-            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-            self._batch.append((keys, packed, count, future))
-            if len(self._batch) == 1:
-                asyncio.get_running_loop().call_soon(self._flush, pipeline)
-            raw = await future
+            raw = await self.enqueue(keys, packed, count)
         verdicts = [
             Verdict(int(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(1, len(raw), 3)
         ]
         return Decision(bool(raw[0]), verdicts)
 
+    def enqueue(self, keys: Sequence[str], packed: bytes, count: int) -> asyncio.Future[list[int]]:
+        """One request's check (arguments from `packed_args`) in this tick's batch on the
+        auto-pipeline: the future of its raw reply, [allowed, then remaining, reset_us,
+        retry_us per limit]. Raises BackendUnavailable while Redis is marked down."""
+        if not self.connection.available:
+            raise BackendUnavailable("redis is unreachable; reconnecting")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._batch.append((keys, packed, count, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._flush, self.connection.pipeline)
+        return future
+
     def _flush(self, pipeline: AutoPipeline) -> None:
+        """The tick's checks as one script call. On the open connection the reply is
+        settled in a callback (`_settle`): no task, no coroutine per batch. Connecting, or
+        reloading the script, takes the coroutine path (`_send`), which waits for either."""
         batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._send(pipeline, batch))
+        loading = self._loading is not None and not self._loading.done()
+        if not pipeline.connected or loading:
+            self._spawn(self._send(pipeline, batch))
+            return
+        reply = pipeline.submit(self._command(batch))
+        pipeline.flush()
+        reply.add_done_callback(functools.partial(self._settle, pipeline, batch))
+
+    def _settle(self, pipeline: AutoPipeline, batch: Batch, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled():
+            fail(batch, BackendUnavailable("the redis command was cancelled"))
+            return
+        error = reply.exception()
+        if error is None:
+            raw = reply.result()
+            if not isinstance(raw, hiredis.ReplyError):
+                deliver(batch, raw)
+                return
+            if str(raw).startswith("NOSCRIPT"):
+                self._spawn(self._send(pipeline, batch))  # reloads the script, sends again
+                return
+            error = ReplyError(str(raw))
+        fail(batch, self.connection.failure(error))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
         self._sending.add(task)  # a task nobody references may be collected mid-flight
         task.add_done_callback(self._sending.discard)
 
-    async def _send(
-        self,
-        pipeline: AutoPipeline,
-        batch: list[tuple[Sequence[str], bytes, int, asyncio.Future[list[int]]]],
-    ) -> None:
+    def _command(self, batch: Batch) -> bytes:
         keys = [key for request in batch for key in request[0]]
         argc = 1 + sum(request[2] for request in batch)
-        command = b"".join(
+        return b"".join(
             [
                 b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + argc),
                 self._sha,
@@ -186,16 +222,30 @@ class RedisCounter:
                 *(request[1] for request in batch),
             ]
         )
+
+    async def _send(self, pipeline: AutoPipeline, batch: Batch) -> None:
+        command = self._command(batch)
         try:
             raw = await self.connection.run(lambda _: self._evalsha(pipeline, command))
         except Exception as exc:  # every request of the batch learns why, none hangs
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(BackendUnavailable(str(exc)))
+            fail(
+                batch, exc if isinstance(exc, BackendUnavailable) else BackendUnavailable(str(exc))
+            )
             return
-        at = 0
-        for request_keys, _, _, future in batch:
-            width = 1 + 3 * len(request_keys)
-            if not future.done():
-                future.set_result(raw[at : at + width])
-            at += width
+        deliver(batch, raw)
+
+
+def deliver(batch: Batch, raw: list[int]) -> None:
+    """Each request of the batch gets its slice of the script's reply."""
+    at = 0
+    for request_keys, _, _, future in batch:
+        width = 1 + 3 * len(request_keys)
+        if not future.done():
+            future.set_result(raw[at : at + width])
+        at += width
+
+
+def fail(batch: Batch, error: BackendUnavailable) -> None:
+    for *_, future in batch:
+        if not future.done():
+            future.set_exception(error)

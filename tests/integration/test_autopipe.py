@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+import uvloop
 from testkit.servers import free_port, start_redis, stop
 
 from node.autopipe import AutoPipeline, ReplyError, pack
@@ -113,3 +114,25 @@ async def test_silent_server_times_out() -> None:
             assert 0.25 < time.monotonic() - started < 1.5
         finally:
             await pipe.close()
+
+
+def test_a_connection_closed_under_a_write_fails_its_callers() -> None:
+    """The transport closes between two ticks (Redis died, the reader has not seen it yet):
+    the next write fails its commands at once instead of leaving them waiting. On uvloop,
+    the node's loop, such a write raises (asyncio's own loop drops it quietly)."""
+
+    async def scenario() -> None:
+        pipe = AutoPipeline(URL, timeout=5.0)
+        try:
+            assert await pipe.execute(pack(b"PING")) == b"PONG"
+            pipe._writer.transport.close()  # type: ignore[union-attr]
+            await asyncio.sleep(0)  # uvloop has closed the handle; the reader has not seen it
+            reply = pipe.submit(pack(b"PING"))
+            pipe.flush()
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(reply, 0.5)
+            assert not pipe.connected
+        finally:
+            await pipe.close()
+
+    uvloop.run(scenario())
