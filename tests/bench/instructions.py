@@ -40,6 +40,7 @@ CASES = [
     ("proxy route with breaker", "node", "/guarded/hello", "node proxy route"),
     ("rate limited, embedded", "node", "/limited", "node handler route"),
     ("rate limited, Redis", "node-redis", "/limited", "node handler route"),
+    ("rate limited proxy, embedded", "node", "/limited-proxy/hello", "node proxy route"),
 ]
 # The response cache (issue #4): hits against bare aiohttp, a miss against the same proxy
 # route without the plugin (see run.py's CACHE_ROUTES).

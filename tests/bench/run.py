@@ -53,6 +53,13 @@ methods = ["GET"]
 target = "handler:node.demo:hello"
 ratelimit = { limit = 1000000000, window = 60, key = "ip" }
 
+# The same limit in front of the proxy route: a gateway's usual place for it.
+[[routes]]
+path = "/limited-proxy/{tail:.*}"
+target = "upstream:origin"
+strip_prefix = "/limited-proxy"
+ratelimit = { limit = 1000000000, window = 60, key = "ip" }
+
 # The proxy route with a breaker that never trips, on a pool of its own (the same origin):
 # the cost of the failover path and of the circuits' bookkeeping.
 [[routes]]
@@ -103,6 +110,14 @@ SCENARIOS = [
     Scenario(
         "node_limited", "rate limited, embedded", "node", "/limited", HELLO_BODY, "node_handler"
     ),
+    Scenario(
+        "node_limited_proxy",
+        "rate limited proxy, embedded",
+        "node",
+        "/limited-proxy/hello",
+        UPSTREAM_BODY,
+        "node_proxy",
+    ),
     Scenario("redis_node_hello", "handler route (Redis node)", "node-redis", "/hello", HELLO_BODY),
     Scenario(
         "redis_limited",
@@ -119,6 +134,9 @@ RATIOS = [
     Ratio("node_proxy", "bare_proxy", "node proxy / bare proxy"),
     Ratio("node_proxy", "nginx_proxy", "node proxy / nginx proxy (reference)"),
     Ratio("node_limited", "node_handler", "rate limit (embedded) / same route without it"),
+    Ratio(
+        "node_limited_proxy", "node_proxy", "rate limit (embedded) / same proxy route without it"
+    ),
     Ratio("node_breaker", "node_proxy", "breaker on / same proxy route without it"),
     Ratio("redis_limited", "redis_node_hello", "rate limit (Redis) / same route without it"),
 ]

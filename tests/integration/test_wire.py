@@ -4,10 +4,15 @@ aiohttp's framing rules kept (length, bodiless statuses and HEAD, Connection by 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from testkit.servers import free_port
 
+from node.app import build_app
 from node.config import Settings
 from node.schema import build
 
@@ -141,3 +146,25 @@ async def test_a_body_without_a_type_is_octet_stream(node):
 async def test_a_header_value_with_a_line_break_is_never_sent(node):
     raw = await exchange(node, get("/injected", extra=CLOSE))
     assert b"stolen" not in raw
+
+
+async def test_the_access_log_reads_status_length_and_headers(caplog):
+    """With the access log on (served as node/server.py serves), aiohttp's logger reads
+    status, body length and reply headers from the node's responses."""
+    routes = [{"path": "/hello", "methods": ["GET"], "target": "handler:node.demo:hello"}]
+    app = build_app(build(Settings, {"node": {"name": "node-a"}, "routes": routes}, ""), "all", {})
+    logger = logging.getLogger("scalenode.access.test")
+    runner = web.AppRunner(app, access_log=logger, access_log_format="%s %b %{X-Node}o")
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/hello") as response,
+            ):
+                await response.read()
+    finally:
+        await runner.cleanup()
+    assert "200 34 node-a" in [record.getMessage() for record in caplog.records]
