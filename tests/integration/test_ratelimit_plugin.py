@@ -12,9 +12,11 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import RedisError
 
-from node.app import build_app
+from node.app import STATS, build_app
+from node.call import Call, Reply
 from node.redisconn import RedisConnection
 from node.registry import NodeRegistry
+from plugins.ratelimit.plugin import OneLimitRateLimiter
 
 from .ratelimit_helpers import (
     REDIS_URL,
@@ -108,6 +110,27 @@ async def test_allowed_reply_carries_ratelimit_headers(nodes: Nodes, store: str)
     assert headers["RateLimit-Remaining"] == "4"
     assert 1 <= int(headers["RateLimit-Reset"]) <= 60
     assert "Retry-After" not in headers
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_bound_step_and_general_path_count_in_one_state(nodes: Nodes, store: str) -> None:
+    """A one-limit route runs the plugin's bound step; its general path (`plugin(call, next)`)
+    decides the same in the same state: alternating the two, Remaining falls one a time."""
+    client = await nodes.start({"limit": 10, "window": 60}, store)
+    plugin = next(p for _, p in client.server.app[STATS].plugins if p.name == "ratelimit")
+    assert isinstance(plugin, OneLimitRateLimiter)
+
+    async def target(call: Call) -> Reply:
+        return Reply.text("ok")
+
+    remaining = []
+    for i in range(6):
+        if i % 2:
+            reply = await plugin(Call("GET", client="127.0.0.1"), target)
+            remaining.append(reply.headers["RateLimit-Remaining"])
+        else:
+            remaining.append((await get(client))[1]["RateLimit-Remaining"])
+    assert remaining == ["9", "8", "7", "6", "5", "4"]
 
 
 @pytest.mark.parametrize("store", STORES)
