@@ -27,7 +27,11 @@ SCAN_BATCH = 500
 
 def index_name(prefix: str, name: str) -> str:
     if len(name) > MAX_INDEX_NAME:
-        name = "#" + hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+        # Its first characters as they are, then the whole name's digest: one index per
+        # name, and a prefix scan still finds it (drop_prefix). Longer than any name kept
+        # whole, so never one of those.
+        digest = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+        name = name[:MAX_INDEX_NAME] + "#" + digest
     return prefix + name
 
 
@@ -111,7 +115,9 @@ class RedisL2:
         return await self._drop_indexes([index_name(CACHE_TAG_INDEX, tag)])
 
     async def drop_prefix(self, prefix: str) -> int:
-        pattern = CACHE_PATH_INDEX + glob_escape(prefix) + "*"
+        # A prefix longer than an index name's readable part matches by that part: it may
+        # drop more than it names (long paths that differ only past it), never less.
+        pattern = CACHE_PATH_INDEX + glob_escape(prefix[:MAX_INDEX_NAME]) + "*"
 
         async def scan(client: Any) -> list[str]:
             return [k async for k in client.scan_iter(match=pattern, count=SCAN_BATCH)]

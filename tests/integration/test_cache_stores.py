@@ -78,6 +78,19 @@ async def test_drop_prefix(store: L2Store, ns: str) -> None:
     assert await store.get(f"r:{ns}/other/items") == b"x"
 
 
+async def test_drop_prefix_finds_paths_longer_than_an_index_name(store: L2Store, ns: str) -> None:
+    """Paths past the index name's length are still found by a prefix, and by themselves."""
+    long_a = f"{ns}/reports/" + "a" * 300
+    long_b = f"{ns}/reports/" + "a" * 299 + "b"
+    for i, path in enumerate((long_a, long_b, f"{ns}/other/" + "a" * 300)):
+        await store.put(f"r:{path}", str(i).encode(), 5.0, path, ())
+    assert await store.drop_path(long_b) == 1
+    assert await store.get(f"r:{long_a}") == b"0"
+    assert await store.drop_prefix(f"{ns}/reports/") == 1
+    assert await store.get(f"r:{long_a}") is None
+    assert await store.get(f"r:{ns}/other/" + "a" * 300) == b"2"
+
+
 async def test_drop_prefix_takes_glob_characters_literally(store: L2Store, ns: str) -> None:
     """A prefix holding * or ? matches only itself, not as a pattern."""
     await store.put(f"r:{ns}/a*b", b"1", 5.0, f"{ns}/a*b", ())
