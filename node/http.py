@@ -12,18 +12,15 @@ from collections.abc import Mapping
 from time import perf_counter
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from node.call import JSON_TYPE, ByteStream, Call, Handler, Reply
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
 from node.metrics import RouteStats
 from node.targets import as_reply
-from node.wire import ReadyResponse
+from node.wire import CONTENT_TYPE, X_NODE, ReadyResponse
 
 log = logging.getLogger("scalenode.http")
-
-X_NODE = istr("X-Node")
-CONTENT_TYPE = istr("Content-Type")
 
 
 def error_reply(exc: Rejected) -> Reply:

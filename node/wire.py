@@ -3,10 +3,10 @@
 aiohttp's `web.Response` prepares itself through ~10 coroutine frames and a page of header
 bookkeeping in Python (prepare, _start, _prepare_headers, the prepare hook, _write_headers,
 two write_eofs): about a tenth of a hello-world request, measured with callgrind. A reply
-in hand needs one header mapping, aiohttp's own serializer (which refuses CR and LF in
-names and values) and one write, with aiohttp's framing rules kept: the real
-Content-Length, no body on HEAD, 204, 304 and 1xx, Date, Server, and Connection as the
-HTTP version needs.
+in hand needs one header mapping, aiohttp's own serializer and one write, with aiohttp's
+framing rules kept: the real Content-Length, no body on HEAD, 204, 304 and 1xx, Date,
+Server, and Connection as the HTTP version needs. The serializer refuses control
+characters in headers; such a reply is logged and answered with a 500 JSON instead.
 
 aiohttp's RequestHandler asks a response for `prepare`, `write_eof` and `keep_alive`; its
 access logger for `status`, `body_length` and `headers`. That is this class's whole surface.
@@ -14,12 +14,14 @@ access logger for `status`, `body_length` and `headers`. That is this class's wh
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 # Statuses whose reply never has a body; of them, these never carry a Content-Length
 # (RFC 9110 sections 6.4.1, 8.6): a 304 may repeat the length of what it stands for.
@@ -34,6 +36,11 @@ CONNECTION = hdrs.CONNECTION
 DATE = hdrs.DATE
 SERVER = hdrs.SERVER
 DEFAULT_TYPE = "application/octet-stream"
+X_NODE = istr("X-Node")
+UNSENDABLE_BODY = orjson.dumps(
+    {"error": "internal", "detail": "the reply held a header that cannot be sent; see the log"}
+)
+log = logging.getLogger("scalenode.http")
 
 
 def status_line(version: tuple[int, int], status: int) -> str:
@@ -42,6 +49,18 @@ def status_line(version: tuple[int, int], status: int) -> str:
         if line is not None:
             return line
     return f"HTTP/{version[0]}.{version[1]} {status} {REASONS.get(status, '')}"
+
+
+def unsendable(sent: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The headers of the 500 that replaces a reply whose headers cannot be sent: the
+    framing ones the node made, none of the reply's own."""
+    headers = CIMultiDict(
+        {CONTENT_TYPE: "application/json", CONTENT_LENGTH: str(len(UNSENDABLE_BODY))}
+    )
+    for name in (DATE, SERVER, CONNECTION, X_NODE):
+        if name in sent:
+            headers[name] = sent[name]
+    return headers
 
 
 class ReadyResponse:
@@ -85,7 +104,17 @@ class ReadyResponse:
             elif version == HttpVersion10:
                 headers[CONNECTION] = "keep-alive"
         writer = request.writer
-        await writer.write_headers(status_line(version, status), headers)
+        try:
+            await writer.write_headers(status_line(version, status), headers)
+        except ValueError:  # a control character in a header: nothing is written yet
+            log.error(
+                "reply to %s %s held a header with a control character; answered 500",
+                method,
+                request.path,
+            )
+            self.status, self.headers = 500, unsendable(headers)
+            body = b"" if method == "HEAD" else UNSENDABLE_BODY
+            await writer.write_headers(status_line(version, 500), self.headers)
         await writer.write_eof(body)
         self.body_length = len(body)
 

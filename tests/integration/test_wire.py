@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -143,9 +144,14 @@ async def test_a_body_without_a_type_is_octet_stream(node):
     assert headers["content-type"] == ["application/octet-stream"] and body == b"\x00\x01"
 
 
-async def test_a_header_value_with_a_line_break_is_never_sent(node):
+async def test_a_header_value_with_a_line_break_is_a_500_and_never_sent(node, caplog):
     raw = await exchange(node, get("/injected", extra=CLOSE))
-    assert b"stolen" not in raw
+    status, headers, body = parse(raw)
+    assert b"stolen" not in raw and "x-evil" not in headers
+    assert status == "HTTP/1.1 500 Internal Server Error"
+    assert orjson.loads(body)["error"] == "internal"
+    assert headers["content-length"] == [str(len(body))] and headers["x-node"] == ["node-a"]
+    assert any("control character" in record.getMessage() for record in caplog.records)
 
 
 async def test_the_access_log_reads_status_length_and_headers(caplog):
@@ -168,3 +174,10 @@ async def test_the_access_log_reads_status_length_and_headers(caplog):
     finally:
         await runner.cleanup()
     assert "200 34 node-a" in [record.getMessage() for record in caplog.records]
+
+
+async def test_an_unsendable_reply_to_head_is_a_500_without_a_body(node):
+    raw = await exchange(node, get("/injected", "HEAD"), then=get("/hello"))
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 500 ") and b"stolen" not in raw
+    assert rest.startswith(b"HTTP/1.1 200 OK")  # no body before the next reply
