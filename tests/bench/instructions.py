@@ -28,8 +28,7 @@ import harness
 import servers
 import wrk
 from harness import BenchError
-
-from run import NODE_ROUTES, REDIS_BACKENDS  # the same routes as the req/s benchmark
+from scenarios import NODE_ROUTES, REDIS_BACKENDS  # the same routes as run.py
 
 # (label, server, path, baseline label)
 CASES = [

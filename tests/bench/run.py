@@ -7,8 +7,7 @@ to the other CPU), waits for each to answer, runs wrk on each scenario in turn (
 then the measured run), prints a Markdown table with the ratios, writes
 tests/bench/results/latest.json, and stops exactly the processes it started.
 
-To benchmark a new route: add its [[routes]] table to NODE_ROUTES and a Scenario (and a
-Ratio if it has a baseline) below.
+The routes, scenarios and ratios are in scenarios.py.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,173 +26,13 @@ import report
 import servers
 import wrk
 from harness import BenchError, Process
-from report import Ratio, Row
-from servers import HELLO_BODY, UPSTREAM_BODY, Server
+from report import Row
+from scenarios import NODE_ROUTES, RATIOS, REDIS_BACKENDS, SCENARIOS, Scenario
+from servers import Server
 
 ORIGIN = "upstream-nginx"  # the name servers.upstream_nginx gives its Server
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-
-# The node's routes ($upstream_port is the origin nginx; [upstreams.origin] points at it).
-NODE_ROUTES = """\
-[[routes]]
-path = "/hello"
-methods = ["GET"]
-target = "handler:node.demo:hello"
-
-[[routes]]
-path = "/proxy/{tail:.*}"
-target = "upstream:origin"
-strip_prefix = "/proxy"
-
-# The hello route behind a rate limit it never reaches: the cost of counting.
-[[routes]]
-path = "/limited"
-methods = ["GET"]
-target = "handler:node.demo:hello"
-ratelimit = { limit = 1000000000, window = 60, key = "ip" }
-
-# The same limit in front of the proxy route: a gateway's usual place for it.
-[[routes]]
-path = "/limited-proxy/{tail:.*}"
-target = "upstream:origin"
-strip_prefix = "/limited-proxy"
-ratelimit = { limit = 1000000000, window = 60, key = "ip" }
-
-# The proxy route with a breaker that never trips, on a pool of its own (the same origin):
-# the cost of the failover path and of the circuits' bookkeeping.
-[[routes]]
-path = "/guarded/{tail:.*}"
-target = "upstream:guarded"
-strip_prefix = "/guarded"
-breaker = { open_seconds = 5 }
-
-[upstreams.guarded]
-targets = ["http://127.0.0.1:$upstream_port"]
-timeout = 5.0
-"""
-
-# The same routes on a node whose rate limit counts in Redis (a private one, see build_servers).
-REDIS_BACKENDS = """\
-[backends]
-redis = "redis://127.0.0.1:$redis_port/0"
-"""
-
-
 Running = dict[str, tuple[Server, Process]]  # by Server.name, what main() started
-
-
-@dataclass(frozen=True)
-class Scenario:
-    key: str
-    label: str
-    server: str  # Server.name
-    path: str  # what wrk requests; every proxy asks the origin for /hello
-    body: bytes  # the answer expected before benchmarking (proves the route is the right one)
-    baseline: str | None = None  # the key this one's ratio column compares against
-
-
-SCENARIOS = [
-    Scenario("bare_hello", "bare aiohttp hello", "bare-hello", "/hello", HELLO_BODY),
-    Scenario("node_handler", "node handler route", "node", "/hello", HELLO_BODY, "bare_hello"),
-    Scenario("bare_proxy", "bare aiohttp proxy", "bare-proxy", "/hello", UPSTREAM_BODY),
-    Scenario("node_proxy", "node proxy route", "node", "/proxy/hello", UPSTREAM_BODY, "bare_proxy"),
-    Scenario(
-        "node_breaker",
-        "proxy route with breaker",
-        "node",
-        "/guarded/hello",
-        UPSTREAM_BODY,
-        "node_proxy",
-    ),
-    Scenario("nginx_proxy", "nginx proxy (reference)", "proxy-nginx", "/hello", UPSTREAM_BODY),
-    Scenario(
-        "node_limited", "rate limited, embedded", "node", "/limited", HELLO_BODY, "node_handler"
-    ),
-    Scenario(
-        "node_limited_proxy",
-        "rate limited proxy, embedded",
-        "node",
-        "/limited-proxy/hello",
-        UPSTREAM_BODY,
-        "node_proxy",
-    ),
-    Scenario("redis_node_hello", "handler route (Redis node)", "node-redis", "/hello", HELLO_BODY),
-    Scenario(
-        "redis_limited",
-        "rate limited, Redis",
-        "node-redis",
-        "/limited",
-        HELLO_BODY,
-        "redis_node_hello",
-    ),
-]
-
-RATIOS = [
-    Ratio("node_handler", "bare_hello", "handler route / bare hello"),
-    Ratio("node_proxy", "bare_proxy", "node proxy / bare proxy"),
-    Ratio("node_proxy", "nginx_proxy", "node proxy / nginx proxy (reference)"),
-    Ratio("node_limited", "node_handler", "rate limit (embedded) / same route without it"),
-    Ratio(
-        "node_limited_proxy", "node_proxy", "rate limit (embedded) / same proxy route without it"
-    ),
-    Ratio("node_breaker", "node_proxy", "breaker on / same proxy route without it"),
-    Ratio("redis_limited", "redis_node_hello", "rate limit (Redis) / same route without it"),
-]
-
-
-# --- The response cache (issue #4), kept apart from the scenarios above. ----------------
-# An L1 hit and an L2 hit (l1_ttl = 0: every request reads Redis) of the hello handler,
-# against bare aiohttp; a miss (statuses = [299]: the origin's 200 is never stored, so
-# each request is a full miss: L1, L2 read, fill lock, re-read, fetch, unlock) against
-# the same proxy route without the plugin.
-CACHE_ROUTES = """
-[[routes]]
-path = "/cached/hello"
-methods = ["GET"]
-target = "handler:node.demo:hello"
-cache = { ttl = 3600 }
-
-[[routes]]
-path = "/cached-l2/hello"
-methods = ["GET"]
-target = "handler:node.demo:hello"
-cache = { ttl = 3600, l1_ttl = 0 }
-
-[[routes]]
-path = "/cached-miss/{tail:.*}"
-target = "upstream:origin"
-strip_prefix = "/cached-miss"
-cache = { ttl = 30, statuses = [299] }
-"""
-NODE_ROUTES += CACHE_ROUTES
-
-SCENARIOS += [
-    Scenario("cache_l1", "cache L1 hit", "node", "/cached/hello", HELLO_BODY, "bare_hello"),
-    Scenario(
-        "cache_l2",
-        "cache L2 hit (Redis)",
-        "node-redis",
-        "/cached-l2/hello",
-        HELLO_BODY,
-        "bare_hello",
-    ),
-    Scenario(
-        "redis_node_proxy", "proxy route (Redis node)", "node-redis", "/proxy/hello", UPSTREAM_BODY
-    ),
-    Scenario(
-        "cache_miss",
-        "cache miss (Redis proxy)",
-        "node-redis",
-        "/cached-miss/hello",
-        UPSTREAM_BODY,
-        "redis_node_proxy",
-    ),
-]
-RATIOS += [
-    Ratio("cache_l1", "bare_hello", "cache L1 hit / bare hello (target >= 0.9)"),
-    Ratio("cache_l2", "bare_hello", "cache L2 hit / bare hello (target >= 0.6)"),
-    Ratio("cache_miss", "redis_node_proxy", "cache miss / same proxy route without the plugin"),
-]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
