@@ -103,14 +103,10 @@ async def test_a_second_reply_after_the_first_is_not_mixed_into_it(serve: Serve)
 async def test_stray_bytes_after_a_streamed_reply_do_not_break_it(serve: Serve) -> None:
     """A chunked reply followed by stray bytes is passed through whole, without an error."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\n\r\n"
-        )
-        await writer.drain()
-        await reader.read()
+    answer = replying(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\n\r\n"
+    )
 
     fast = client()
     assert await get(fast, await serve(answer)) == (200, b"ok", {})
@@ -121,14 +117,10 @@ async def test_stray_bytes_after_a_streamed_reply_do_not_break_it(serve: Serve) 
 async def test_trailers_do_not_become_headers(serve: Serve) -> None:
     """A chunked body's trailer fields are dropped (as aiohttp does), never sent as headers."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n"
-            b"2\r\nok\r\n0\r\nSet-Cookie: session=evil\r\nX-Trailer: 1\r\n\r\n"
-        )
-        await writer.drain()
-        await reader.read()
+    answer = replying(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n"
+        b"2\r\nok\r\n0\r\nSet-Cookie: session=evil\r\nX-Trailer: 1\r\n\r\n"
+    )
 
     fast = client()
     assert await get(fast, await serve(answer)) == (200, b"ok", {"X-Up": "1"})
