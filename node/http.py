@@ -14,11 +14,11 @@ from time import perf_counter
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from node.call import JSON_TYPE, ByteStream, Call, Handler, Reply
+from node.call import JSON_TYPE, AddedHeaders, ByteStream, Call, Handler, Reply
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
 from node.metrics import RouteStats
 from node.targets import as_reply
-from node.wire import CONTENT_TYPE, X_NODE, ReadyResponse
+from node.wire import CONTENT_TYPE, X_NODE, ReadyResponse, header_items
 
 log = logging.getLogger("scalenode.http")
 
@@ -56,6 +56,11 @@ class RequestCall(Call):
         self.route = route
         self.body = body
         self.shard = None
+        self.added_headers = None
+        # What `request.remote` derives from, read directly: `remote` is computed by a
+        # Python function on first use, a frame per request for the rate limit (aiohttp is
+        # pinned to 3.14; the rate limit's tests check the address). Never cloned here.
+        self.peer = request._transport_peername
         self._request_id = None
         self._query = None
         self._request = request
@@ -86,7 +91,8 @@ class RequestCall(Call):
 
     @property
     def client(self) -> str:
-        return self._request.remote or ""
+        peer = self.peer  # (host, port) or (host, port, flow, scope); a path on a socket
+        return peer[0] if type(peer) is tuple else (peer or "")  # type: ignore[return-value]
 
     @property
     def scheme(self) -> str:
@@ -102,19 +108,34 @@ class RequestCall(Call):
         return self._request.app
 
 
-def to_response(reply: Reply, node: str) -> ReadyResponse:
-    headers = CIMultiDict(reply.headers) if reply.headers else CIMultiDict()
+def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> ReadyResponse:
+    lines = b""
+    if reply.headers:
+        headers = CIMultiDict(reply.headers)
+        if added is not None:
+            for name in added[0]:
+                headers.popall(name, None)
+    else:
+        headers = CIMultiDict()
+    if added is not None:
+        lines = added[1]
     if reply.content_type is not None:
         headers[CONTENT_TYPE] = reply.content_type
     headers[X_NODE] = node
-    return ReadyResponse(reply.status, headers, reply.body)
+    return ReadyResponse(reply.status, headers, reply.body, lines)
 
 
 async def stream_reply(
-    request: web.Request, reply: Reply, stream: ByteStream, node: str
+    request: web.Request,
+    reply: Reply,
+    stream: ByteStream,
+    node: str,
+    added: AddedHeaders | None = None,
 ) -> web.StreamResponse:
     """A reply whose body is a stream: headers first, then chunks as they come."""
     response = web.StreamResponse(status=reply.status, headers=reply.headers)
+    if added is not None:
+        response.headers.update(header_items(added[1]))
     response.headers[X_NODE] = node
     length = reply.headers.get("Content-Length")
     if length is None:
@@ -143,8 +164,10 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
         stats.in_flight += 1
         started = perf_counter()
         try:
-            body = await read_body(request, max_body) if request.body_exists else b""
-            reply = await handler(RequestCall(request, label, body))
+            call = RequestCall(request, label, b"")
+            if request.body_exists:
+                call.body = await read_body(request, max_body)
+            reply = await handler(call)
             if type(reply) is not Reply:  # a handler whose `-> Reply` annotation was wrong
                 reply = as_reply(reply)
         except Rejected as exc:
@@ -154,8 +177,8 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
             reply = INTERNAL_ERROR
         try:
             if reply.stream is None:
-                return to_response(reply, node)
-            return await stream_reply(request, reply, reply.stream, node)
+                return to_response(reply, node, call.added_headers)
+            return await stream_reply(request, reply, reply.stream, node, call.added_headers)
         finally:
             stats.in_flight -= 1
             stats.record(reply.status, perf_counter() - started)

@@ -63,15 +63,24 @@ def unsendable(sent: CIMultiDict[str]) -> CIMultiDict[str]:
     return headers
 
 
+def header_items(lines: bytes) -> list[tuple[str, str]]:
+    """Serialized header lines (node.call.AddedHeaders' end of a head) as (name, value)."""
+    pairs = (line.partition(": ") for line in lines.decode("latin-1").split("\r\n") if line)
+    return [(name, value) for name, _, value in pairs]
+
+
 class ReadyResponse:
     """Status, headers (this response's own copy) and the whole body; sent by `prepare`."""
 
-    __slots__ = ("body", "body_length", "headers", "keep_alive", "status")
+    __slots__ = ("added", "body", "body_length", "headers", "keep_alive", "status")
 
-    def __init__(self, status: int, headers: CIMultiDict[str], body: bytes) -> None:
+    def __init__(
+        self, status: int, headers: CIMultiDict[str], body: bytes, added: bytes = b""
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        self.added = added  # the head's end, serialized by a plugin (node.call.AddedHeaders)
         self.keep_alive: bool | None = None
         self.body_length = 0
 
@@ -115,6 +124,11 @@ class ReadyResponse:
             self.status, self.headers = 500, unsendable(headers)
             body = b"" if method == "HEAD" else UNSENDABLE_BODY
             await writer.write_headers(status_line(version, 500), self.headers)
+        else:
+            if self.added:
+                # aiohttp holds the serialized head until the body goes with it; the
+                # plugin's end of it replaces the closing blank line.
+                writer._headers_buf = writer._headers_buf[:-2] + self.added
         await writer.write_eof(body)
         self.body_length = len(body)
 

@@ -43,48 +43,47 @@ class Verdict:
 def sliding_window(state: State | None, lim: Limit, now: int, cost: int) -> Outcome:
     """Two-window weighted counter, as `limits`' sliding window counter: the previous window's
     count weighs by the share of it still inside the sliding window; exact in the first window."""
-    win, limit = lim.window_us, lim.limit
-    idx = floor(now / win)
-    cur, prev = 0, 0
+    win = lim.window_us
+    # The script's floor(now / win) and now - idx * win: doubles are exact for them below
+    # 2**52 µs (the year 2112).
+    idx, elapsed = divmod(now, win)
+    reset = win - elapsed
+    cur = prev = 0
     if state is not None:  # states hold ints (both stores), so no conversions here
         if state[0] == idx:
             _, cur, prev = state
         elif state[0] == idx - 1:
             prev = state[1]
-    elapsed = now - idx * win
     # prev * weight is computed once; the Lua script computes the same product each time.
-    faded = prev * ((win - elapsed) / win)
-    allowed = floor(faded + cur) + cost <= limit
-    if allowed:
+    faded = prev * (reset / win)
+    limit = lim.limit
+    if floor(faded + cur) + cost <= limit:
         cur = cur + cost
+        remaining = limit - floor(faded + cur)
+        return (remaining if remaining > 0 else 0), reset, 0, (idx, cur, prev)
+    # Rejected. The weighted count x passes when floor(x) + cost <= limit, i.e. x < room;
+    # the earliest such moment is one microsecond past the solution of x == room.
     remaining = limit - floor(faded + cur)
-    if remaining < 0:
-        remaining = 0
-    reset = win - elapsed
-    retry = 0
-    if not allowed:
-        # The weighted count x passes when floor(x) + cost <= limit, i.e. x < room; the
-        # earliest such moment is one microsecond past the solution of x == room.
-        room = limit - cost + 1
-        if cost > limit:
-            retry = reset + win
-        elif cur + cost > limit:
-            # Only the next window can admit it, once this window's count has faded enough.
-            retry = reset + floor(win * (1 - room / cur)) + 1
-        else:
-            retry = floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
-    return remaining, reset, retry, (idx, cur, prev)
+    room = limit - cost + 1
+    if cost > limit:
+        retry = reset + win
+    elif cur + cost > limit:
+        # Only the next window can admit it, once this window's count has faded enough.
+        retry = reset + floor(win * (1 - room / cur)) + 1
+    else:
+        retry = floor(win * (1 - (room - cur) / prev)) + 1 - elapsed
+    return (remaining if remaining > 0 else 0), reset, retry, (idx, cur, prev)
 
 
 def fixed_window(state: State | None, lim: Limit, now: int, cost: int) -> Outcome:
     """A counter per aligned window; rejected requests are not counted."""
     win = lim.window_us
-    idx = floor(now / win)
+    idx, elapsed = divmod(now, win)  # as in sliding_window
     cur = int(state[1]) if state is not None and state[0] == idx else 0
     allowed = cur + cost <= lim.limit
     if allowed:
         cur = cur + cost
-    reset = win - (now - idx * win)
+    reset = win - elapsed
     return max(0, lim.limit - cur), reset, 0 if allowed else reset, (idx, cur, 0)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from time import time_ns
@@ -18,7 +17,7 @@ from node.call import Call, Handler, Reply
 from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
 from node.forwarding import TrustedProxies
 from node.keys import RATELIMIT
-from plugins.ratelimit.algorithms import STEP, Limit
+from plugins.ratelimit.algorithms import STEP, Limit, Verdict
 from plugins.ratelimit.settings import MAX_KEY_LENGTH, RateLimitSettings, key_parts
 from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter, RedisCounter
 from plugins.ratelimit.tiers import TierDirectory
@@ -30,7 +29,13 @@ KEYS_REMEMBERED = 65536  # clients whose store keys are kept built, as `digest` 
 RATELIMIT_LIMIT = istr("RateLimit-Limit")  # istr: aiohttp need not case-fold these names
 RATELIMIT_REMAINING = istr("RateLimit-Remaining")
 RATELIMIT_RESET = istr("RateLimit-Reset")
-SECONDS = tuple(str(n) for n in range(3601))  # Reset values, formatted once
+RATELIMIT_NAMES = (RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET)
+# A reply's RateLimit headers travel serialized (node.call.AddedHeaders): a limit's first
+# line and the Remaining name, then the count, then the Reset line and the head's closing
+# blank line, of which the first hour's are made once.
+LIMIT_LINES = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: "
+RESET_LINE = b"\r\nRateLimit-Reset: %d\r\n\r\n"
+RESET_LINES = tuple(RESET_LINE % n for n in range(3601))
 
 
 @lru_cache(maxsize=65536)  # clients repeat; their digest need not be recomputed
@@ -83,7 +88,8 @@ class RateLimiter:
             "unlimited_by_outage": 0,
         }
         self._dry_run_logged = 0.0
-        self._keys: dict[str, list[str]] = {}  # client digest → its default limits' keys
+        # client digest (or peer, see OneLimitRateLimiter) → its default limits' keys
+        self._keys: dict[object, list[str]] = {}
         self.memory = store if isinstance(store, MemoryCounter) else None
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
@@ -122,29 +128,37 @@ class RateLimiter:
     async def answer(
         self, call: Call, next: Handler, decision: Decision, limits: tuple[Limit, ...]
     ) -> Reply:
-        headers = self.headers(decision, limits)
+        verdicts = decision.verdicts
+        i = tightest(verdicts)
+        limit, remaining, reset_us = limits[i].limit, verdicts[i].remaining, verdicts[i].reset_us
         if decision.allowed:
             self.counters["allowed"] += 1
         else:
-            self.over_limit(headers, max(v.retry_us for v in decision.verdicts))
-        return merged(await next(call), headers)
+            self.over_limit(limit, remaining, reset_us, max(v.retry_us for v in verdicts))
+        lines = header_lines(LIMIT_LINES % limit, remaining, reset_us)
+        call.added_headers = (RATELIMIT_NAMES, lines)
+        return await next(call)
 
-    def over_limit(self, headers: dict[str, str], retry_us: int) -> None:
+    def over_limit(self, limit: int, remaining: int, reset_us: int, retry_us: int) -> None:
         """A request over its limit: 429 (raised), or in a dry run counted and let through."""
         settings = self.policy.settings
         if settings.dry_run:
             self.note_dry_run()
             return
         self.counters["limited"] += 1
-        headers["Retry-After"] = str(max(1, math.ceil(retry_us / 1_000_000)))
         raise RateLimited(
-            f"over {headers[RATELIMIT_LIMIT]} requests per window",
+            f"over {limit} requests per window",
             status=settings.status,
-            headers=headers,
+            headers={
+                RATELIMIT_LIMIT: str(limit),
+                RATELIMIT_REMAINING: str(remaining),
+                RATELIMIT_RESET: str(seconds_up(reset_us)),
+                "Retry-After": str(max(1, seconds_up(retry_us))),
+            },
         )
 
     def keys_of(
-        self, client: str, limits: tuple[Limit, ...], remember_as: str | None = None
+        self, client: str, limits: tuple[Limit, ...], remember_as: object = None
     ) -> list[str]:
         """The store keys of `client`'s limits; for the default limits, remembered for the
         clients seen lately, by `remember_as` (default: the client digest; hashing a Limit
@@ -221,21 +235,6 @@ class RateLimiter:
             self._shares[(limits, nodes)] = share
         return share
 
-    @staticmethod
-    def headers(decision: Decision, limits: tuple[Limit, ...]) -> dict[str, str]:
-        """IETF RateLimit headers for the tightest limit (fewest remaining)."""
-        verdicts = decision.verdicts
-        i = 0
-        for j in range(1, len(verdicts)):
-            if verdicts[j].remaining < verdicts[i].remaining:
-                i = j
-        verdict = verdicts[i]
-        return {
-            RATELIMIT_LIMIT: str(limits[i].limit),
-            RATELIMIT_REMAINING: str(verdict.remaining),
-            RATELIMIT_RESET: str(-(-verdict.reset_us // 1_000_000)),  # whole seconds, up
-        }
-
     def note_dry_run(self) -> None:
         self.counters["dry_run"] += 1
         now = time.monotonic()
@@ -260,15 +259,15 @@ class RateLimiter:
 
 class OneLimitRateLimiter(RateLimiter):
     """The common case, one limit and no tiers, as a step bound to the rest of the route
-    (`bind`, which the pipeline uses): one coroutine frame, no lists, no Decision. The
-    embedded store's state is read and written in that frame; a Redis check is a future
-    on the store's batch. `__call__` (the general path) decides the same. The factory picks
-    this class when `fits` says so."""
+    (`bind`, which the pipeline uses). On the embedded store the step is a plain function
+    that hands back the route's own coroutine, the state read and written in its frame; a
+    Redis check is a future on the store's batch. `__call__` (the general path) decides
+    the same. The factory picks this class when `fits` says so."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.single: tuple[Limit, ...] = self.policy.default  # type: ignore[assignment]
-        self.limit_text = str(self.single[0].limit)
+        self.limit_lines = LIMIT_LINES % self.single[0].limit
         self.peer_is_client = self.by_ip_only and self.trusted.none
 
     @staticmethod
@@ -282,9 +281,10 @@ class OneLimitRateLimiter(RateLimiter):
         )
 
     def keys_for(self, call: Call) -> list[str]:
-        if self.peer_is_client:  # keys remembered by peer address: no header, no digest
-            peer = call.client
-            return self._keys.get(peer) or self.keys_of(digest(peer), self.single, peer)
+        if self.peer_is_client:  # keys remembered by peer: no header, no digest
+            peer = call.peer
+            keys = self._keys.get(peer)
+            return keys or self.keys_of(digest(call.client), self.single, peer)
         client = self.identify(call)[0]
         return self._keys.get(client) or self.keys_of(client, self.single)
 
@@ -294,32 +294,36 @@ class OneLimitRateLimiter(RateLimiter):
     def memory_step(self, next: Handler) -> Handler:
         memory: MemoryCounter = self.memory  # type: ignore[assignment]
         states, max_keys, clock = memory.states, memory.max_keys, memory.clock
-        step, lim, limit_text = STEP[self.algorithm], self.single[0], self.limit_text
-        counters, keys_for = self.counters, self.keys_for
+        step, lim, limit_lines = STEP[self.algorithm], self.single[0], self.limit_lines
+        counters, keys_for, remembered = self.counters, self.keys_for, self._keys
+        by_peer, reset_lines_made = self.peer_is_client, len(RESET_LINES)
 
-        async def ratelimit_step(call: Call) -> Reply:
-            key = keys_for(call)[0]
+        def ratelimit_step(call: Call) -> Awaitable[Reply]:
+            # keys_for, its common case inlined: keys remembered by the peer.
+            key = ((by_peer and remembered.get(call.peer)) or keys_for(call))[0]
             # MemoryCounter.decide_now's work for one key, in this frame.
             now = time_ns() // 1000 if clock is None else clock()
-            remaining, reset_us, retry_us, states[key] = step(states.pop(key, None), lim, now, 1)
-            if len(states) > max_keys:
+            state = states.pop(key, None)
+            remaining, reset_us, retry_us, states[key] = step(state, lim, now, 1)
+            if state is None and len(states) > max_keys:  # only a new key adds one
                 memory.trim()
-            headers = {
-                RATELIMIT_LIMIT: limit_text,
-                RATELIMIT_REMAINING: str(remaining),
-                RATELIMIT_RESET: seconds_up(reset_us),
-            }
             if retry_us:
-                self.over_limit(headers, retry_us)
+                self.over_limit(lim.limit, remaining, reset_us, retry_us)
             else:
                 counters["allowed"] += 1
-            return merged(await next(call), headers)
+            seconds = -(-reset_us // 1_000_000)  # header_lines, inlined for its common case
+            if seconds < reset_lines_made:
+                lines = b"%b%d%b" % (limit_lines, remaining, RESET_LINES[seconds])
+            else:
+                lines = header_lines(limit_lines, remaining, reset_us)
+            call.added_headers = (RATELIMIT_NAMES, lines)
+            return next(call)
 
         return ratelimit_step
 
     def redis_step(self, next: Handler) -> Handler:
         store: RedisCounter = self.store  # type: ignore[assignment]
-        single, limit_text, counters = self.single, self.limit_text, self.counters
+        single, limit_lines, counters = self.single, self.limit_lines, self.counters
         packed, count = store.packed_args(self.algorithm, single, 1)
 
         async def ratelimit_step(call: Call) -> Reply:
@@ -328,30 +332,34 @@ class OneLimitRateLimiter(RateLimiter):
                 allowed, remaining, reset_us, retry_us = await store.enqueue(keys, packed, count)
             except BackendUnavailable:
                 return await self.without_backend(call, next, keys, single)
-            headers = {
-                RATELIMIT_LIMIT: limit_text,
-                RATELIMIT_REMAINING: str(remaining),
-                RATELIMIT_RESET: seconds_up(reset_us),
-            }
             if allowed:
                 counters["allowed"] += 1
             else:
-                self.over_limit(headers, retry_us)
-            return merged(await next(call), headers)
+                self.over_limit(single[0].limit, remaining, reset_us, retry_us)
+            call.added_headers = (RATELIMIT_NAMES, header_lines(limit_lines, remaining, reset_us))
+            return await next(call)
 
         return ratelimit_step
 
 
-def seconds_up(us: int) -> str:
-    """Microseconds as whole seconds, rounded up (RateLimit-Reset)."""
-    seconds = -(-us // 1_000_000)
-    return SECONDS[seconds] if 0 <= seconds < len(SECONDS) else str(seconds)
+def tightest(verdicts: list[Verdict]) -> int:
+    """The index of the limit with the fewest requests remaining (the first of equals)."""
+    i = 0
+    for j in range(1, len(verdicts)):
+        if verdicts[j].remaining < verdicts[i].remaining:
+            i = j
+    return i
 
 
-def merged(reply: Reply, headers: dict[str, str]) -> Reply:
-    """`reply` with `headers` added (the plugin's own dict becomes the reply's when it has none)."""
-    if reply.headers:
-        reply.headers.update(headers)  # type: ignore[attr-defined]
-    else:
-        reply.headers = headers
-    return reply
+def seconds_up(us: int) -> int:
+    """Microseconds as whole seconds, rounded up (RateLimit-Reset, Retry-After)."""
+    return -(-us // 1_000_000)
+
+
+def header_lines(limit_lines: bytes, remaining: int, reset_us: int) -> bytes:
+    """The end of a reply's head, serialized: its RateLimit header lines (`limit_lines` is
+    LIMIT_LINES with the limit) and the closing blank line."""
+    seconds = -(-reset_us // 1_000_000)
+    if 0 <= seconds < len(RESET_LINES):
+        return b"%b%d%b" % (limit_lines, remaining, RESET_LINES[seconds])
+    return b"%b%d%b" % (limit_lines, remaining, RESET_LINE % seconds)

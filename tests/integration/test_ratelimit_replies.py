@@ -1,0 +1,152 @@
+"""The RateLimit headers on every kind of reply a limited route gives: proxied, streamed,
+an upstream's error, HEAD, and over a reply that carries its own RateLimit headers."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from node.app import build_app
+from node.config import Settings
+from node.schema import build
+
+from .ratelimit_helpers import avoid_window_edge, stop_heartbeat
+
+LIMIT = {"limit": 5, "window": 60}
+BIG = 2 * 1024 * 1024  # over the proxy's 1 MiB: the reply is streamed
+
+
+async def own_headers(request: web.Request) -> web.Response:
+    # An upstream with a rate limit of its own: the node's headers must replace these.
+    headers = {"ratelimit-limit": "1000", "RateLimit-Remaining": "999", "X-Origin": "yes"}
+    return web.json_response({"ok": True}, headers=headers)
+
+
+async def big(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * BIG)
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_get("/own", own_headers)
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+def dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+async def node(origin: str) -> AsyncIterator[TestClient]:
+    data: dict[str, Any] = {
+        "node": {"name": "rl-replies"},
+        "upstreams": {
+            "origin": {"targets": [origin], "timeout": 5.0},
+            "dead": {"targets": [dead_url()], "timeout": 1.0, "retries": 0},
+        },
+        "routes": [
+            {"path": "/hello", "target": "handler:node.demo:hello", "ratelimit": LIMIT},
+            {"path": "/p/{tail:.*}", "target": "upstream:origin", "strip_prefix": "/p"}
+            | {"ratelimit": LIMIT},
+            {"path": "/dead/{tail:.*}", "target": "upstream:dead", "strip_prefix": "/dead"}
+            | {"ratelimit": LIMIT},
+        ],
+    }
+    settings: Settings = build(Settings, data, "")
+    client = TestClient(TestServer(build_app(settings, "all"), host="127.0.0.1"))
+    await client.start_server()
+    await avoid_window_edge(60)
+    yield client
+    await stop_heartbeat(client)
+    await client.close()
+
+
+def ratelimit_of(headers: Any) -> tuple[str, str, int]:
+    """(Limit, Remaining, Reset) of a reply, each sent exactly once."""
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
+        assert len(headers.getall(name, [])) == 1, f"{name}: {headers.getall(name, [])}"
+    reset = int(headers["RateLimit-Reset"])
+    assert 1 <= reset <= 60
+    return headers["RateLimit-Limit"], headers["RateLimit-Remaining"], reset
+
+
+async def test_upstream_headers_of_the_same_name_give_way(node: TestClient) -> None:
+    """An upstream's own RateLimit headers (any case) are replaced, its others kept."""
+    async with node.get("/p/own") as resp:
+        assert resp.status == 200
+        assert ratelimit_of(resp.headers)[:2] == ("5", "4")
+        assert resp.headers["X-Origin"] == "yes"
+        assert await resp.json() == {"ok": True}
+
+
+async def test_streamed_reply_carries_the_headers(node: TestClient) -> None:
+    """A reply too large to hold is streamed, with the RateLimit headers before its body."""
+    async with node.get("/p/big") as resp:
+        assert resp.status == 200
+        assert ratelimit_of(resp.headers)[:2] == ("5", "4")
+        assert len(await resp.read()) == BIG
+
+
+async def test_upstream_failure_reply_carries_the_headers(node: TestClient) -> None:
+    """The route's own error (its upstream is down) still tells the client its budget: the
+    failed request was counted."""
+    for remaining in ("4", "3"):
+        async with node.get("/dead/x") as resp:
+            assert resp.status in (502, 503, 504)
+            assert (await resp.json())["error"]
+            assert ratelimit_of(resp.headers)[:2] == ("5", remaining)
+
+
+async def test_head_and_get_count_alike_and_head_has_no_body(node: TestClient) -> None:
+    """HEAD gets the headers and no body (the head ends where it should); the next GET
+    reads on in the same connection and sees the count go on."""
+    async with node.head("/hello") as resp:
+        assert resp.status == 200
+        assert ratelimit_of(resp.headers)[:2] == ("5", "4")
+        assert await resp.read() == b""
+    async with node.get("/hello") as resp:
+        assert resp.status == 200
+        assert ratelimit_of(resp.headers)[:2] == ("5", "3")
+        assert (await resp.json())["message"]
+
+
+async def test_client_over_ipv6_is_counted_by_its_address() -> None:
+    """The peer's address from an IPv6 socket (a 4-tuple) keys the limit: two connections
+    from ::1 share one budget."""
+    data = {
+        "node": {"name": "rl-v6"},
+        "routes": [
+            {
+                "path": "/hello",
+                "target": "handler:node.demo:hello",
+                "ratelimit": {"limit": 2, "window": 60},
+            }
+        ],
+    }
+    client = TestClient(TestServer(build_app(build(Settings, data, ""), "all"), host="::1"))
+    await client.start_server()
+    try:
+        await avoid_window_edge(60)
+        seen = []
+        for _ in range(3):
+            # A new connection each time: a new peer port, the same address.
+            async with client.get("/hello", headers={"Connection": "close"}) as resp:
+                seen.append((resp.status, resp.headers["RateLimit-Remaining"]))
+        assert seen == [(200, "1"), (200, "0"), (429, "0")]
+    finally:
+        await stop_heartbeat(client)
+        await client.close()
