@@ -106,13 +106,16 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per case")
     parser.add_argument(
-        "--only", default="", help="comma-separated parts of the labels to count (default all)"
+        "--only",
+        action="append",
+        default=[],
+        help="count the cases whose label holds this text (repeatable; labels hold commas)",
     )
     parser.add_argument(
         "--keep", default="", help="copy the callgrind dumps here (for callgrind_annotate)"
     )
     args = parser.parse_args(argv)
-    parts = [part for part in args.only.split(",") if part]
+    parts = args.only
     cases = [c for c in CASES + CACHE_CASES if not parts or any(p in c[0] for p in parts)]
     try:
         for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
