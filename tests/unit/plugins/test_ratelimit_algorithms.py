@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -264,3 +265,17 @@ def test_cost_above_the_limit_never_passes(algorithm: str) -> None:
     """A request costing more than the limit (burst) is rejected even on a fresh key."""
     key = Key(algorithm, lim(5, W, 3))
     assert not key.passes(T0, cost=6 if algorithm != TOKEN_BUCKET else 4)
+
+
+def test_window_index_matches_the_scripts_double_arithmetic() -> None:
+    """The algorithms take the window and its elapsed part from an integer divmod; the Lua
+    script computes floor(now / win) and now - idx * win in doubles. They agree below 2**52
+    us, near exact multiples of the window (where a rounded quotient would tip over) too."""
+    rng = random.Random(7)
+    windows = [1, 999, 1_000, 1_000_000, 60_000_000, 86_400_000_000, 2**31 - 1]
+    for _ in range(20_000):
+        win = rng.choice([*windows, rng.randrange(1, 10**11)])
+        k = rng.randrange(1, 2**52 // win)
+        for now in (k * win - 1, k * win, k * win + 1, rng.randrange(2**52)):
+            idx = math.floor(now / win)
+            assert divmod(now, win) == (idx, now - idx * win), (now, win)
