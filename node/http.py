@@ -109,16 +109,13 @@ class RequestCall(Call):
 
 
 def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> ReadyResponse:
+    headers = CIMultiDict(reply.headers) if reply.headers else CIMultiDict()
     lines = b""
-    if reply.headers:
-        headers = CIMultiDict(reply.headers)
-        if added is not None:
-            for name in added[0]:
-                headers.popall(name, None)
-    else:
-        headers = CIMultiDict()
     if added is not None:
-        lines = added[1]
+        names, lines = added
+        if reply.headers:  # the reply's own headers of those names give way
+            for name in names:
+                headers.popall(name, None)
     if reply.content_type is not None:
         headers[CONTENT_TYPE] = reply.content_type
     headers[X_NODE] = node

@@ -26,10 +26,8 @@ log = logging.getLogger("scalenode.ratelimit")
 
 DRY_RUN_LOG_INTERVAL = 1.0  # seconds between dry-run summaries, so floods don't flood the log
 KEYS_REMEMBERED = 65536  # clients whose store keys are kept built, as `digest` keeps digests
-RATELIMIT_LIMIT = istr("RateLimit-Limit")  # istr: aiohttp need not case-fold these names
-RATELIMIT_REMAINING = istr("RateLimit-Remaining")
-RATELIMIT_RESET = istr("RateLimit-Reset")
-RATELIMIT_NAMES = (RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET)
+# The names a reply's own headers give way to (istr: multidict need not case-fold them).
+RATELIMIT_NAMES = (istr("RateLimit-Limit"), istr("RateLimit-Remaining"), istr("RateLimit-Reset"))
 # A reply's RateLimit headers travel serialized (node.call.AddedHeaders): a limit's first
 # line and the Remaining name, then the count, then the Reset line and the head's closing
 # blank line, of which the first hour's are made once.
@@ -137,16 +135,17 @@ class RateLimiter:
         verdicts = decision.verdicts
         i = tightest(verdicts)
         limit, remaining, reset_us = limits[i].limit, verdicts[i].remaining, verdicts[i].reset_us
+        lines = header_lines(LIMIT_LINES % limit, remaining, reset_us)
+        call.added_headers = (RATELIMIT_NAMES, lines)
         if decision.allowed:
             self.counters.allowed += 1
         else:
-            self.over_limit(limit, remaining, reset_us, max(v.retry_us for v in verdicts))
-        lines = header_lines(LIMIT_LINES % limit, remaining, reset_us)
-        call.added_headers = (RATELIMIT_NAMES, lines)
+            self.over_limit(limit, max(v.retry_us for v in verdicts))
         return await next(call)
 
-    def over_limit(self, limit: int, remaining: int, reset_us: int, retry_us: int) -> None:
-        """A request over its limit: 429 (raised), or in a dry run counted and let through."""
+    def over_limit(self, limit: int, retry_us: int) -> None:
+        """A request over its limit: 429 (raised), or in a dry run counted and let through.
+        Its RateLimit headers are on the call already: the adapter adds them to the 429."""
         settings = self.policy.settings
         if settings.dry_run:
             self.note_dry_run()
@@ -155,12 +154,7 @@ class RateLimiter:
         raise RateLimited(
             f"over {limit} requests per window",
             status=settings.status,
-            headers={
-                RATELIMIT_LIMIT: str(limit),
-                RATELIMIT_REMAINING: str(remaining),
-                RATELIMIT_RESET: str(seconds_up(reset_us)),
-                "Retry-After": str(max(1, seconds_up(retry_us))),
-            },
+            headers={"Retry-After": str(max(1, seconds_up(retry_us)))},
         )
 
     def keys_of(
@@ -313,16 +307,16 @@ class OneLimitRateLimiter(RateLimiter):
             remaining, reset_us, retry_us, states[key] = step(state, lim, now, 1)
             if state is None and len(states) > max_keys:  # only a new key adds one
                 memory.trim()
-            if retry_us:
-                self.over_limit(lim.limit, remaining, reset_us, retry_us)
-            else:
-                counters.allowed += 1
             seconds = -(-reset_us // 1_000_000)  # header_lines, inlined for its common case
             if seconds < reset_lines_made:
                 lines = b"%b%d%b" % (limit_lines, remaining, RESET_LINES[seconds])
             else:
                 lines = header_lines(limit_lines, remaining, reset_us)
             call.added_headers = (RATELIMIT_NAMES, lines)
+            if retry_us:
+                self.over_limit(lim.limit, retry_us)
+            else:
+                counters.allowed += 1
             return next(call)
 
         return ratelimit_step
@@ -338,11 +332,11 @@ class OneLimitRateLimiter(RateLimiter):
                 allowed, remaining, reset_us, retry_us = await store.enqueue(keys, packed, count)
             except BackendUnavailable:
                 return await self.without_backend(call, next, keys, single)
+            call.added_headers = (RATELIMIT_NAMES, header_lines(limit_lines, remaining, reset_us))
             if allowed:
                 counters.allowed += 1
             else:
-                self.over_limit(single[0].limit, remaining, reset_us, retry_us)
-            call.added_headers = (RATELIMIT_NAMES, header_lines(limit_lines, remaining, reset_us))
+                self.over_limit(single[0].limit, retry_us)
             return await next(call)
 
         return ratelimit_step
@@ -365,7 +359,7 @@ def seconds_up(us: int) -> int:
 def header_lines(limit_lines: bytes, remaining: int, reset_us: int) -> bytes:
     """The end of a reply's head, serialized: its RateLimit header lines (`limit_lines` is
     LIMIT_LINES with the limit) and the closing blank line."""
-    seconds = -(-reset_us // 1_000_000)
+    seconds = seconds_up(reset_us)
     if 0 <= seconds < len(RESET_LINES):
         return b"%b%d%b" % (limit_lines, remaining, RESET_LINES[seconds])
     return b"%b%d%b" % (limit_lines, remaining, RESET_LINE % seconds)
