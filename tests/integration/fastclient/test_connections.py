@@ -21,6 +21,7 @@ from .upstreams import (
     consistent,
     get,
     keep_alive_hello,
+    keep_replying,
     read_request,
     replying,
 )
@@ -186,14 +187,8 @@ async def test_a_connection_given_back_at_the_cap_goes_to_a_waiting_request(serv
     """At the cap, a kept-alive connection given back goes to a request waiting for one,
     instead of idling while that request times out."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            await asyncio.sleep(0.1)
-            writer.write(OK)
-            await writer.drain()
-
-    raw, fast = await serve(answer), client(timeout=1.0, max_connections=1)
+    raw = await serve(keep_replying(OK, delay=0.1))
+    fast = client(timeout=1.0, max_connections=1)
     replies = await asyncio.gather(*(get(fast, raw) for _ in range(3)))
     assert [reply[:2] for reply in replies] == [(200, b"ok")] * 3
     assert raw.connections == 1 and consistent(fast)

@@ -19,6 +19,7 @@ from .upstreams import (
     consistent,
     get,
     keep_alive_hello,
+    keep_replying,
     read_request,
     replying,
 )
@@ -87,13 +88,8 @@ async def test_a_second_reply_after_the_first_is_not_mixed_into_it(serve: Serve)
     """Bytes after a complete reply (a reply longer than promised) are not taken into it, and
     the connection they came on is not reused."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK + b"HTTP/1.1 500 Oops\r\nX-Evil: 1\r\nContent-Length: 4\r\n\r\nevil")
-            await writer.drain()
-
-    raw, fast = await serve(answer), client()
+    evil = b"HTTP/1.1 500 Oops\r\nX-Evil: 1\r\nContent-Length: 4\r\n\r\nevil"
+    raw, fast = await serve(keep_replying(OK + evil)), client()
     assert await get(fast, raw) == (200, b"ok", {})
     assert await get(fast, raw) == (200, b"ok", {})
     assert raw.connections == 2

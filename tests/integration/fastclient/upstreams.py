@@ -66,11 +66,21 @@ def replying(reply: bytes, *, close: bool = False, delay: float = 0.0) -> Answer
     return answer
 
 
-async def keep_alive_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello")
-        await writer.drain()
+def keep_replying(reply: bytes, *, delay: float = 0.0) -> Answer:
+    """A keep-alive upstream: every request on a connection gets `reply`, after `delay`."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            if delay:
+                await asyncio.sleep(delay)
+            writer.write(reply)
+            await writer.drain()
+
+    return answer
+
+
+keep_alive_hello = keep_replying(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nhello")
 
 
 def client(timeout: float = 2.0, max_connections: int = 256) -> FastClient:
