@@ -7,9 +7,11 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from testkit.rawhttp import exchange, get, parse
 
 from node.app import build_app
 from node.config import Settings
@@ -111,17 +113,20 @@ async def test_upstream_failure_reply_carries_the_headers(node: TestClient) -> N
             assert ratelimit_of(resp.headers)[:2] == ("5", remaining)
 
 
-async def test_head_and_get_count_alike_and_head_has_no_body(node: TestClient) -> None:
-    """HEAD gets the headers and no body (the head ends where it should); the next GET
-    reads on in the same connection and sees the count go on."""
-    async with node.head("/hello") as resp:
-        assert resp.status == 200
-        assert ratelimit_of(resp.headers)[:2] == ("5", "4")
-        assert await resp.read() == b""
-    async with node.get("/hello") as resp:
-        assert resp.status == 200
-        assert ratelimit_of(resp.headers)[:2] == ("5", "3")
-        assert (await resp.json())["message"]
+async def test_head_then_get_on_one_connection_end_their_heads_exactly(node: TestClient) -> None:
+    """The headers are spliced into the head the node writes: on one connection a HEAD's
+    reply carries them once and ends at its blank line (no body), and the GET after it
+    parses cleanly, counted on."""
+    raw = await exchange(node, get("/hello", "HEAD"), then=get("/hello"))
+    head_status, head_headers, rest = parse(raw)
+    get_status, get_headers, body = parse(rest)
+    assert head_status == get_status == "HTTP/1.1 200 OK"
+    assert head_headers["ratelimit-remaining"] == ["4"]
+    assert get_headers["ratelimit-remaining"] == ["3"]
+    for headers in (head_headers, get_headers):
+        assert headers["ratelimit-limit"] == ["5"] and len(headers["ratelimit-reset"]) == 1
+    assert orjson.loads(body) == {"message": "hello from scalenode"}
+    assert head_headers["content-length"] == get_headers["content-length"] == [str(len(body))]
 
 
 async def test_client_over_ipv6_is_counted_by_its_address() -> None:

@@ -3,7 +3,6 @@ aiohttp's framing rules kept (length, bodiless statuses and HEAD, Connection by 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -11,6 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from testkit.rawhttp import exchange, get, parse
 from testkit.servers import free_port
 
 from node.app import build_app
@@ -38,44 +38,6 @@ async def node(node_factory) -> TestClient:
         for path, target in ROUTES.items()
     ]
     return await node_factory(build(Settings, {"node": {"name": "node-a"}, "routes": routes}, ""))
-
-
-async def exchange(client: TestClient, raw: bytes, then: bytes | None = None) -> bytes:
-    """Send `raw` (and `then` on the same connection once the first reply is in); all bytes
-    the node sent until it closed or went quiet."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        writer.write(raw)
-        received = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), 0.5)
-            except TimeoutError:
-                if then is None:
-                    break
-                writer.write(then)
-                then = None
-                continue
-            if not chunk:
-                break
-            received += chunk
-        return received
-    finally:
-        writer.close()
-
-
-def parse(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status, *lines = head.decode().split("\r\n")
-    headers: dict[str, list[str]] = {}
-    for line in lines:
-        name, _, value = line.partition(": ")
-        headers.setdefault(name.lower(), []).append(value)
-    return status, headers, body
-
-
-def get(path: str, method: str = "GET", version: str = "1.1", extra: str = "") -> bytes:
-    return f"{method} {path} HTTP/{version}\r\nHost: node\r\n{extra}\r\n".encode()
 
 
 async def test_a_reply_carries_length_type_date_server_and_node(node):
