@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from node.autopipe import AutoPipeline
 from node.config import redact_url
@@ -44,9 +44,15 @@ OUTAGE_ERRORS = (
 
 
 def make_client(url: str) -> Any:
+    # No retries: the outage latch below decides. The asyncio client takes the asyncio
+    # Retry; redis-py 8.2 warns when handed redis.retry.Retry (the synchronous one).
     options: dict[str, Any] = {
         "socket_timeout": COMMAND_TIMEOUT,
         "socket_connect_timeout": COMMAND_TIMEOUT,
+        # RESP2, as the auto-pipeline speaks. redis-py 8 defaults to RESP3 and with it to
+        # "maintenance notifications": two more round trips per new connection, and on a
+        # server that announces maintenance, a 10 s relaxed timeout in place of ours.
+        "protocol": 2,
     }
     if url.startswith(CLUSTER_SCHEME):
         return RedisCluster.from_url(
@@ -62,6 +68,17 @@ def make_client(url: str) -> Any:
         **options,
     )
     return redis.Redis.from_pool(pool)
+
+
+def is_backlog(exc: BaseException) -> bool:
+    """Did the command fail for want of a free pooled connection (not for Redis)?
+
+    redis-py's BlockingConnectionPool reports its wait running out as a plain
+    ConnectionError with this message, not as MaxConnectionsError.
+    """
+    if isinstance(exc, MaxConnectionsError):
+        return True
+    return isinstance(exc, RedisConnectionError) and str(exc) == "No connection available."
 
 
 class RedisConnection:
@@ -88,7 +105,7 @@ class RedisConnection:
 
     def failure(self, exc: BaseException) -> BackendUnavailable:
         """What a failed command means to its caller; an outage also marks Redis down."""
-        if isinstance(exc, MaxConnectionsError):  # our own backlog, not Redis's health
+        if is_backlog(exc):  # our own backlog, not Redis's health
             return BackendUnavailable("too many redis commands in flight")
         if isinstance(exc, OUTAGE_ERRORS):
             self.went_down(exc)
