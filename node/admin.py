@@ -61,7 +61,6 @@ def admin_guard(node: str, token: str) -> Callable[[Endpoint], Endpoint]:
                     exc.status,
                     node,
                 )
-            response.headers["X-Node"] = node
             return response
 
         return guarded

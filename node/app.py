@@ -25,6 +25,7 @@ from node.system import add_system_routes
 from node.targets import build_target
 from node.upstream import AiohttpClient, UpstreamClient, UpstreamPool, close_pools
 from node.upstream_settings import UpstreamSettings
+from node.wire import identify
 
 STATS = web.AppKey("stats", NodeStats)
 POOLS = web.AppKey("pools", dict[str, UpstreamPool])
@@ -50,6 +51,7 @@ def build_app(
     app[STATS] = stats
     app[POOLS] = pools
     app[RESOURCES] = resources
+    app.on_response_prepare.append(identify(node))
 
     def pool_snapshots() -> dict[str, dict]:
         return {name: pool.snapshot() for name, pool in pools.items()}

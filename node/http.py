@@ -133,7 +133,6 @@ async def stream_reply(
     response = web.StreamResponse(status=reply.status, headers=reply.headers)
     if added is not None:
         response.headers.update(header_items(added[1]))
-    response.headers[X_NODE] = node
     length = reply.headers.get("Content-Length")
     if length is None:
         response.enable_chunked_encoding()

@@ -51,7 +51,6 @@ def add_system_routes(
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        response.headers["X-Node"] = node
         return response
 
     app.router.add_get("/health", health)

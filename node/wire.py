@@ -20,7 +20,7 @@ from http import HTTPStatus
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.http import HttpVersion10, HttpVersion11
 from multidict import CIMultiDict, istr
 
 # Statuses whose reply never has a body; of them, these never carry a Content-Length
@@ -37,6 +37,9 @@ DATE = hdrs.DATE
 SERVER = hdrs.SERVER
 DEFAULT_TYPE = "application/octet-stream"
 X_NODE = istr("X-Node")
+# The product only: a version in Server tells an attacker which advisories apply
+# (RFC 9110 section 10.2.4 warns of it); aiohttp's own names Python and aiohttp with theirs.
+SERVER_NAME = "scalenode"
 UNSENDABLE_BODY = orjson.dumps(
     {"error": "internal", "detail": "the reply held a header that cannot be sent; see the log"}
 )
@@ -103,7 +106,7 @@ class ReadyResponse:
         if DATE not in headers:
             headers[DATE] = rfc822_formatted_time()
         if SERVER not in headers:
-            headers[SERVER] = SERVER_SOFTWARE
+            headers[SERVER] = SERVER_NAME
         version = request.version
         keep_alive = self.keep_alive = request.keep_alive
         if CONNECTION not in headers:
@@ -134,3 +137,17 @@ class ReadyResponse:
 
     async def write_eof(self, data: bytes = b"") -> None:
         """Nothing left: `prepare` wrote the whole reply."""
+
+
+def identify(node: str):
+    """The `on_response_prepare` hook that names the node (X-Node) and the product (Server)
+    on every reply aiohttp prepares: system routes, the dashboard, admin, streams.
+    ReadyResponse, the routes' own, sets both itself."""
+
+    async def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        headers = response.headers
+        if X_NODE not in headers:
+            headers[X_NODE] = node
+        headers[SERVER] = SERVER_NAME
+
+    return stamp

@@ -142,7 +142,9 @@ async def test_wrong_method_is_405_with_allow(
 async def test_x_node_on_every_response(
     node_factory: NodeFactory, upstream: Upstream, closed_port: int
 ) -> None:
-    """Every reply carries X-Node: proxied, system, 404, 405, 413, 502 and 504 alike."""
+    """Every reply carries X-Node: proxied, system, dashboard, 404, 405, 413, 502 and 504
+    alike; the node's own replies say `Server: scalenode`, no Python or aiohttp version
+    (a proxied reply keeps its upstream's Server, as HAProxy does)."""
     routes = [
         {"path": "/api/{tail:.*}", "target": "upstream:app", "strip_prefix": "/api"},
         {"path": "/ro", "target": "upstream:app", "methods": ["GET"]},
@@ -162,6 +164,10 @@ async def test_x_node_on_every_response(
         ("GET", "/api/bytes/2000000", None, 200),
         ("GET", "/health", None, 200),
         ("GET", "/metrics", None, 200),
+        ("GET", "/ready", None, 200),
+        ("GET", "/dashboard", None, 200),
+        ("GET", "/dashboard/api/cluster", None, 200),
+        ("GET", "/dashboard/static/dashboard.js", None, 200),
         ("GET", "/nowhere", None, 404),
         ("PUT", "/ro", None, 405),
         ("POST", "/api/x", b"x" * (MAX_BODY + 1), 413),
@@ -172,6 +178,8 @@ async def test_x_node_on_every_response(
         async with client.request(method, path, data=data) as resp:
             assert resp.status == status, path
             assert resp.headers.get("X-Node") == NODE_NAME, path
+            if not path.startswith("/api/"):
+                assert resp.headers.get("Server") == "scalenode", path
             await resp.read()
 
 
