@@ -152,3 +152,17 @@ def test_port_in_use_exits_nonzero_with_one_line() -> None:
     assert len(lines) == 1, f"expected one stderr line, got:\n{result.stderr}"
     assert lines[0].startswith("error: cannot listen on 127.0.0.1:")
     assert str(port) in lines[0]
+
+
+def test_the_shipped_cluster_config_starts_without_a_warning(start_node) -> None:
+    """`config/cluster.toml` against the real Redis and RabbitMQ: ready, and stderr holds
+    the node's own INFO lines only (a library's warning there looks like an error)."""
+    node = start_node("--config", "config/cluster.toml", "--name", "c1")
+    ready = request(node.port, "/ready")
+    assert ready.status == 200, ready.body
+    assert ready.json()["status"] == "ready"
+    assert request(node.port, "/cached/x").status == 200  # a route that uses Redis
+    assert node.terminate() == 0
+    lines = node.stderr().splitlines()
+    assert lines, "the node logs its start"
+    assert all(" INFO " in line for line in lines), node.stderr()
