@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 from dashboard.hub import FeedHub, ReplicasCollector
 from dashboard.replicas import ReplicaPolicy
 from dashboard.web import dashboard_app
+from node.cluster.registry import NodeRegistry
 from node.config import Settings
-from node.registry import NodeRegistry
 
 
 def build_dashboard(

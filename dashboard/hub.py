@@ -24,8 +24,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from dashboard.aggregate import SkewTracker, aggregate
 from dashboard.history import History
 from dashboard.replicas import Recommendation, ReplicaPolicy, recommend
+from node.cluster.registry import NodeRegistry
 from node.errors import BackendUnavailable
-from node.registry import NodeRegistry
 
 log = logging.getLogger("scalenode.dashboard")
 

@@ -13,8 +13,6 @@ from node.admin import admin_app
 from node.backends import build_probes
 from node.config import Settings, route_methods
 from node.errors import ConfigError
-from node.fastclient import FastClient
-from node.health import health_context
 from node.http import route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
 from node.pipeline import BuildContext, PluginFactory, build_plugins, compose
@@ -23,8 +21,10 @@ from node.roles import DASHBOARD, ROLE_COMPONENTS, ROUTES
 from node.schema import join
 from node.system import add_system_routes
 from node.targets import build_target
-from node.upstream import AiohttpClient, UpstreamClient, UpstreamPool, close_pools
-from node.upstream_settings import UpstreamSettings
+from node.upstream.fastclient import FastClient
+from node.upstream.health import health_context
+from node.upstream.pool import AiohttpClient, UpstreamClient, UpstreamPool, close_pools
+from node.upstream.settings import UpstreamSettings
 from node.wire import identify
 
 STATS = web.AppKey("stats", NodeStats)

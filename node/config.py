@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from node.errors import ConfigError
 from node.schema import EnvValue, build, join, require
-from node.upstream_settings import UpstreamSettings
+from node.upstream.settings import UpstreamSettings
 
 ENV_PREFIX = "SCALENODE__"
 PLUGIN_NAMES = ("ratelimit", "cache", "queue", "shard", "breaker")  # the canonical order

@@ -15,7 +15,7 @@ from node.config import RouteSettings, Settings
 from node.errors import ConfigError
 from node.resources import Resources
 from node.schema import join
-from node.upstream import UpstreamPool
+from node.upstream.pool import UpstreamPool
 
 
 class Plugin(Protocol):

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from node.bus import ClusterBus
+from node.cluster.bus import ClusterBus
+from node.cluster.redis import RedisConnection
+from node.cluster.registry import NodeRegistry
 from node.config import Settings
 from node.forwarding import TrustedProxies
-from node.redisconn import RedisConnection
-from node.registry import NodeRegistry
 
 T = TypeVar("T")
 VERSION = "0.1.0"

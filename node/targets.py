@@ -11,8 +11,8 @@ from typing import Any
 from node.call import Call, Handler, Reply
 from node.errors import ConfigError
 from node.forwarding import TrustedProxies
-from node.proxy import UpstreamProxy
-from node.upstream import UpstreamPool
+from node.upstream.pool import UpstreamPool
+from node.upstream.proxy import UpstreamProxy
 
 UserHandler = Callable[[Call], Awaitable[Reply | dict[str, Any] | list[Any]]]
 

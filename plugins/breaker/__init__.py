@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from node.cluster.redis import RedisConnection
 from node.errors import ConfigError
 from node.pipeline import BuildContext
-from node.redisconn import RedisConnection
 from node.resources import Resources
 from node.schema import build, join
 from plugins.breaker.admin import BreakerAdmin

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.call import Call, Handler, Reply
-from node.upstream import UpstreamPool
+from node.upstream.pool import UpstreamPool
 from plugins.breaker.circuit import HALF_OPEN, OPEN, Circuit
 from plugins.breaker.settings import BreakerSettings
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
-from node.bus import ClusterBus
+from node.cluster.bus import ClusterBus
+from node.cluster.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
-from node.redisconn import RedisConnection
 from plugins.breaker.circuit import HALF_OPEN, OPEN, Circuit
 
 log = logging.getLogger("scalenode.breaker")

@@ -15,8 +15,8 @@ from typing import Any
 from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 
-from node.autopipe import AutoPipeline, ReplyError, pack
-from node.redisconn import RedisConnection
+from node.cluster.autopipe import AutoPipeline, ReplyError, pack
+from node.cluster.redis import RedisConnection
 
 
 def encoded(value: Any) -> bytes:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from node.bus import ClusterBus
+from node.cluster.bus import ClusterBus
+from node.cluster.keys import CACHE_EVENTS
 from node.errors import BackendUnavailable
 from node.http import json_response
-from node.keys import CACHE_EVENTS
 from plugins.cache.stores import L2Store
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 
-from node.keys import CACHE_LOCKS, CACHE_PATH_INDEX, CACHE_TAG_INDEX, CACHE_VALUES
-from node.redisconn import RedisConnection
+from node.cluster.keys import CACHE_LOCKS, CACHE_PATH_INDEX, CACHE_TAG_INDEX, CACHE_VALUES
+from node.cluster.redis import RedisConnection
 from plugins.cache.aioredis import Script, redis_cache, set_nx_px
 
 HERE = Path(__file__).resolve().parent

@@ -20,9 +20,9 @@ from aiocache.base import SENTINEL, BaseCache
 from aiocache.serializers import JsonSerializer
 
 from node.call import Call
+from node.cluster.keys import CACHE_HANDLER
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.keys import CACHE_HANDLER
-from node.redisconn import RedisConnection
 from plugins.cache.aioredis import redis_cache
 
 L1_TTL = 5.0  # seconds a node may serve its copy of a value another node changed

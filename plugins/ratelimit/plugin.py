@@ -14,9 +14,9 @@ from typing import Any
 from multidict import istr
 
 from node.call import Call, Handler, Reply
+from node.cluster.keys import RATELIMIT
 from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
 from node.forwarding import TrustedProxies
-from node.keys import RATELIMIT
 from plugins.ratelimit.algorithms import STEP, Limit, Verdict
 from plugins.ratelimit.settings import MAX_KEY_LENGTH, RateLimitSettings, key_parts
 from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter, RedisCounter

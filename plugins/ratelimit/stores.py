@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import hiredis
 
-from node.autopipe import AutoPipeline, ReplyError
+from node.cluster.autopipe import AutoPipeline, ReplyError
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.redisconn import RedisConnection
 from plugins.ratelimit.algorithms import Limit, State, Verdict, decide
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()

@@ -9,8 +9,8 @@ import redis
 from dashboard_cluster import cluster_config
 from e2e_harness import free_port, request, wait_for
 
-from node.keys import NODE_INFO
-from node.registry import HEARTBEAT_TTL
+from node.cluster.keys import NODE_INFO
+from node.cluster.registry import HEARTBEAT_TTL
 
 
 def cluster_nodes(port: int) -> list[str]:

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from node.app import RESOURCES, build_app
+from node.cluster.keys import CACHE
 from node.config import Settings
-from node.keys import CACHE
 from node.schema import build
 from plugins.cache.plugin import ResponseCache
 

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.app import RESOURCES
+from node.cluster.keys import API_KEY_TIERS, RATELIMIT
 from node.config import Settings
-from node.keys import API_KEY_TIERS, RATELIMIT
 from node.schema import build
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -1,4 +1,4 @@
-"""node.autopipe against real Redis servers: ordering, errors, handshake, dead and silent peers."""
+"""The auto-pipeline against real Redis: ordering, errors, handshake, dead and silent peers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import redis.asyncio as redis
 import uvloop
 from testkit.servers import free_port, start_redis, stop
 
-from node.autopipe import AutoPipeline, ReplyError, pack
+from node.cluster.autopipe import AutoPipeline, ReplyError, pack
 
 URL = "redis://127.0.0.1:6379/0"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from testkit.servers import RedisServer
 
-from node.bus import ClusterBus
+from node.cluster.bus import ClusterBus
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.redisconn import RedisConnection
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -71,8 +71,8 @@ def channel() -> str:
 
 
 async def started(node: Node) -> Node:
-    await node.bus.start()
-    await eventually(lambda: node.bus.connected)
+    await node.cluster.bus.start()
+    await eventually(lambda: node.cluster.bus.connected)
     return node
 
 
@@ -80,7 +80,7 @@ async def test_a_subscriber_hears_what_is_published(url: str, nodes: Callable[..
     """A message published on a channel reaches its subscriber, and only that channel's."""
     wanted, other = channel(), channel()
     node = await started(nodes(url, wanted, other))
-    await node.bus.publish(wanted, b"drop /a")
+    await node.cluster.bus.publish(wanted, b"drop /a")
     await eventually(lambda: node.heard == [(wanted, b"drop /a")])
     await asyncio.sleep(0.05)
     assert node.heard == [(wanted, b"drop /a")]
@@ -96,10 +96,10 @@ async def test_a_failing_listener_does_not_stop_the_others(
     def broken(payload: bytes) -> None:
         raise ValueError("listener bug")
 
-    node.bus.subscribe(name, broken)
+    node.cluster.bus.subscribe(name, broken)
     await started(node)
-    await node.bus.publish(name, b"1")
-    await node.bus.publish(name, b"2")
+    await node.cluster.bus.publish(name, b"1")
+    await node.cluster.bus.publish(name, b"2")
     await eventually(lambda: [p for _, p in node.heard] == [b"1", b"2"])
 
 
@@ -121,13 +121,13 @@ async def test_reconnects_and_resyncs_after_a_redis_restart(
         name = channel()
         node = await started(nodes(server.url, name))
         server.kill()
-        await eventually(lambda: not node.bus.connected)
+        await eventually(lambda: not node.cluster.bus.connected)
         with pytest.raises(BackendUnavailable):
-            await node.bus.publish(name, b"lost")
+            await node.cluster.bus.publish(name, b"lost")
         server.start()
-        await eventually(lambda: node.bus.connected and node.resyncs == 1, within=5.0)
+        await eventually(lambda: node.cluster.bus.connected and node.resyncs == 1, within=5.0)
         await eventually(lambda: node.connection is not None and node.connection.available)
-        await node.bus.publish(name, b"after")
+        await node.cluster.bus.publish(name, b"after")
         await eventually(lambda: (name, b"after") in node.heard)
     finally:
         server.kill()

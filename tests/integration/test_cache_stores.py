@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from testkit.servers import RedisServer
 
-from node.keys import CACHE
-from node.redisconn import RedisConnection
+from node.cluster.keys import CACHE
+from node.cluster.redis import RedisConnection
 from plugins.cache.stores import L2Store, MemoryL2, RedisL2
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from testkit import cache_handlers
 
 from node.app import build_app
+from node.cluster.redis import RedisConnection
 from node.config import Settings
-from node.redisconn import RedisConnection
 from node.schema import build
 from plugins.cache.tiered import TieredCache
 

@@ -14,8 +14,8 @@ from redis.exceptions import RedisError
 
 from node.app import STATS, build_app
 from node.call import Call, Reply
-from node.redisconn import RedisConnection
-from node.registry import NodeRegistry
+from node.cluster.redis import RedisConnection
+from node.cluster.registry import NodeRegistry
 from node.wire import header_items
 from plugins.ratelimit.plugin import OneLimitRateLimiter
 

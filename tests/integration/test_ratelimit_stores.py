@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from testkit.servers import free_port, start_redis, stop
 
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.redisconn import RedisConnection
 from plugins.ratelimit.algorithms import ALGORITHMS, FIXED_WINDOW, TOKEN_BUCKET, Limit
 from plugins.ratelimit.stores import Decision, MemoryCounter, RedisCounter
 

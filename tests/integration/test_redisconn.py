@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.redisconn import RedisConnection
 
 
 async def test_a_full_pool_fails_the_command_but_keeps_redis_up(redis_server):

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from node.redisconn import RedisConnection
-from node.registry import NodeRegistry
+from node.cluster.redis import RedisConnection
+from node.cluster.registry import NodeRegistry
 
 INTERVAL = 0.1  # heartbeat interval of these tests; the node's is 1 s
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from node.app import POOLS, build_app
 from node.config import Settings
-from node.fastclient import FastClient
 from node.schema import build
-from node.upstream import AiohttpClient
+from node.upstream.fastclient import FastClient
+from node.upstream.pool import AiohttpClient
 
 
 def test_no_middleware_anywhere_so_routes_pay_for_no_guard() -> None:

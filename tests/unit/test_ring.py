@@ -1,4 +1,4 @@
-"""node/ring.py: ketama placements, balance at the default points, movement, bounded load."""
+"""The hash ring: ketama placements, balance at the default points, movement, bounded load."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from uhashring import HashRing as UHashRing
 
-from node.ring import DEFAULT_POINTS, KETAMA_POINTS, HashRing, key_hash
+from node.upstream.ring import DEFAULT_POINTS, KETAMA_POINTS, HashRing, key_hash
 
 MEMBERS = ["10.0.0.5:9000", "10.0.0.6:9000", "10.0.0.7:9000", "10.0.0.8:9000"]
 KEYS = [f"user:{i}" for i in range(20_000)]

@@ -11,10 +11,10 @@ import pytest
 from node.call import Call, Reply
 from node.errors import ConfigError
 from node.forwarding import TrustedProxies
-from node.proxy import UpstreamProxy
 from node.targets import build_target, handler_target, import_handler
-from node.upstream import UpstreamPool
-from node.upstream_settings import UpstreamSettings
+from node.upstream.pool import UpstreamPool
+from node.upstream.proxy import UpstreamProxy
+from node.upstream.settings import UpstreamSettings
 
 PATH = "routes[0].target"
 

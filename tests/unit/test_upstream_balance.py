@@ -1,4 +1,4 @@
-"""node/upstream.py: hop-by-hop header stripping, member choice and per-member counters."""
+"""node/upstream/pool.py: hop-by-hop header stripping, member choice and per-member counters."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from multidict import CIMultiDict
 
 from node.call import Reply
 from node.errors import BadGateway, GatewayTimeout
-from node.upstream import HOP_BY_HOP, UpstreamPool, end_to_end
-from node.upstream_settings import UpstreamSettings
+from node.upstream.pool import HOP_BY_HOP, UpstreamPool, end_to_end
+from node.upstream.settings import UpstreamSettings
 
 URLS = ("http://a:1", "http://b:1", "http://c:1")
 STANDARD = [

@@ -1,4 +1,4 @@
-"""node/failover.py through UpstreamPool: skipping open and ejected members, CircuitOpen,
+"""node/upstream/failover.py through UpstreamPool: skipping open and ejected members, CircuitOpen,
 retries on another member within the budget, hash picks and X-Shard."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from multidict import CIMultiDict
 
 from node.call import Reply
 from node.errors import BadGateway, CircuitOpen, GatewayTimeout, ServiceUnavailable
-from node.failover import MIN_RETRIES_PER_SECOND, RetryBudget
-from node.health import HealthChecker
-from node.upstream import UpstreamPool
-from node.upstream_settings import HealthSettings, UpstreamSettings
+from node.upstream.failover import MIN_RETRIES_PER_SECOND, RetryBudget
+from node.upstream.health import HealthChecker
+from node.upstream.pool import UpstreamPool
+from node.upstream.settings import HealthSettings, UpstreamSettings
 from plugins.breaker.circuit import OPEN
 from plugins.breaker.plugin import guard_pool
 from plugins.breaker.settings import BreakerSettings

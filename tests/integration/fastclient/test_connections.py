@@ -10,7 +10,7 @@ import pytest
 from multidict import CIMultiDict
 
 from node.errors import GatewayTimeout
-from node.exchange import PAUSE_AT
+from node.upstream.exchange import PAUSE_AT
 
 from .upstreams import (
     LARGE_STARTED,

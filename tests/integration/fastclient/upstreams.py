@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from multidict import CIMultiDict
 
-from node.fastclient import FastClient
-from node.upstream_settings import UpstreamSettings
+from node.upstream.fastclient import FastClient
+from node.upstream.settings import UpstreamSettings
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Serve = Callable[[Answer], Awaitable["RawServer"]]

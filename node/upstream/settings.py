@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from node.errors import ConfigError
-from node.ring import DEFAULT_POINTS
 from node.schema import join, require
+from node.upstream.ring import DEFAULT_POINTS
 
 BALANCERS = ("round_robin", "least_conn", "hash")
 

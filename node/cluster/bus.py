@@ -17,9 +17,9 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from node.cluster.redis import CLUSTER_SCHEME, COMMAND_TIMEOUT, OUTAGE_ERRORS, RedisConnection
 from node.config import redact_url
 from node.errors import BackendUnavailable
-from node.redisconn import CLUSTER_SCHEME, COMMAND_TIMEOUT, OUTAGE_ERRORS, RedisConnection
 
 log = logging.getLogger("scalenode.bus")
 

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from node.upstream import Member, UpstreamPool
-from node.upstream_settings import HealthSettings
+from node.upstream.pool import Member, UpstreamPool
+from node.upstream.settings import HealthSettings
 
 log = logging.getLogger("scalenode.health")
 

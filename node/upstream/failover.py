@@ -24,7 +24,7 @@ from node.errors import (
 )
 
 if TYPE_CHECKING:
-    from node.upstream import Member, UpstreamPool
+    from node.upstream.pool import Member, UpstreamPool
 
 REJECT, PASS = 0, 1  # what MemberCircuit.admit answers (PROBE = 2 is passed back as is)
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))  # RFC 9110 9.2.2

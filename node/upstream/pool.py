@@ -20,9 +20,9 @@ from yarl import URL
 
 from node.call import Reply
 from node.errors import BadGateway, GatewayTimeout, UpstreamUnreachable
-from node.failover import Failover, MemberCircuit, member_snapshot
-from node.ring import HashRing
-from node.upstream_settings import UpstreamSettings
+from node.upstream.failover import Failover, MemberCircuit, member_snapshot
+from node.upstream.ring import HashRing
+from node.upstream.settings import UpstreamSettings
 
 # Upstream responses up to this size are read whole (the fast path, and cacheable);
 # longer or unsized ones are streamed through to the client chunk by chunk.

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from node.autopipe import AutoPipeline
+from node.cluster.autopipe import AutoPipeline
 from node.config import redact_url
 from node.errors import BackendUnavailable
 

@@ -1,6 +1,6 @@
 """One kept-alive connection to an upstream member (`Exchange`): the asyncio protocol, the
 llhttp (httptools) callbacks that parse its replies, and `ReplyStream`, a reply body passed
-through as it arrives. `node.fastclient` pools these connections."""
+through as it arrives. `node.upstream.fastclient` pools these connections."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import httptools
 
 from node.errors import BadGateway, GatewayTimeout
-from node.upstream import READ_WHOLE_LIMIT
+from node.upstream.pool import READ_WHOLE_LIMIT
 
 if TYPE_CHECKING:
-    from node.fastclient import FastClient
+    from node.upstream.fastclient import FastClient
 
 PAUSE_AT = 4 * 64 * 1024  # bytes a streamed reply may buffer before reading pauses
 MAX_HEAD = 64 * 1024  # bytes of reply headers an upstream may send; more is a 502

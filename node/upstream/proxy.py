@@ -7,7 +7,7 @@ from multidict import CIMultiDict
 from node.call import Call, Reply
 from node.errors import Rejected
 from node.forwarding import TrustedProxies
-from node.upstream import HOP_BY_HOP, UpstreamPool, end_to_end
+from node.upstream.pool import HOP_BY_HOP, UpstreamPool, end_to_end
 
 # Request headers never forwarded as received: hop-by-hop ones, the client's framing and
 # Host (the upstream gets its own), and forwarding headers, which are rebuilt below.

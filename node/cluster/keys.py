@@ -15,7 +15,7 @@ CACHE_LOCKS = "sn:cache:l:"  # + entry key: the token of the one node fetching i
 CACHE_PATH_INDEX = "sn:cache:i:p:"  # + path: set of the entry keys stored for it (expiring)
 CACHE_TAG_INDEX = "sn:cache:i:t:"  # + Cache-Tag value: set of its entry keys (expiring)
 CACHE_HANDLER = "sn:cache:h"  # aiocache namespace of handler code's own values (@cached)
-# Cluster bus channels (node/bus.py); pub/sub channels are cluster-wide, no slot needed.
+# Cluster bus channels (node/cluster/bus.py); pub/sub channels are cluster-wide, no slot needed.
 CACHE_EVENTS = "sn:bus:cache"  # invalidations: every node drops matching L1 entries
 BREAKER_EVENTS = "sn:bus:breaker"  # trips and closes of upstream members
 # Breakers (plugins/breaker/shared.py): + pool|member. A trip's record, expiring when the

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
+from node.cluster.keys import NODE_INFO, NODES_INDEX
+from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.keys import NODE_INFO, NODES_INDEX
-from node.redisconn import RedisConnection
 
 log = logging.getLogger("scalenode.registry")
 

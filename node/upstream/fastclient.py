@@ -17,9 +17,9 @@ from multidict import CIMultiDict
 
 from node.call import Reply
 from node.errors import BadGateway, GatewayTimeout, Rejected, UpstreamUnreachable
-from node.exchange import Exchange
-from node.upstream import HEAD_REPLY_DROP, REPLY_DROP, end_to_end
-from node.upstream_settings import UpstreamSettings
+from node.upstream.exchange import Exchange
+from node.upstream.pool import HEAD_REPLY_DROP, REPLY_DROP, end_to_end
+from node.upstream.settings import UpstreamSettings
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send Content-Length: 0 when empty
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
