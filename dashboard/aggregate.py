@@ -10,31 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from node.metrics import LATENCY_BOUNDS
+from node.metrics import LATENCY_BOUNDS, quantile
 
 STALE_AFTER = 3.0  # seconds without a heartbeat (three intervals) before a node is stale
 SKEW_LOW, SKEW_HIGH = 0.5, 1.5  # a share outside [0.5, 1.5] x fair is off balance
 SKEW_STREAK = 3  # ... for this many consecutive frames before it is flagged
 SKEW_MIN_RPS = 1.0  # below this much cluster traffic, shares say nothing
-
-
-def quantile(q: float, buckets: Sequence[int], bounds: Sequence[float] = LATENCY_BOUNDS):
-    """The q-quantile (seconds) of a histogram whose `buckets` count per upper bound
-    (`bounds`, then +Inf), interpolated linearly inside the bucket as Prometheus's
-    histogram_quantile does; None without observations."""
-    total = sum(buckets)
-    if total <= 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, count in enumerate(buckets):
-        if count and seen + count >= rank:
-            if i >= len(bounds):  # the +Inf bucket: the largest finite bound is all we know
-                return float(bounds[-1])
-            lower = bounds[i - 1] if i > 0 else 0.0
-            return lower + (bounds[i] - lower) * (rank - seen) / count
-        seen += count
-    return float(bounds[-1])
 
 
 def merge_buckets(histograms: Iterable[Sequence[int]], size: int = len(LATENCY_BOUNDS) + 1):
@@ -92,15 +73,32 @@ def add(into: dict[str, float], values: Mapping[str, float]) -> None:
 
 
 def merge_plugins(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Plugin snapshots summed per plugin name, and per route within it."""
+    """Plugin snapshots summed per plugin name, and per route within it.
+
+    `cluster_gauges` are values every node reads from a shared backend (a queue's depth):
+    summing them over nodes would count one queue N times. Each node's are summed once per
+    `scope` (the queue), and the cluster shows the largest node's reading."""
     plugins: dict[str, Any] = {}
     for record in records:
         seen: set[str] = set()
+        scoped: dict[str, dict[tuple[str, str], float]] = {}  # plugin -> (scope, key) -> value
         for entry in record.get("plugins", []):
             name = entry.get("name", "?")
             merged = plugins.setdefault(
-                name, {"nodes": 0, "counters": {}, "rates": {}, "gauges": {}, "routes": {}}
+                name,
+                {
+                    "nodes": 0,
+                    "counters": {},
+                    "rates": {},
+                    "gauges": {},
+                    "cluster_gauges": {},
+                    "routes": {},
+                },
             )
+            scope = str(entry.get("scope", entry.get("route", "?")))
+            for key, value in entry.get("cluster_gauges", {}).items():
+                if isinstance(value, int | float):
+                    scoped.setdefault(name, {})[(scope, key)] = value
             if name not in seen:
                 seen.add(name)
                 merged["nodes"] += 1
@@ -111,6 +109,13 @@ def merge_plugins(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 add(merged[kind], entry.get(kind, {}))
             add(route["counters"], entry.get("counters", {}))
             add(route["rates"], entry.get("rates", {}))
+        for name, values in scoped.items():
+            node_total: dict[str, float] = {}
+            for (_, key), value in values.items():
+                node_total[key] = node_total.get(key, 0) + value
+            cluster = plugins[name]["cluster_gauges"]
+            for key, value in node_total.items():
+                cluster[key] = max(cluster.get(key, value), value)
     return plugins
 
 

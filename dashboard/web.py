@@ -23,7 +23,7 @@ from aiohttp import web
 
 from dashboard.hub import FeedHub
 from node.admin import has_bearer
-from node.http import json_response
+from node.wire import json_response
 
 log = logging.getLogger("scalenode.dashboard")
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from node.http import json_response
+from node.wire import json_response
 
 Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -3,21 +3,22 @@ composed here, once, before the port binds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from dashboard import build_dashboard
-from dashboard.sampler import NodeSampler
 from node.admin import admin_app
 from node.backends import build_probes
+from node.catalogue import Catalogue, catalogue
 from node.config import Settings, route_methods
 from node.errors import ConfigError
 from node.http import route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
-from node.pipeline import BuildContext, PluginFactory, build_plugins, compose
-from node.resources import Resources
-from node.roles import DASHBOARD, ROLE_COMPONENTS, ROUTES
+from node.pipeline import build_plugins, compose
+from node.plugin import BuildContext
+from node.resources import RESOURCES, Resources
+from node.roles import DASHBOARD, ROLE_COMPONENTS, ROUTES, WORKER
+from node.sampler import NodeSampler
 from node.schema import join
 from node.system import add_system_routes
 from node.targets import build_target
@@ -29,15 +30,13 @@ from node.wire import identify
 
 STATS = web.AppKey("stats", NodeStats)
 POOLS = web.AppKey("pools", dict[str, UpstreamPool])
-RESOURCES = web.AppKey("resources", Resources)
 
 
-def build_app(
-    settings: Settings, role: str, factories: Mapping[str, PluginFactory] | None = None
-) -> web.Application:
-    """The node's application; raises ConfigError for anything wrong in `settings`."""
-    if factories is None:
-        from plugins import FACTORIES as factories
+def build_app(settings: Settings, role: str, plugins: Catalogue | None = None) -> web.Application:
+    """The node's application; raises ConfigError for anything wrong in `settings`.
+    `plugins`: the plugins to build routes with (default: the settings' catalogue)."""
+    if plugins is None:
+        plugins = catalogue(settings.plugins.load)
     node = settings.node.name
     largest_body = max([settings.node.max_body, *(r.max_body or 0 for r in settings.routes)])
     # aiohttp's own limit is the largest any route allows; each route checks its own.
@@ -62,22 +61,27 @@ def build_app(
         app,
         node=node,
         role=role,
-        probes=build_probes(settings),
+        probes=build_probes(settings, resources.redis),
         tolerated=resources.tolerated,
         required=resources.required,
         registry=registry,
     )
     components = ROLE_COMPONENTS[role]
-    if ROUTES in components:
-        add_routes(app, settings, factories, pools, stats, resources)
+    # A worker composes the routes too (it runs queued jobs through them) but serves none.
+    composes = ROUTES in components or WORKER in components
+    if composes:
+        add_routes(app, settings, plugins, pools, stats, resources, serve=ROUTES in components)
+    app.router.add_routes(resources.public_routes)
     if DASHBOARD in components:
+        from dashboard import build_dashboard  # a worker-only node never loads it
+
         app.add_subapp("/dashboard", build_dashboard(settings, resources.registry, registry))
     if resources.admin_routes:
         admin = admin_app(node, settings.node.admin_token, resources.admin_routes)
         app.add_subapp("/admin", admin)
     app.cleanup_ctx.append(resources.lifespan)
     app.cleanup_ctx.append(pools_context)
-    if ROUTES in components:
+    if composes:
         app.cleanup_ctx.append(health_context(pools))  # stopped before the pools close
     resources = list(app.router.resources())
     app.router.add_route("*", "/{tail:.*}", unmatched_endpoint(node, resources))
@@ -87,26 +91,31 @@ def build_app(
 def add_routes(
     app: web.Application,
     settings: Settings,
-    factories: Mapping[str, PluginFactory],
+    plugins: Catalogue,
     pools: dict[str, UpstreamPool],
     stats: NodeStats,
     resources: Resources,
+    *,
+    serve: bool = True,
 ) -> None:
+    """Compose every route's pipeline; with `serve`, answer it over HTTP too."""
     trusted = resources.trusted
     for i, route in enumerate(settings.routes):
         path = join("routes", i)
         ctx = BuildContext(settings, route, path, resources, pools)
-        plugins = build_plugins(ctx, factories)
-        stats.plugins.extend((route.label, plugin) for plugin in plugins)
+        chain = build_plugins(ctx, plugins)
+        stats.plugins.extend((route.label, plugin) for plugin in chain)
         target = build_target(
             route.target, join(path, "target"), pools, trusted, route.strip_prefix
         )
         endpoint = route_endpoint(
-            compose(plugins, target),
+            compose(chain, target),
             stats.route(route.label),
             settings.node.name,
             route.max_body or settings.node.max_body,
         )
+        if not serve:
+            continue
         try:
             for method in route_methods(route):
                 app.router.add_route(method, route.path, endpoint)

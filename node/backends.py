@@ -1,7 +1,14 @@
-"""Readiness probes for the configured backends: Redis, RabbitMQ and each PostgreSQL shard.
+"""The node's backends, chosen by URL, and their readiness probes.
+
+`[backends]` names a URL per kind: "" or `memory://` is the embedded backend (in-process,
+per node), `redis://` / `rediss://` / `unix://` a Redis server, `redis+cluster://` a Redis
+Cluster, `amqp://` RabbitMQ. A plugin asks its BuildContext for a backend and gets it
+ready-made (`Backend`), with the client the node shares; its stores are picked by the
+backend's scheme, the ones each store claims (node/plugin.py: BuildContext.store).
 
 Load balancers poll /ready every few seconds from every node, so each probe's answer is
-kept for `PROBE_CACHE_SECONDS` and concurrent polls share one probe in flight.
+kept for `PROBE_CACHE_SECONDS` and concurrent polls share one probe in flight. The Redis
+probe pings with the very client the stores use (a cluster client for a cluster).
 """
 
 from __future__ import annotations
@@ -9,21 +16,51 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from node.config import Settings
 
+if TYPE_CHECKING:
+    from node.cluster.redis import RedisConnection
+
 PROBE_TIMEOUT = 2.0  # seconds; a backend slower than this is not ready
 PROBE_CACHE_SECONDS = 1.0
+MEMORY = "memory"
+# URL schemes by the store family that serves them.
+SCHEMES = {
+    "": MEMORY,
+    "memory": MEMORY,
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
+    "amqps": "amqp",
+}
 
 
-async def ping_redis(url: str) -> None:
-    import redis.asyncio as redis
+def scheme_of(url: str) -> str:
+    """The backend family of a [backends] URL: memory, redis, redis+cluster, amqp, ..."""
+    scheme = urlsplit(url).scheme if url else ""
+    return SCHEMES.get(scheme, scheme)
 
-    client = redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT)
-    try:
-        await client.ping()
-    finally:
-        await client.aclose()
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One configured backend, ready for a plugin's stores."""
+
+    kind: str  # its key in [backends]: "redis", "amqp"
+    url: str
+    scheme: str  # "memory", "redis", "redis+cluster", "amqp"
+    redis: RedisConnection | None = None  # the node's one connection, for redis schemes
+
+    @property
+    def embedded(self) -> bool:
+        return self.scheme == MEMORY
+
+
+async def ping_redis(connection: RedisConnection) -> None:
+    await connection.client.ping()
 
 
 async def ping_amqp(url: str) -> None:
@@ -76,13 +113,13 @@ class Probe:
         return self._failure
 
 
-def build_probes(settings: Settings) -> list[Probe]:
-    """A probe per configured backend; embedded ones ("" URLs) need none."""
+def build_probes(settings: Settings, redis: RedisConnection | None) -> list[Probe]:
+    """A probe per configured backend; embedded ones need none."""
     probes = []
-    redis_url, amqp_url = settings.backends.redis, settings.backends.amqp
-    if redis_url:
-        probes.append(Probe("redis", lambda: ping_redis(redis_url)))
-    if amqp_url:
+    amqp_url = settings.backends.amqp
+    if redis is not None:
+        probes.append(Probe("redis", lambda: ping_redis(redis)))
+    if scheme_of(amqp_url) != MEMORY:
         probes.append(Probe("amqp", lambda: ping_amqp(amqp_url)))
     for set_name, shard_set in settings.shards.items():
         for member in shard_set.members:

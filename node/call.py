@@ -68,6 +68,9 @@ class Call:
         "route",
         "shard",
     )
+    # The node's shared services (node.resources.Resources) for handler code that needs
+    # them (plugins.cache.node_cache); a call the node serves over HTTP has them.
+    resources: Any = None
 
     def __init__(
         self,

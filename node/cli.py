@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from node.catalogue import catalogue
 from node.config import Settings, load_settings, redact_url
 from node.errors import ConfigError
 from node.roles import ROLE_COMPONENTS, ROLES
@@ -71,6 +72,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
 def summary(settings: Settings, role: str) -> str:
     node = settings.node
+    known = catalogue(settings.plugins.load)
     lines = [
         f"config ok: node {node.name} on {node.host}:{node.port}, role {role} "
         f"({', '.join(ROLE_COMPONENTS[role])})",
@@ -86,7 +88,7 @@ def summary(settings: Settings, role: str) -> str:
         more = f"; {'; '.join(extras)}" if extras else ""
         lines.append(f"upstream {name}: {pool.balance} over {', '.join(pool.targets)}{more}")
     for route in settings.routes:
-        plugins = [name for name, _ in route.plugin_tables()]
+        plugins = [spec.name for spec, _ in known.ordered(route.plugin_tables)]
         lines.append(
             f"route {' '.join(route.methods) or '*'} {route.path} -> "
             f"{' -> '.join([*plugins, route.target])}"

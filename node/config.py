@@ -10,17 +10,17 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from node.catalogue import catalogue
 from node.errors import ConfigError
-from node.schema import EnvValue, build, join, require
+from node.schema import EnvValue, build, describe, join, require, unknown_key
 from node.upstream.settings import UpstreamSettings
 
 ENV_PREFIX = "SCALENODE__"
-PLUGIN_NAMES = ("ratelimit", "cache", "queue", "shard", "breaker")  # the canonical order
 TARGET_KINDS = ("upstream", "handler", "store")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Paths every node serves itself; a route may not shadow them.
@@ -60,7 +60,7 @@ class NodeSettings:
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
-    redis: str = ""  # "" = embedded
+    redis: str = ""  # "" or "memory://" = embedded
     amqp: str = ""
 
     def check(self, path: str) -> None:
@@ -69,7 +69,7 @@ class BackendSettings:
             ("amqp", ("amqp", "amqps")),
         ):
             url = getattr(self, key)
-            if url:
+            if url and url != "memory://":  # "" or memory:// is the embedded backend
                 require(
                     urlsplit(url).scheme in schemes,
                     join(path, key),
@@ -112,20 +112,14 @@ class RouteSettings:
     name: str = ""  # label in metrics and the dashboard; default: the path
     strip_prefix: str = ""  # removed from the path before it goes upstream
     max_body: int | None = None  # default: node.max_body
-    ratelimit: dict[str, Any] | None = None
-    cache: dict[str, Any] | None = None
-    queue: dict[str, Any] | None = None
-    shard: dict[str, Any] | None = None
-    breaker: dict[str, Any] | None = None
+    # Every other key of a route is a plugin's table (`ratelimit = { ... }`), checked
+    # against the loaded plugins by Settings.check: (name, table) in the file's order.
+    plugin_tables: tuple[tuple[str, Any], ...] = ()
+    EXTRA_KEYS_FIELD = "plugin_tables"
 
     @property
     def label(self) -> str:
         return self.name or self.path
-
-    def plugin_tables(self) -> list[tuple[str, dict[str, Any]]]:
-        """The route's plugin tables, in the canonical order."""
-        tables = ((name, getattr(self, name)) for name in PLUGIN_NAMES)
-        return [(name, table) for name, table in tables if table is not None]
 
     def check(self, path: str) -> None:
         require(self.path.startswith("/"), join(path, "path"), "must start with '/'")
@@ -197,18 +191,33 @@ def route_methods(route: RouteSettings) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class PluginsSettings:
+    load: tuple[str, ...] = ()  # modules whose PLUGIN / PLUGINS to add (besides entry points)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     backends: BackendSettings = field(default_factory=BackendSettings)
+    plugins: PluginsSettings = field(default_factory=PluginsSettings)
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     shards: dict[str, ShardSetSettings] = field(default_factory=dict)
     routes: tuple[RouteSettings, ...] = ()
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     def check(self, path: str) -> None:
+        known_plugins = catalogue(self.plugins.load).names if self.routes else []
+        route_keys = [f.name for f in fields(RouteSettings) if f.name != "plugin_tables"]
         claimed: dict[str, dict[str, int]] = {}  # path → method ("*" = any) → route index
         for i, route in enumerate(self.routes):
             route_path = join("routes", i)
+            for name, table in route.plugin_tables:
+                if name not in known_plugins:
+                    raise unknown_key(route_path, name, [*route_keys, *known_plugins])
+                if not isinstance(table, dict):
+                    raise ConfigError(
+                        f"{join(route_path, name)}: must be a table, got {describe(table)}"
+                    )
             kind, _, name = route.target.partition(":")
             if kind == "upstream":
                 require(

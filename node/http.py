@@ -14,11 +14,12 @@ from time import perf_counter
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from node.call import JSON_TYPE, AddedHeaders, ByteStream, Call, Handler, Reply
+from node.call import AddedHeaders, ByteStream, Call, Handler, Reply
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
 from node.metrics import RouteStats
+from node.resources import RESOURCES, Resources
 from node.targets import as_reply
-from node.wire import CONTENT_TYPE, X_NODE, ReadyResponse, header_items
+from node.wire import CONTENT_TYPE, X_NODE, ReadyResponse, header_items, json_response
 
 log = logging.getLogger("scalenode.http")
 
@@ -27,9 +28,14 @@ def error_reply(exc: Rejected) -> Reply:
     return Reply.json({"error": exc.code, "detail": exc.detail}, exc.status, exc.headers)
 
 
-INTERNAL_ERROR = Reply.json(
-    {"error": "internal", "detail": "the handler failed; see the node's log"}, 500
-)
+def internal_error(request_id: str) -> Reply:
+    """The 500 for an unexpected failure: no internals, and the request id the node's log
+    line names, so "see the node's log" leads to it."""
+    return Reply.json(
+        {"error": "internal", "detail": "the handler failed; see the node's log"},
+        500,
+        {"X-Request-Id": request_id},
+    )
 
 
 async def read_body(request: web.Request, max_body: int) -> bytes:
@@ -102,10 +108,9 @@ class RequestCall(Call):
     def host(self) -> str:
         return self._request.host
 
-    @property
-    def app(self) -> web.Application:
-        """The node's app, for helpers that reach app-wide resources (plugins.cache.node_cache)."""
-        return self._request.app
+    @property  # type: ignore[override]
+    def resources(self) -> Resources:
+        return self._request.app[RESOURCES]
 
 
 def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> ReadyResponse:
@@ -169,8 +174,15 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
         except Rejected as exc:
             reply = error_reply(exc)
         except Exception:
-            log.exception("route %s failed on %s %s", label, request.method, request.path)
-            reply = INTERNAL_ERROR
+            request_id = call.request_id
+            log.exception(
+                "route %s failed on %s %s (X-Request-Id: %s)",
+                label,
+                request.method,
+                request.path,
+                request_id,
+            )
+            reply = internal_error(request_id)
         try:
             if reply.stream is None:
                 return to_response(reply, node, call.added_headers)
@@ -180,16 +192,6 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
             stats.record(reply.status, perf_counter() - started)
 
     return endpoint
-
-
-def json_response(
-    data: object, status: int, node: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    reply = Reply.json(data, status, headers)
-    response = web.Response(body=reply.body, status=status, headers=reply.headers or None)
-    response.headers[CONTENT_TYPE] = JSON_TYPE
-    response.headers[X_NODE] = node
-    return response
 
 
 def unmatched_endpoint(node: str, resources: list[web.AbstractResource]):

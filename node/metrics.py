@@ -8,7 +8,7 @@ families only when /metrics is read.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -125,13 +125,15 @@ class NodeCollector:
 
     def collect_plugins(self) -> Iterator[Metric]:
         """Each plugin's snapshot: `counters` become `scalenode_<plugin>_<name>_total`,
-        `gauges` become `scalenode_<plugin>_<name>`, labelled by node and route."""
+        `gauges` and `cluster_gauges` become `scalenode_<plugin>_<name>`, labelled by node
+        and route (a cluster gauge reads the same on every node: aggregate it with max)."""
         families: dict[str, Metric] = {}
         for route, plugin in self.stats.plugins:
             snapshot = plugin.snapshot()
             for kind, family_type in (
                 ("counters", CounterMetricFamily),
                 ("gauges", GaugeMetricFamily),
+                ("cluster_gauges", GaugeMetricFamily),
             ):
                 for key, value in snapshot.get(kind, {}).items():
                     name = f"scalenode_{plugin.name}_{key}"
@@ -234,3 +236,22 @@ def make_registry(collector: NodeCollector) -> CollectorRegistry:
     registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
+
+
+def quantile(q: float, buckets: Sequence[int], bounds: Sequence[float] = LATENCY_BOUNDS):
+    """The q-quantile (seconds) of a histogram whose `buckets` count per upper bound
+    (`bounds`, then +Inf), interpolated linearly inside the bucket as Prometheus's
+    histogram_quantile does; None without observations."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            if i >= len(bounds):  # the +Inf bucket: the largest finite bound is all we know
+                return float(bounds[-1])
+            lower = bounds[i - 1] if i > 0 else 0.0
+            return lower + (bounds[i] - lower) * (rank - seen) / count
+        seen += count
+    return float(bounds[-1])

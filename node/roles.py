@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 SYSTEM = "system"  # /health, /ready, /metrics
-ROUTES = "routes"  # the configured routes and their plugin pipelines
-WORKER = "worker"  # queue consumers (the queue issue adds it)
+ROUTES = "routes"  # the configured routes, served over HTTP through their plugin pipelines
+WORKER = "worker"  # queued jobs consumed and run through their routes' pipelines
 DASHBOARD = "dashboard"  # /dashboard, its feed, and the replica recommendation in /metrics
 
-# Components are listed only once they exist, so a role never claims what it cannot do;
-# worker gains its own component in its issue.
 ROLE_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "all": (SYSTEM, ROUTES, DASHBOARD),
+    "all": (SYSTEM, ROUTES, WORKER, DASHBOARD),
     "gateway": (SYSTEM, ROUTES, DASHBOARD),
-    "worker": (SYSTEM,),
+    "worker": (SYSTEM, WORKER),
     "dashboard": (SYSTEM, DASHBOARD),
 }
 ROLES = tuple(ROLE_COMPONENTS)

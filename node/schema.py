@@ -46,11 +46,26 @@ def build(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a table, got {describe(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    # A class may take the keys it does not declare into one field, as (key, value) pairs
+    # for a later check (a route's plugin tables, known only once the plugins are loaded).
+    extra_field = getattr(cls, "EXTRA_KEYS_FIELD", None)
+    if extra_field is not None:
+        fields.pop(extra_field)
+    extra = []
     for key in data:
         if key not in fields:
-            raise unknown_key(path, key, fields)
+            if extra_field is None:
+                raise unknown_key(path, key, fields)
+            value = data[key]
+            extra.append((key, value.parsed if isinstance(value, EnvValue) else value))
     hints = typing.get_type_hints(cls)
-    values = {key: convert(hints[key], value, join(path, key)) for key, value in data.items()}
+    values = {
+        key: convert(hints[key], value, join(path, key))
+        for key, value in data.items()
+        if key in fields
+    }
+    if extra:
+        values[extra_field] = tuple(extra)
     settings = cls(**values)
     check = getattr(settings, "check", None)
     if check is not None:

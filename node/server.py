@@ -6,13 +6,14 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from node.app import STATS, build_app
 from node.config import Settings
 from node.metrics import NodeStats
+from node.resources import RESOURCES
 
 log = logging.getLogger("scalenode")
 
@@ -53,25 +54,33 @@ async def serve(settings: Settings, role: str, *, reuse_port: bool = False) -> N
         )
         await stop.wait()
         log.info("node %s draining (up to %g s)", node.name, node.drain_timeout)
-        await drain(runner, app[STATS], node.drain_timeout)
+        await drain(runner, app[STATS], node.drain_timeout, app[RESOURCES].on_drain)
     finally:
         await runner.cleanup()
     log.info("node %s stopped", node.name)
 
 
-async def drain(runner: web.AppRunner, stats: NodeStats, seconds: float) -> None:
+async def drain(
+    runner: web.AppRunner,
+    stats: NodeStats,
+    seconds: float,
+    hooks: Sequence[Callable[[float], Awaitable[None]]] = (),
+) -> None:
     """Stop accepting, ask keep-alive connections to close after their current request,
-    and wait until no request is in flight or `seconds` have passed."""
+    and wait until no request is in flight or `seconds` have passed. Plugins' drains (a
+    worker's jobs) run alongside, within the same `seconds`."""
     for site in list(runner.sites):
         await site.stop()
     if runner.server is not None:
         runner.server.pre_shutdown()
+    draining = asyncio.gather(*(hook(seconds) for hook in hooks))
     deadline = time.monotonic() + seconds
     # Polled: an Event set by the last request out would cost every request a check.
     while stats.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(DRAIN_POLL)
     if stats.in_flight():
         log.warning("drain timeout: cancelling %d request(s) still in flight", stats.in_flight())
+    await draining  # each hook keeps to `seconds` itself
 
 
 def run(settings: Settings, role: str, *, reuse_port: bool = False) -> None:

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from node.backends import Probe
-from node.http import json_response
+from node.wire import json_response
 
 
 def add_system_routes(

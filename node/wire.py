@@ -23,6 +23,8 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion10, HttpVersion11
 from multidict import CIMultiDict, istr
 
+from node.call import JSON_TYPE, Reply
+
 # Statuses whose reply never has a body; of them, these never carry a Content-Length
 # (RFC 9110 sections 6.4.1, 8.6): a 304 may repeat the length of what it stands for.
 NO_BODY = frozenset((204, 304, *range(100, 200)))
@@ -151,3 +153,13 @@ def identify(node: str):
         headers[SERVER] = SERVER_NAME
 
     return stamp
+
+
+def json_response(
+    data: object, status: int, node: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    reply = Reply.json(data, status, headers)
+    response = web.Response(body=reply.body, status=status, headers=reply.headers or None)
+    response.headers[CONTENT_TYPE] = JSON_TYPE
+    response.headers[X_NODE] = node
+    return response

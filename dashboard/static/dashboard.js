@@ -276,6 +276,8 @@
   function genericCard(name, p, nodes) {
     const rows = Object.keys(p.counters).sort().map((k) => [k.replace(/_/g, " "), `${fmtRate(p.rates[k] || 0)} /s`, `${(p.counters[k] || 0).toLocaleString()} total`]);
     const gauges = Object.keys(p.gauges).sort().map((k) => [k.replace(/_/g, " "), (p.gauges[k] || 0).toLocaleString(), "now"]);
+    const shared = p.cluster_gauges || {};  // read from a shared backend: the cluster's value, not a sum
+    gauges.push(...Object.keys(shared).sort().map((k) => [k.replace(/_/g, " "), (shared[k] || 0).toLocaleString(), "cluster"]));
     return `<div class="card"><h4>${esc(name)} <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
       <div class="kv">${kvRows([...rows, ...gauges]) || '<span class="empty">no counters</span>'}</div></div>`;
   }

@@ -238,6 +238,26 @@ class UpstreamPool:
         """Send through the failover path from now on (built once, before serving)."""
         self.send = self.failover.send  # type: ignore[assignment]
 
+    def guard_members(
+        self,
+        circuit_for: Callable[[Member], MemberCircuit],
+        failure_statuses: frozenset[int],
+        slow_seconds: float | None = None,
+    ) -> list[MemberCircuit]:
+        """The hook for a plugin that guards this pool's members (a circuit breaker),
+        called once before serving: each member gets `circuit_for(member)`, which the pool
+        asks before it picks the member and tells of each try's outcome: a reply whose
+        status is in `failure_statuses`, or slower than `slow_seconds`, is a failure.
+        Returns the circuits, in the members' order."""
+        circuits = []
+        for member in self.members:
+            member.circuit = circuit_for(member)
+            circuits.append(member.circuit)
+        self.failover.failure_statuses = failure_statuses
+        self.failover.slow_seconds = slow_seconds
+        self.guard()
+        return circuits
+
     def _round_robin(self) -> Member:
         return next(self._cycle)
 

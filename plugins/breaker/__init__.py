@@ -7,11 +7,11 @@ from typing import Any
 
 from node.cluster.redis import RedisConnection
 from node.errors import ConfigError
-from node.pipeline import BuildContext
-from node.resources import Resources
+from node.plugin import BuildContext, PluginSpec
 from node.schema import build, join
 from plugins.breaker.admin import BreakerAdmin
 from plugins.breaker.circuit import Circuit
+from plugins.breaker.keys import PREFIX
 from plugins.breaker.plugin import CircuitBreaker, guard_pool
 from plugins.breaker.settings import BreakerSettings
 from plugins.breaker.shared import TripExchange
@@ -29,12 +29,9 @@ class Guarded:
 def build_circuit_breaker(table: dict[str, Any], path: str, ctx: BuildContext) -> CircuitBreaker:
     """Routes sharing a pool share its members' circuits, so they must agree on the settings."""
     settings = build(BreakerSettings, table, path)
-    kind, _, name = ctx.route.target.partition(":")
-    if kind != "upstream":
-        raise ConfigError(f"{path}: guards upstream members; the target must be upstream:NAME")
-    pool = ctx.pools[name]
-    resources = ctx.resources
-    guarded: dict[str, Guarded] = resources.shared("breaker.pools", dict)
+    pool = ctx.upstream_pool(path)
+    name = pool.name
+    guarded: dict[str, Guarded] = ctx.shared("breaker.pools", dict)
     prior = guarded.get(name)
     if prior is not None:
         if prior.settings != settings:
@@ -43,42 +40,48 @@ def build_circuit_breaker(table: dict[str, Any], path: str, ctx: BuildContext) -
                 "other settings; routes to one pool share its breakers, so give them one table"
             )
         return CircuitBreaker(pool, prior.circuits)
-    shared = settings.shared if settings.shared is not None else resources.redis is not None
-    redis = resources.redis
-    if shared and redis is None:
+    shared = settings.shared if settings.shared is not None else ctx.has_backend("redis")
+    if shared and not ctx.has_backend("redis"):
         raise ConfigError(f"{join(path, 'shared')}: sharing trips needs backends.redis")
     circuits = guard_pool(pool, settings)
     guarded[name] = Guarded(settings, path, circuits)
-    node = ctx.settings.node.name
+    node = ctx.node_name
 
     def make_admin() -> BreakerAdmin:
         made = BreakerAdmin(node)
-        resources.admin_routes.extend(made.routes())
+        ctx.add_admin_routes(made.routes())
         return made
 
-    resources.shared("breaker.admin", make_admin).pools[name] = circuits
-    if shared and redis is not None:
-        share_trips(circuits, resources, redis, node, trial_ttl=pool.settings.timeout + 1)
+    ctx.shared("breaker.admin", make_admin).pools[name] = circuits
+    if shared:
+        # An outage of Redis only unshares trips: tolerated.
+        redis = ctx.backend("redis", required=False).redis
+        assert redis is not None
+        share_trips(circuits, ctx, redis, trial_ttl=pool.settings.timeout + 1)
     return CircuitBreaker(pool, circuits)
 
 
 def share_trips(
-    circuits: list[Circuit],
-    resources: Resources,
-    redis: RedisConnection,
-    node: str,
-    trial_ttl: float,
+    circuits: list[Circuit], ctx: BuildContext, redis: RedisConnection, trial_ttl: float
 ) -> None:
     """Hand `circuits` to the node's one TripExchange (made, and tied to the app's life,
     on first use). `trial_ttl`: a trial token outlives the slowest trial call."""
 
     def make_exchange() -> TripExchange:
-        made = TripExchange(node, redis, resources.bus)
-        resources.on_start.append(made.load)
-        resources.on_stop.append(made.stop)
+        made = TripExchange(ctx.node_name, redis, ctx.resources.bus)
+        ctx.on_start(made.load)
+        ctx.on_stop(made.stop)
         return made
 
-    exchange = resources.shared("breaker.exchange", make_exchange)
-    resources.tolerated.add("redis")  # an outage only unshares trips
+    exchange = ctx.shared("breaker.exchange", make_exchange)
     for circuit in circuits:
         exchange.register(circuit, trial_ttl)
+
+
+PLUGIN = PluginSpec(
+    name="breaker",
+    build=build_circuit_breaker,
+    after=("ratelimit", "cache", "queue", "shard"),
+    keys=PREFIX,
+    summary="circuit breaking per upstream member, trips shared across nodes",
+)

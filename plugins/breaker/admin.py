@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node.http import json_response
+from node.wire import json_response
 from plugins.breaker.circuit import Circuit
 
 

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 
 from node.cluster.bus import ClusterBus
-from node.cluster.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
 from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
 from plugins.breaker.circuit import HALF_OPEN, OPEN, Circuit
+from plugins.breaker.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
 
 log = logging.getLogger("scalenode.breaker")
 

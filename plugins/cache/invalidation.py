@@ -15,9 +15,9 @@ import orjson
 from aiohttp import web
 
 from node.cluster.bus import ClusterBus
-from node.cluster.keys import CACHE_EVENTS
 from node.errors import BackendUnavailable
-from node.http import json_response
+from node.wire import json_response
+from plugins.cache.keys import CACHE_EVENTS
 from plugins.cache.stores import L2Store
 
 if TYPE_CHECKING:

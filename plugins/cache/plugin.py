@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 
 from node.call import Call, Handler, Reply
 from node.errors import BackendUnavailable, BadGateway, GatewayTimeout, Rejected, ServiceUnavailable
+from node.plugin import Plugin
 from plugins.cache.entry import (
     BYPASS,
     HIT_L1,
@@ -73,7 +74,7 @@ def labelled(reply: Reply, label: str) -> Reply:
     return reply
 
 
-class ResponseCache:
+class ResponseCache(Plugin):
     """One route's cache. Times are wall-clock seconds (`clock`): entries, their Age and
     freshness travel between nodes through L2, so a monotonic clock would not do."""
 
@@ -270,7 +271,7 @@ class ResponseCache:
         counters = {"hits_l1": self.hits_l1, **self.counts, "evictions": self.l1.evictions}
         lookups = counters["lookups"] = self.hits_l1 + self.counts["lookups"]
         # Hits are answers from a stored fresh entry; stale answers and coalesced waits
-        # count as lookups only (README, "Cache").
+        # count as lookups only (docs/plugins/cache.md).
         hits = counters["hits_l1"] + counters["hits_l2"]
         return {
             "counters": counters,

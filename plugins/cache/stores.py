@@ -2,7 +2,7 @@
 that invalidation needs, and the fill lock that lets one node fetch a cold key.
 
 `RedisL2` is the cluster's; `MemoryL2` (aiocache's SimpleMemoryCache) is the embedded
-node's, with the same semantics: both pass tests/integration/test_cache_stores.py.
+node's, with the same semantics: both pass tests/contract/test_cache_l2.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 
-from node.cluster.keys import CACHE_LOCKS, CACHE_PATH_INDEX, CACHE_TAG_INDEX, CACHE_VALUES
 from node.cluster.redis import RedisConnection
 from plugins.cache.aioredis import Script, redis_cache, set_nx_px
+from plugins.cache.keys import CACHE_LOCKS, CACHE_PATH_INDEX, CACHE_TAG_INDEX, CACHE_VALUES
 
 HERE = Path(__file__).resolve().parent
 MAX_INDEX_NAME = 200  # characters of a path or tag in an index key; longer ones are hashed

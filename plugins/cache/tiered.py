@@ -20,10 +20,10 @@ from aiocache.base import SENTINEL, BaseCache
 from aiocache.serializers import JsonSerializer
 
 from node.call import Call
-from node.cluster.keys import CACHE_HANDLER
 from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
 from plugins.cache.aioredis import redis_cache
+from plugins.cache.keys import CACHE_HANDLER
 
 L1_TTL = 5.0  # seconds a node may serve its copy of a value another node changed
 L1_MAX_ENTRIES = 10_000
@@ -134,12 +134,9 @@ class TieredCache(BaseCache):
 
 def node_cache(call: Call) -> TieredCache:
     """The node's TieredCache, from a call the node serves over HTTP."""
-    from node.app import RESOURCES
-
-    app = getattr(call, "app", None)
-    if app is None:
+    resources = call.resources
+    if resources is None:
         raise RuntimeError("node_cache(call) needs a call the node serves over HTTP")
-    resources = app[RESOURCES]
     return resources.shared("cache.tiered", lambda: TieredCache(resources.redis))
 
 

@@ -14,12 +14,20 @@ from typing import Any
 from multidict import istr
 
 from node.call import Call, Handler, Reply
-from node.cluster.keys import RATELIMIT
 from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
 from node.forwarding import TrustedProxies
+from node.plugin import Plugin
 from plugins.ratelimit.algorithms import STEP, Limit, Verdict
+from plugins.ratelimit.keys import RATELIMIT
 from plugins.ratelimit.settings import MAX_KEY_LENGTH, RateLimitSettings, key_parts
-from plugins.ratelimit.stores import CounterStore, Decision, MemoryCounter, RedisCounter
+from plugins.ratelimit.stores import (
+    BATCHED,
+    DECIDE_NOW,
+    CounterStore,
+    Decision,
+    MemoryCounter,
+    RedisCounter,
+)
 from plugins.ratelimit.tiers import TierDirectory
 
 log = logging.getLogger("scalenode.ratelimit")
@@ -63,7 +71,7 @@ class Tally:
     unlimited_by_outage: int = 0
 
 
-class RateLimiter:
+class RateLimiter(Plugin):
     name = "ratelimit"
 
     def __init__(
@@ -94,7 +102,7 @@ class RateLimiter:
         self._dry_run_logged = 0.0
         # client digest (or peer, see OneLimitRateLimiter) → its default limits' keys
         self._keys: dict[object, list[str]] = {}
-        self.memory = store if isinstance(store, MemoryCounter) else None
+        self.memory = store if DECIDE_NOW in store.capabilities else None
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         client, api_key = self.identify(call)
@@ -275,10 +283,7 @@ class OneLimitRateLimiter(RateLimiter):
         default = policy.default
         if directory is not None or default is None or len(default) != 1:
             return False
-        # Redis Cluster checks go through redis-py, one by one: the general path.
-        return isinstance(store, MemoryCounter) or (
-            isinstance(store, RedisCounter) and store.connection.pipeline is not None
-        )
+        return bool(store.capabilities & {DECIDE_NOW, BATCHED})
 
     def keys_for(self, call: Call) -> list[str]:
         if self.peer_is_client:  # keys remembered by peer: no header, no digest

@@ -34,7 +34,15 @@ class Decision:
     verdicts: list[Verdict]  # one per limit, in order
 
 
+# What a store can do beyond `hit`, for the rate limiter's faster paths (declared, so a
+# store of another backend offers them by saying so, not by being one of these classes).
+DECIDE_NOW = "decide_now"  # decides synchronously, in-process: `decide_now`, `states`
+BATCHED = "batched"  # a one-limit check is a future on the tick's batch: `enqueue`
+
+
 class CounterStore(Protocol):
+    capabilities: frozenset[str]
+
     async def hit(
         self, keys: Sequence[str], algorithm: str, limits: Sequence[Limit], cost: int = 1
     ) -> Decision:
@@ -51,6 +59,8 @@ class MemoryCounter:
     rate limit's one-limit step reads and writes `states` itself (OneLimitRateLimiter.memory_step):
     a call into the store would cost a Python frame per request.
     """
+
+    capabilities = frozenset({DECIDE_NOW})
 
     def __init__(
         self, clock: Callable[[], int] | None = None, max_keys: int = MEMORY_MAX_KEYS
@@ -106,6 +116,8 @@ class RedisCounter:
 
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
+        # Redis Cluster checks go through redis-py, one by one: no batches there.
+        self.capabilities = frozenset({BATCHED} if connection.pipeline is not None else ())
         self.script = connection.client.register_script(LUA)
         self._sha = bulk(self.script.sha)
         self._args: dict[tuple[str, tuple[Limit, ...], int], list[str | int]] = {}

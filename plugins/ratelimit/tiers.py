@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from node.cluster.keys import API_KEY_TIERS
 from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
-from node.http import json_response
+from node.wire import json_response
+from plugins.ratelimit.keys import API_KEY_TIERS
 from plugins.ratelimit.settings import MAX_KEY_LENGTH
 
 CACHE_SECONDS = 5.0

@@ -10,7 +10,7 @@ from typing import Any
 from node.call import Call, Handler, Reply
 from node.errors import ConfigError, Rejected
 from node.forwarding import TrustedProxies
-from node.pipeline import BuildContext
+from node.plugin import BuildContext, Plugin, PluginSpec
 from node.schema import build, join, require
 
 KEY_KINDS = ("path", "header", "query", "ip")
@@ -36,7 +36,7 @@ class ShardSettings:
         )
 
 
-class ShardRouter:
+class ShardRouter(Plugin):
     name = "shard"
 
     def __init__(self, key: str, trusted: TrustedProxies) -> None:
@@ -89,4 +89,13 @@ def build_shard_router(table: dict[str, Any], path: str, ctx: BuildContext) -> S
             join(path, "key"),
             f"the route path {ctx.route.path!r} has no {{{field}}}",
         )
-    return ShardRouter(settings.key, ctx.resources.trusted)
+    return ShardRouter(settings.key, ctx.trusted)
+
+
+PLUGIN = PluginSpec(
+    name="shard",
+    build=build_shard_router,
+    after=("ratelimit", "cache", "queue"),
+    before=("breaker",),
+    summary="the shard key that picks a member of a hash pool (X-Shard)",
+)

@@ -10,7 +10,7 @@ import pytest
 from e2e_harness import request
 from ratelimit_helpers import SHARED_REDIS, connect
 
-from node.cluster.keys import BREAKER_PROBES, BREAKER_TRIPS
+from plugins.breaker.keys import BREAKER_PROBES, BREAKER_TRIPS
 
 MIN_REQUESTS = 5
 

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from node.app import RESOURCES, build_app
-from node.cluster.keys import CACHE
 from node.config import Settings
 from node.schema import build
+from plugins.cache.keys import CACHE
 from plugins.cache.plugin import ResponseCache
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

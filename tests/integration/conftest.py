@@ -11,20 +11,15 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
-import shutil
 import socket
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
-from testkit.servers import free_port, redis_cli, start_redis, stop, wait_until
 
 from node.app import build_app
 from node.config import Settings
@@ -234,7 +229,7 @@ async def node_factory() -> AsyncIterator[NodeFactory]:
     clients: list[TestClient] = []
 
     async def start(settings: Settings) -> TestClient:
-        app = build_app(settings, "all", factories={})
+        app = build_app(settings, "all")
         client = TestClient(TestServer(app, host="127.0.0.1"), auto_decompress=False)
         clients.append(client)
         await client.start_server()
@@ -249,26 +244,3 @@ async def node_factory() -> AsyncIterator[NodeFactory]:
 async def node(node_factory: NodeFactory, upstream: Upstream) -> TestClient:
     """The node with the default settings, proxying /api/... to one upstream."""
     return await node_factory(proxy_settings([upstream.url]))
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[str]:
-    """A 3-master Redis Cluster on free ports, for the session; its URL."""
-    workdir = Path(tempfile.mkdtemp(prefix="scalenode-cluster-"))
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        ports = []
-        for _ in range(3):
-            ports.append(free_port())
-            conf = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{ports[-1]}.conf"]
-            processes.append(start_redis(ports[-1], workdir, *conf))
-        nodes = [f"127.0.0.1:{port}" for port in ports]
-        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
-        subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        ok = lambda: all("cluster_state:ok" in redis_cli(p, "cluster", "info") for p in ports)  # noqa: E731
-        wait_until(ok, 30, "the cluster never reached cluster_state:ok")
-        yield f"redis+cluster://127.0.0.1:{ports[0]}"
-    finally:
-        for process in processes:
-            stop(process)
-        shutil.rmtree(workdir, ignore_errors=True)

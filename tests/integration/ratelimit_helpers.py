@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.app import RESOURCES
-from node.cluster.keys import API_KEY_TIERS, RATELIMIT
 from node.config import Settings
 from node.schema import build
+from plugins.ratelimit.keys import API_KEY_TIERS, RATELIMIT
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROUTE = "/hello"

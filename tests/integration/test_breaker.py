@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from testkit.servers import RedisServer
 
-from node.cluster import bus as cluster_bus
 from node.app import POOLS, RESOURCES, build_app
-from node.cluster.keys import BREAKER_PROBES, BREAKER_TRIPS
+from node.cluster import bus as cluster_bus
 from node.config import Settings
 from node.schema import build
 from node.upstream.pool import UpstreamPool
+from plugins.breaker.keys import BREAKER_PROBES, BREAKER_TRIPS
 from plugins.breaker.shared import TripExchange
 
 from .conftest import Upstream, UpstreamFactory

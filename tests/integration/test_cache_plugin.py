@@ -14,7 +14,7 @@ from testkit.origin import CountingOrigin
 from testkit.servers import RedisServer
 
 from node.call import Call
-from node.cluster.keys import CACHE_LOCKS
+from plugins.cache.keys import CACHE_LOCKS
 
 from .cache_helpers import (
     REDIS_URL,

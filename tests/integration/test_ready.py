@@ -121,3 +121,21 @@ async def test_redis_outage_readiness_follows_the_strictest_user(
     response = await client.get("/ready")
     assert response.status == status
     assert (await response.json())["status"] == state
+
+
+async def test_ready_on_a_redis_cluster(client_for, cluster) -> None:
+    """backends.redis = redis+cluster://...: the probe pings through the cluster client
+    the stores use (a plain client refused the URL and left the node "degraded")."""
+    client = await client_for(settings_with({"redis": cluster}))
+    response = await client.get("/ready")
+    body = await response.json()
+    assert response.status == 200, body
+    assert (body["status"], body["backends"]) == ("ready", {"redis": {"ok": True}})
+
+
+async def test_memory_url_is_the_embedded_backend(client_for) -> None:
+    """memory:// names the embedded default explicitly: nothing to probe, ready."""
+    client = await client_for(settings_with({"redis": "memory://", "amqp": "memory://"}))
+    response = await client.get("/ready")
+    assert response.status == 200
+    assert (await response.json())["backends"] == {}

@@ -120,7 +120,7 @@ async def test_the_access_log_reads_status_length_and_headers(caplog):
     """With the access log on (served as node/server.py serves), aiohttp's logger reads
     status, body length and reply headers from the node's responses."""
     routes = [{"path": "/hello", "methods": ["GET"], "target": "handler:node.demo:hello"}]
-    app = build_app(build(Settings, {"node": {"name": "node-a"}, "routes": routes}, ""), "all", {})
+    app = build_app(build(Settings, {"node": {"name": "node-a"}, "routes": routes}, ""), "all")
     logger = logging.getLogger("scalenode.access.test")
     runner = web.AppRunner(app, access_log=logger, access_log_format="%s %b %{X-Node}o")
     await runner.setup()

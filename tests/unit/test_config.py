@@ -58,7 +58,7 @@ ERRORS = {
     "unknown section": ("[nodes]\nport = 1", "nodes: unknown key; did you mean 'node'?"),
     "unknown key, no close match": (
         "[zzz]\n",
-        "zzz: unknown key (known: backends, dashboard, node, routes, shards, upstreams)",
+        "zzz: unknown key (known: backends, dashboard, node, plugins, routes, shards, upstreams)",
     ),
     "dashboard interval": (
         "[dashboard]\ninterval = 0",

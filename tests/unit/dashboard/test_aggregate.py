@@ -9,6 +9,7 @@ from dashboard.aggregate import (
     SkewTracker,
     aggregate,
     merge_buckets,
+    merge_plugins,
     quantile,
 )
 from node.metrics import LATENCY_BOUNDS
@@ -176,3 +177,29 @@ def test_pool_counters_are_summed_and_ring_deviation_is_the_worst():
     other = cluster["upstreams"]["other"]
     assert other["ring_max_deviation"] is None  # not a hash pool: no ring to judge
     assert other["counters"]["retries"] == 0
+
+
+def test_cluster_gauges_count_each_queue_once_however_many_nodes_and_routes_read_it():
+    """Two nodes, each with two routes on queue "a" and one on "b": the depth of "a" read by
+    every node's every route is one queue's depth, not four; queues add up."""
+
+    def record(depth_a: int, depth_b: int) -> dict:
+        def entry(route: str, scope: str, depth: int) -> dict:
+            return {
+                "name": "queue",
+                "route": route,
+                "scope": scope,
+                "counters": {"published": 1},
+                "cluster_gauges": {"depth": depth},
+            }
+
+        entries = [
+            entry("/r1", "a", depth_a),
+            entry("/r2", "a", depth_a),
+            entry("/r3", "b", depth_b),
+        ]
+        return {"plugins": entries}
+
+    merged = merge_plugins([record(10, 5), record(12, 5)])["queue"]
+    assert merged["cluster_gauges"] == {"depth": 17}  # the freshest reading of a, plus b
+    assert merged["counters"] == {"published": 6}  # counters are each node's own: summed

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from node.cluster.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
 from node.errors import BackendUnavailable
 from plugins.breaker.circuit import CLOSED, HALF_OPEN, OPEN, PROBE, Circuit
+from plugins.breaker.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
 from plugins.breaker.settings import BreakerSettings
 from plugins.breaker.shared import TripExchange
 

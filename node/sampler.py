@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dashboard.aggregate import quantile
-from node.metrics import LATENCY_BOUNDS, NodeStats
+from node.metrics import LATENCY_BOUNDS, NodeStats, quantile
 
 # Pool-level counters of an upstream snapshot that get per-second rates like the members'.
 POOL_COUNTERS = ("retries", "budget_exhausted", "rerouted", "rejected")

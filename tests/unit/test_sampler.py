@@ -1,11 +1,11 @@
-"""dashboard/sampler.py: rates over 1 s and 10 s from cumulative counters, with a fake clock."""
+"""node/sampler.py: rates over 1 s and 10 s from cumulative counters, with a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from dashboard.sampler import NodeSampler
 from node.metrics import NodeStats
+from node.sampler import NodeSampler
 
 
 class Clock:

@@ -1,48 +1,30 @@
-"""The shared contract of the cache's L2 stores: the embedded MemoryL2 and RedisL2 (real Redis)
-pass the same tests. Keys are unique per test; Redis keys are deleted afterwards."""
+"""One contract for the cache's L2 stores: MemoryL2, and RedisL2 on Redis and on a 3-master
+Redis Cluster (backends.py). Keys hold a path unique to the test; Redis keys are deleted
+afterwards."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
-from testkit.servers import RedisServer
 
-from node.cluster.keys import CACHE
-from node.cluster.redis import RedisConnection
-from plugins.cache.stores import L2Store, MemoryL2, RedisL2
+from plugins.cache.stores import L2Store
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[L2Store]:
-    if request.param == "memory":
-        yield MemoryL2()
-        return
-    connection = RedisConnection(REDIS_URL)
-    yield RedisL2(connection)
-    await connection.close()
+from .backends import Nodes
 
 
 @pytest.fixture
-def ns() -> str:
-    """A unique path root for this test's keys."""
-    return f"/t{uuid.uuid4().hex[:12]}"
+def ns(l2_stores: Nodes[L2Store]) -> str:
+    """A unique path root for this test's keys (and tags), deleted afterwards."""
+    made = f"/t{uuid.uuid4().hex[:12]}"
+    l2_stores.backend.forget_after(made)
+    return made
 
 
-@pytest.fixture(autouse=True)
-async def clean_redis(ns: str) -> AsyncIterator[None]:
-    yield
-    client = aioredis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{CACHE}*{ns}*", count=500)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+@pytest.fixture
+async def store(l2_stores: Nodes[L2Store]) -> L2Store:
+    return await l2_stores.node()
 
 
 async def test_put_then_get_returns_the_bytes(store: L2Store, ns: str) -> None:
@@ -103,8 +85,8 @@ async def test_drop_tag(store: L2Store, ns: str) -> None:
     """Entries carrying the tag go, whatever their path; others stay."""
     tag = f"user-{ns}"
     await store.put(f"r:{ns}/a", b"1", 5.0, f"{ns}/a", (tag,))
-    await store.put(f"r:{ns}/b", b"2", 5.0, f"{ns}/b", (tag, "other"))
-    await store.put(f"r:{ns}/c", b"3", 5.0, f"{ns}/c", ("other",))
+    await store.put(f"r:{ns}/b", b"2", 5.0, f"{ns}/b", (tag, f"other-{ns}"))
+    await store.put(f"r:{ns}/c", b"3", 5.0, f"{ns}/c", (f"other-{ns}",))
     assert await store.drop_tag(tag) == 2
     assert await store.get(f"r:{ns}/c") == b"3"
 
@@ -132,18 +114,42 @@ async def test_lock_expires(store: L2Store, ns: str) -> None:
     await store.unlock(key, "two")
 
 
-async def test_scripts_load_themselves_on_a_fresh_redis(tmp_path: Path) -> None:
-    """A Redis that never saw the scripts (NOSCRIPT) still indexes, locks and releases."""
-    server = RedisServer(tmp_path)
-    server.start()
-    connection = RedisConnection(server.url)
-    try:
-        store = RedisL2(connection)
-        await store.put("r:/a", b"1", 5.0, "/a", ("t",))
-        assert await store.lock("r:/a", "me", 5.0)
-        await store.unlock("r:/a", "me")
-        assert not await store.locked("r:/a")
-        assert await store.drop_tag("t") == 1
-    finally:
-        await connection.close()
-        server.kill()
+async def test_an_entry_one_node_writes_another_reads(l2_stores: Nodes[L2Store], ns: str) -> None:
+    """A blob put by one node comes back byte for byte from the other node's store."""
+    a, b = await l2_stores.node(), await l2_stores.node()
+    blob = b"\x00shared\xff" * 100
+    await a.put(f"r:{ns}/a", blob, 5.0, f"{ns}/a", ())
+    assert await b.get(f"r:{ns}/a") == blob
+
+
+async def test_a_lock_one_node_holds_is_refused_to_another(
+    l2_stores: Nodes[L2Store], ns: str
+) -> None:
+    """Node b cannot take or release node a's fill lock; once a releases it, b takes it."""
+    a, b = await l2_stores.node(), await l2_stores.node()
+    key = f"r:{ns}/cold"
+    assert await a.lock(key, "token-a", 5.0)
+    assert not await b.lock(key, "token-b", 5.0)
+    assert await b.locked(key)
+    await b.unlock(key, "token-b")
+    assert await b.locked(key)
+    await a.unlock(key, "token-a")
+    assert not await b.locked(key)
+    assert await b.lock(key, "token-b", 5.0)
+    assert not await a.lock(key, "token-a", 5.0)
+    await b.unlock(key, "token-b")
+
+
+async def test_one_nodes_invalidation_drops_entries_another_wrote(
+    l2_stores: Nodes[L2Store], ns: str
+) -> None:
+    """Entries node a stored are gone for a after node b drops their path, prefix or tag."""
+    a, b = await l2_stores.node(), await l2_stores.node()
+    tag = f"user-{ns}"
+    await a.put(f"r:{ns}/p", b"1", 5.0, f"{ns}/p", ())
+    await a.put(f"r:{ns}/items/1", b"2", 5.0, f"{ns}/items/1", ())
+    await a.put(f"r:{ns}/t", b"3", 5.0, f"{ns}/t", (tag,))
+    assert await b.drop_path(f"{ns}/p") == 1
+    assert await b.drop_prefix(f"{ns}/items/") == 1
+    assert await b.drop_tag(tag) == 1
+    assert [await a.get(f"r:{ns}/{name}") for name in ("p", "items/1", "t")] == [None] * 3

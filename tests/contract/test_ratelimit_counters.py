@@ -1,27 +1,19 @@
-"""One contract for every rate-limit store, on real time and real servers: MemoryCounter,
-RedisCounter on Redis 127.0.0.1:6379, RedisCounter on a 3-master Redis Cluster this module
-starts; then RedisConnection's outage latch against a private redis-server it kills."""
+"""One contract for every rate-limit counter store, on real time and real servers:
+MemoryCounter, and RedisCounter on Redis and on a 3-master Redis Cluster (backends.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from testkit.servers import free_port, start_redis, stop
 
-from node.cluster.redis import RedisConnection
-from node.errors import BackendUnavailable
 from plugins.ratelimit.algorithms import ALGORITHMS, FIXED_WINDOW, TOKEN_BUCKET, Limit
-from plugins.ratelimit.stores import Decision, MemoryCounter, RedisCounter
+from plugins.ratelimit.stores import CounterStore, Decision
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from .backends import Nodes, make_counter
+
 MS = 1000  # µs
 S = 1000 * MS
 LONG = 3600 * S  # tests that only count fit in one window of an hour
@@ -32,17 +24,14 @@ def now_us() -> int:
 
 
 class Subject:
-    """A store under test; every key it hands out shares the test's fresh {hash tag} prefix."""
+    """One node's store; every key it hands out shares the test's {hash tag} prefix."""
 
-    def __init__(self, store: MemoryCounter | RedisCounter) -> None:
+    def __init__(self, store: CounterStore, prefix: str) -> None:
         self.store = store
-        self.prefix = uuid.uuid4().hex
-        self.keys: set[str] = set()
+        self.prefix = prefix
 
     def key(self, client: str, name: str, tag: str | None = None) -> str:
-        key = f"sn:rl:{{{self.prefix}:{tag or client}}}:{client}:{name}"
-        self.keys.add(key)
-        return key
+        return f"sn:rl:{{{self.prefix}:{tag or client}}}:{client}:{name}"
 
     async def hit(self, algorithm: str, *limits: Limit, cost: int = 1, **who: str) -> Decision:
         """One hit on the keys of client who["client"] (hash tag who["tag"], if given)."""
@@ -54,28 +43,17 @@ class Subject:
         return sum([(await self.hit(algorithm, *limits, **kw)).allowed for _ in range(n)])
 
 
-@contextlib.asynccontextmanager
-async def subject_for(url: str) -> AsyncIterator[Subject]:
-    if not url:
-        yield Subject(MemoryCounter())
-        return
-    connection = RedisConnection(url)
-    subject = Subject(RedisCounter(connection))
-    try:
-        await connection.client.ping()  # a cluster client's first command takes ~0.1 s
-        yield subject
-        for key in subject.keys:
-            await connection.client.delete(key)
-    finally:
-        await connection.close()
+@pytest.fixture
+def prefix(counter_stores: Nodes[CounterStore]) -> str:
+    """The test's fresh key prefix; its keys are deleted afterwards."""
+    made = uuid.uuid4().hex
+    counter_stores.backend.forget_after(made)
+    return made
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
-    urls = {"memory": "", "redis": REDIS_URL}
-    url = urls[request.param] if request.param in urls else request.getfixturevalue("cluster")
-    async with subject_for(url) as subject:
-        yield subject
+@pytest.fixture
+async def subject(counter_stores: Nodes[CounterStore], prefix: str) -> Subject:
+    return Subject(await counter_stores.node(), prefix)
 
 
 async def early_in_window(window: int, needed: int) -> None:
@@ -184,7 +162,7 @@ async def test_same_results_as_the_memory_store(subject: Subject, algorithm: str
     """One sequence of costs against two limits: same verdicts as a MemoryCounter."""
     await early_in_window(2 * LONG, 2 * S)
     limits = (Limit(5, LONG, 5), Limit(8, 2 * LONG, 6))
-    reference = Subject(MemoryCounter())
+    reference = Subject(make_counter(None), subject.prefix)  # a node of its own, embedded
     for cost in (1, 2, 1, 3, 1, 1, 2, 1, 1, 4, 1):
         ours, theirs = [await s.hit(algorithm, *limits, cost=cost) for s in (subject, reference)]
         assert ours.allowed == theirs.allowed, cost
@@ -199,99 +177,23 @@ async def test_concurrent_hits_admit_exactly_the_limit(subject: Subject, algorit
     assert sum(d.allowed for d in await asyncio.gather(*hits)) == 50
 
 
-# --- RedisConnection's outage latch, on a private redis-server -----------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_two_nodes_sharing_the_backend_admit_exactly_the_limit(
+    counter_stores: Nodes[CounterStore], prefix: str, algorithm: str
+) -> None:
+    """Two nodes hit one key at once, 40 times each, against a limit of 50: exactly 50 pass."""
+    await early_in_window(LONG, 2 * S)
+    a, b = [Subject(await counter_stores.node(), prefix) for _ in range(2)]
+    hits = [node.hit(algorithm, limit_of(50)) for _ in range(40) for node in (a, b)]
+    assert sum(d.allowed for d in await asyncio.gather(*hits)) == 50
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a free port, to kill (by its pid) and restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir, self.port = workdir, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = start_redis(self.port, workdir)
-        self.connections: list[RedisConnection] = []
-
-    def kill(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-            self.process = None
-
-    async def knocked_out(self, **options: float) -> tuple[RedisCounter, float]:
-        """A counter that worked, then Redis killed: its first failing hit and how long it took."""
-        self.connections.append(RedisConnection(self.url, **options))
-        counter = RedisCounter(self.connections[-1])
-        assert (await hit(counter)).allowed
-        self.kill()
-        started = time.monotonic()
-        with pytest.raises(BackendUnavailable):
-            await hit(counter)
-        return counter, time.monotonic() - started
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    yield server
-    for connection in server.connections:
-        await connection.close()
-    server.kill()
-
-
-async def hit(counter: RedisCounter) -> Decision:
-    return await counter.hit(["sn:rl:{outage}:k"], FIXED_WINDOW, [limit_of(10**6)])
-
-
-async def test_dead_redis_raises_backend_unavailable_fast(private_redis: PrivateRedis) -> None:
-    """The first hit after Redis dies raises BackendUnavailable within 1.5 s."""
-    counter, took = await private_redis.knocked_out()
-    assert took < 1.5
-    assert not counter.connection.available
-
-
-async def test_while_down_hits_fail_fast_without_connecting(private_redis: PrivateRedis) -> None:
-    """Latched down, hits fail in < 50 ms and never touch the port (a silent listener there)."""
-    counter, _ = await private_redis.knocked_out(reconnect_interval=60.0)  # no reconnects now
-    with socket.socket() as silent:  # completes TCP handshakes on the port, never answers
-        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        silent.bind(("127.0.0.1", private_redis.port))
-        silent.listen(64)
-        silent.setblocking(False)
-        for _ in range(20):
-            started = time.monotonic()
-            with pytest.raises(BackendUnavailable):
-                await hit(counter)
-            assert time.monotonic() - started < 0.05
-        with pytest.raises(BlockingIOError):
-            silent.accept()  # nobody connected
-
-
-async def test_recovers_within_two_seconds_of_a_restart(private_redis: PrivateRedis) -> None:
-    """Redis back on the same port: hits succeed again within ~2 s (script reloaded too)."""
-    counter, _ = await private_redis.knocked_out()
-    private_redis.process = start_redis(private_redis.port, private_redis.workdir)
-    restarted = time.monotonic()
-    while True:
-        with contextlib.suppress(BackendUnavailable):
-            assert (await hit(counter)).allowed
-            break
-        assert time.monotonic() - restarted < 2.0, "still failing 2 s after the restart"
-        await asyncio.sleep(0.05)
-    assert counter.connection.available
-
-
-@pytest.fixture(params=["private_redis", "cluster"])
-def flushable(request: pytest.FixtureRequest) -> str:
-    server = request.getfixturevalue(request.param)
-    return getattr(server, "url", server)
-
-
-async def test_hits_survive_a_script_flush(flushable: str) -> None:
-    """SCRIPT FLUSH on the server: the next hit reloads the script (NOSCRIPT) and works."""
-    async with subject_for(flushable) as subject:
-        await early_in_window(LONG, 2 * S)
-        assert (await subject.hit(FIXED_WINDOW, limit_of(5))).allowed
-        client = subject.store.connection.client  # type: ignore[union-attr]
-        await client.script_flush()
-        assert await client.script_exists(subject.store.script.sha) == [False]  # type: ignore[union-attr]
-        decision = await subject.hit(FIXED_WINDOW, limit_of(5))
-        assert decision.allowed and decision.verdicts[0].remaining == 3
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_a_node_counts_the_other_nodes_hits(
+    counter_stores: Nodes[CounterStore], prefix: str, algorithm: str
+) -> None:
+    """After 3 hits on one node, the other node's first hit has 6 of 10 left."""
+    await early_in_window(LONG, 2 * S)
+    a, b = [Subject(await counter_stores.node(), prefix) for _ in range(2)]
+    assert await a.count(3, algorithm, limit_of(10)) == 3
+    assert (await b.hit(algorithm, limit_of(10))).verdicts[0].remaining == 6
