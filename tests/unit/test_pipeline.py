@@ -128,12 +128,12 @@ def test_the_built_in_plugins_keep_the_canonical_order():
     """The installed plugins come in the design's order; a plugin from elsewhere that
     declares its place (after the cache, before the queue) lands there."""
     installed = catalogue()
-    assert installed.names == ["ratelimit", "cache", "shard", "breaker"]
+    assert installed.names == ["ratelimit", "cache", "queue", "shard", "breaker"]
     signing = PluginSpec(
         "signing", lambda table, path, ctx: None, after=("cache",), before=("queue",)
     )
     grown = Catalogue([signing, *installed.specs])
-    assert grown.names == ["ratelimit", "cache", "signing", "shard", "breaker"]
+    assert grown.names == ["ratelimit", "cache", "signing", "queue", "shard", "breaker"]
 
 
 def test_a_cycle_of_places_is_a_config_error():

@@ -1,0 +1,180 @@
+"""Job state: what `GET /jobs/{id}` answers, and what makes a redelivered job run once.
+
+A job's record is one JSON value under its id (Redis: `sn:q:job:<id>`, expiring), so any
+node answers for any job and every operation touches one key (Redis Cluster safe). An
+`Idempotency-Key` maps to the id of the job it made, for as long as the job is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from node.call import Reply
+from node.cluster.redis import RedisConnection
+from plugins.queue.keys import IDEMPOTENCY, JOB
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD = "queued", "running", "succeeded", "failed", "dead"
+FINISHED = frozenset((SUCCEEDED, FAILED, DEAD))
+# A job not finished yet is kept this long (a queue may be drained days later); a finished
+# one for its route's result_ttl.
+PENDING_TTL = 7 * 86400.0
+
+
+@dataclass(slots=True)
+class JobRecord:
+    id: str
+    route: str
+    queue: str
+    status: str = QUEUED
+    attempts: int = 0
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None  # the target's reply: see stored_reply
+
+    def public(self) -> dict[str, Any]:
+        """What GET /jobs/{id} shows (the result has its own URL)."""
+        shown = asdict(self)
+        del shown["result"]
+        shown["href"] = f"/jobs/{self.id}"
+        return shown
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> JobRecord:
+        return cls(**orjson.loads(data))
+
+
+def stored_reply(reply: Reply) -> dict[str, Any]:
+    """A reply as JSON-safe data (the body in base64: it may be any bytes)."""
+    headers = [
+        [name, value]
+        for name, value in reply.headers.items()
+        if name.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    return {
+        "status": reply.status,
+        "headers": headers,
+        "content_type": reply.content_type,
+        "body": base64.b64encode(reply.body).decode(),
+    }
+
+
+def reply_of(stored: dict[str, Any]) -> Reply:
+    headers = {name: value for name, value in stored["headers"]}
+    body = base64.b64decode(stored["body"])
+    return Reply(stored["status"], body, headers, stored["content_type"])
+
+
+def idempotency_key(route: str, key: str) -> str:
+    """The store key of a client's Idempotency-Key on a route (digested: any length)."""
+    digest = hashlib.sha256(f"{route}\0{key}".encode()).hexdigest()
+    return IDEMPOTENCY + digest
+
+
+class JobStore(Protocol):
+    async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
+        """Store a new queued job; with an idempotency key already used on its route,
+        store nothing and return that key's job instead. (record, whether it is new)."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def save(self, record: JobRecord, ttl: float) -> None:
+        """Store `record` (replacing the job's), kept for `ttl` seconds."""
+        ...
+
+    async def discard(self, record: JobRecord, idempotency: str | None) -> None:
+        """Forget a job that never reached the queue (its publish failed)."""
+        ...
+
+
+class MemoryJobs:
+    """The embedded job store: this node's jobs only, gone with the process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
+
+    def _get(self, key: str) -> bytes | None:
+        found = self._values.get(key)
+        if found is None:
+            return None
+        if found[1] <= self.clock():
+            del self._values[key]
+            return None
+        return found[0]
+
+    def _set(self, key: str, value: bytes, ttl: float) -> None:
+        self._values[key] = (value, self.clock() + ttl)
+        if len(self._values) % 1024 == 0:  # now and then, drop what expired
+            now = self.clock()
+            for stale in [k for k, (_, at) in self._values.items() if at <= now]:
+                del self._values[stale]
+
+    async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
+        if idempotency is not None:
+            known = self._get(idempotency)
+            existing = await self.get(known.decode()) if known is not None else None
+            if existing is not None:
+                return existing, False
+            self._set(idempotency, record.id.encode(), PENDING_TTL)
+        self._set(JOB + record.id, record.to_json(), PENDING_TTL)
+        return record, True
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        data = self._get(JOB + job_id)
+        return JobRecord.from_json(data) if data is not None else None
+
+    async def save(self, record: JobRecord, ttl: float) -> None:
+        self._set(JOB + record.id, record.to_json(), ttl)
+
+    async def discard(self, record: JobRecord, idempotency: str | None) -> None:
+        self._values.pop(JOB + record.id, None)
+        if idempotency is not None:
+            self._values.pop(idempotency, None)
+
+
+class RedisJobs:
+    """Job state in Redis, shared by every node; one key per operation (Cluster safe)."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self.connection = connection
+
+    async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
+        run = self.connection.run
+        if idempotency is not None:
+            ttl = int(PENDING_TTL)
+            claimed = await run(lambda c: c.set(idempotency, record.id, nx=True, ex=ttl))
+            if not claimed:
+                known = await run(lambda c: c.get(idempotency))
+                existing = await self.get(known.decode()) if known is not None else None
+                if existing is not None:
+                    return existing, False
+                # The job it named has expired: the key is this job's now.
+                await run(lambda c: c.set(idempotency, record.id, ex=ttl))
+        await self.save(record, PENDING_TTL)
+        return record, True
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        data = await self.connection.run(lambda c: c.get(JOB + job_id))
+        return JobRecord.from_json(data) if data is not None else None
+
+    async def save(self, record: JobRecord, ttl: float) -> None:
+        value, milliseconds = record.to_json(), max(1, int(ttl * 1000))
+        await self.connection.run(lambda c: c.set(JOB + record.id, value, px=milliseconds))
+
+    async def discard(self, record: JobRecord, idempotency: str | None) -> None:
+        await self.connection.run(lambda c: c.delete(JOB + record.id))
+        if idempotency is not None:
+            await self.connection.run(lambda c: c.delete(idempotency))

@@ -1,0 +1,5 @@
+"""The job queue's Redis keys (PluginSpec.keys) and broker names."""
+
+PREFIX = "sn:q:"
+JOB = PREFIX + "job:"  # + job id: the job's state and result (JSON), expiring
+IDEMPOTENCY = PREFIX + "idem:"  # + route digest:key digest: the job id it made, expiring

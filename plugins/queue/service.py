@@ -1,0 +1,89 @@
+"""The node's one job service: the broker, the job store, the queued routes and, on a node
+that runs jobs (roles worker and all), the worker. Started and stopped with the node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from node.call import Handler
+from node.errors import BackendUnavailable, ConfigError
+from plugins.queue.broker import Broker, QueueStats
+from plugins.queue.jobs import JobStore
+from plugins.queue.settings import QueueSettings
+
+if TYPE_CHECKING:
+    from plugins.queue.plugin import JobQueue
+    from plugins.queue.worker import Worker
+
+log = logging.getLogger("scalenode.queue")
+STATS_INTERVAL = 1.0  # seconds between reads of the queues' depths (gauges, dashboard)
+
+
+@dataclass(slots=True)
+class QueuedRoute:
+    settings: QueueSettings
+    plugin: JobQueue  # its counters
+    runner: Handler  # the rest of the route's chain: what a worker runs
+
+
+class JobService:
+    def __init__(self, broker: Broker, jobs: JobStore) -> None:
+        self.broker = broker
+        self.jobs = jobs
+        self.routes: dict[str, QueuedRoute] = {}
+        self.queues: dict[str, QueueSettings] = {}
+        self.stats: dict[str, QueueStats] = {}
+        self.worker: Worker | None = None  # on a node that runs jobs (roles worker, all)
+        self._poller: asyncio.Task[None] | None = None
+
+    def check_queue(self, settings: QueueSettings, path: str) -> None:
+        """Routes may share a queue only with the same settings (one topology per queue)."""
+        prior = self.queues.get(settings.name)
+        if prior is not None and prior != settings:
+            raise ConfigError(
+                f"{path}: queue {settings.name!r} is already used with other settings; "
+                "routes sharing a queue need one table"
+            )
+        self.queues[settings.name] = settings
+
+    def add_route(self, plugin: JobQueue, runner: Handler) -> None:
+        self.routes[plugin.route] = QueuedRoute(plugin.settings, plugin, runner)
+
+    async def start(self) -> None:
+        await self.broker.start()
+        for name, settings in self.queues.items():
+            try:
+                await self.broker.declare(name, settings.retry_delays, settings.max_length)
+            except BackendUnavailable as exc:
+                # The broker is away: publishes get 503 until it is back; log it once here.
+                log.warning("queue %s not declared yet: %s", name, exc)
+        if self.worker is not None:
+            await self.worker.start()
+        self._poller = asyncio.ensure_future(self._poll_stats())
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking jobs; let those running finish (up to `seconds`)."""
+        if self.worker is not None:
+            await self.worker.drain(seconds)
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self.worker is not None:
+            await self.worker.drain(0)
+        await self.broker.close()
+
+    async def _poll_stats(self) -> None:
+        while True:
+            for name in self.queues:
+                try:
+                    self.stats[name] = await self.broker.stats(name)
+                except BackendUnavailable:
+                    self.stats.pop(name, None)  # unknown, not zero
+            await asyncio.sleep(STATS_INTERVAL)
