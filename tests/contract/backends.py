@@ -21,6 +21,7 @@ from node.cluster.redis import RedisConnection
 from node.cluster.registry import NodeRegistry
 from plugins.breaker.shared import TripExchange
 from plugins.cache.stores import L2Store, MemoryL2, RedisL2
+from plugins.queue.jobs import JobStore, MemoryJobs, RedisJobs
 from plugins.ratelimit.stores import CounterStore, MemoryCounter, RedisCounter
 
 S = TypeVar("S")
@@ -133,6 +134,10 @@ def make_l2(connection: RedisConnection | None) -> L2Store:
     return MemoryL2() if connection is None else RedisL2(connection)
 
 
+def make_jobs(connection: RedisConnection | None) -> JobStore:
+    return MemoryJobs() if connection is None else RedisJobs(connection)
+
+
 def make_registry(connection: RedisConnection | None, name: str) -> NodeRegistry:
     return NodeRegistry(
         name, "gateway", f"{name}:1", connection, interval=REGISTRY_INTERVAL, ttl=REGISTRY_TTL
@@ -169,6 +174,13 @@ async def counter_stores(request: pytest.FixtureRequest) -> AsyncIterator[Nodes[
 async def l2_stores(request: pytest.FixtureRequest) -> AsyncIterator[Nodes[L2Store]]:
     """The cache's L2 and its fill lock (plugins/cache/stores.py)."""
     async with nodes_on(backend_url(request, request.param), make_l2) as nodes:
+        yield nodes
+
+
+@pytest.fixture(params=EVERY)
+async def job_stores(request: pytest.FixtureRequest) -> AsyncIterator[Nodes[JobStore]]:
+    """The job queue's job state (plugins/queue/jobs.py)."""
+    async with nodes_on(backend_url(request, request.param), make_jobs) as nodes:
         yield nodes
 
 
