@@ -3,6 +3,7 @@ composed here, once, before the port binds."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -105,9 +106,14 @@ def add_routes(
         ctx = BuildContext(settings, route, path, resources, pools)
         chain = build_plugins(ctx, plugins)
         stats.plugins.extend((route.label, plugin) for plugin in chain)
+        provided = {
+            kind: functools.partial(factory, ctx=ctx) for kind, factory in plugins.targets.items()
+        }
         target = build_target(
-            route.target, join(path, "target"), pools, trusted, route.strip_prefix
+            route.target, join(path, "target"), pools, trusted, route.strip_prefix, provided
         )
+        if hasattr(target, "snapshot") and hasattr(target, "name"):
+            stats.plugins.append((route.label, target))  # a plugin's target reports as it
         endpoint = route_endpoint(
             compose(chain, target),
             stats.route(route.label),

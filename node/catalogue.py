@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from node.errors import ConfigError
-from node.plugin import PluginSpec
+from node.plugin import PluginSpec, TargetFactory
 from node.schema import join
 
 ENTRY_POINT_GROUP = "scalenode.plugins"
@@ -30,6 +30,12 @@ class Catalogue:
         self.specs = chain_order(list(found.values()))
         self.by_name = {spec.name: spec for spec in self.specs}
         self.rank = {spec.name: i for i, spec in enumerate(self.specs)}
+        self.targets: dict[str, TargetFactory] = {}
+        for spec in self.specs:
+            for kind, factory in spec.targets.items():
+                if kind in self.targets:
+                    raise ConfigError(f"plugins: two plugins provide the {kind}: target")
+                self.targets[kind] = factory
 
     @property
     def names(self) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -77,14 +78,26 @@ class BackendSettings:
                 )
 
 
+MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
 @dataclass(frozen=True, slots=True)
 class ShardMember:
     name: str = ""
-    dsn: str = ""  # "" = embedded shard
+    dsn: str = ""  # "" = embedded shard (an SQLite file under the set's data_dir)
     replicas: tuple[str, ...] = ()
 
     def check(self, path: str) -> None:
-        require(bool(self.name), join(path, "name"), "is required")
+        require(
+            bool(MEMBER_NAME.match(self.name)),
+            join(path, "name"),
+            "must be 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
+        )
+        require(
+            bool(self.dsn) or not self.replicas,
+            join(path, "replicas"),
+            'an embedded member (dsn = "") has no replicas',
+        )
         for key, dsns in (("dsn", (self.dsn,) if self.dsn else ()), ("replicas", self.replicas)):
             for dsn in dsns:
                 require(
@@ -95,13 +108,37 @@ class ShardMember:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSize:
+    min: int = 1
+    max: int = 10
+
+    def check(self, path: str) -> None:
+        require(0 <= self.min <= self.max, join(path, "min"), f"must be 0 to max ({self.max})")
+        require(1 <= self.max <= 1000, join(path, "max"), "must be 1 to 1000")
+
+
+@dataclass(frozen=True, slots=True)
 class ShardSetSettings:
     members: tuple[ShardMember, ...] = ()
+    buckets: int = 1024  # fixed for the set's life: keys hash to buckets, buckets map to members
+    max_lag_bytes: int = 16 * 1024 * 1024  # a replica further behind is not read from
+    pool: PoolSize = field(default_factory=PoolSize)  # connections per member (and replica)
+    timeout: float = 2.0  # seconds for one query, and for each member of a list's scatter
+    fan_out: int = 8  # members a list queries at once
+    data_dir: str = "data"  # embedded members' files: <data_dir>/<set>/<member>.sqlite3
 
     def check(self, path: str) -> None:
         require(bool(self.members), join(path, "members"), "must list at least one member")
         names = [m.name for m in self.members]
         require(len(set(names)) == len(names), join(path, "members"), "member names must be unique")
+        require(
+            len(self.members) <= self.buckets <= 16384,
+            join(path, "buckets"),
+            f"must be {len(self.members)} (one per member) to 16384",
+        )
+        require(self.max_lag_bytes >= 0, join(path, "max_lag_bytes"), "must be >= 0")
+        require(0 < self.timeout <= 60, join(path, "timeout"), "must be > 0 and <= 60")
+        require(1 <= self.fan_out <= 256, join(path, "fan_out"), "must be 1 to 256")
 
 
 @dataclass(frozen=True, slots=True)

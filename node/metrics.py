@@ -146,6 +146,23 @@ class NodeCollector:
                         )
                         families[name] = family
                     family.add_metric([self.node, route], value)
+            # Per member of what the plugin spans (a store's shards): a `member` label.
+            for member, parts in snapshot.get("by_member", {}).items():
+                for kind, family_type in (
+                    ("counters", CounterMetricFamily),
+                    ("gauges", GaugeMetricFamily),
+                ):
+                    for key, value in parts.get(kind, {}).items():
+                        name = f"scalenode_{plugin.name}_member_{key}"
+                        family = families.get(name)
+                        if family is None:
+                            family = family_type(
+                                name,
+                                f"{plugin.name} plugin, per member: {key.replace('_', ' ')}.",
+                                labels=["node", "route", "member"],
+                            )
+                            families[name] = family
+                        family.add_metric([self.node, route, member], value)
         yield from families.values()
 
     def collect_upstreams(self) -> Iterator[Metric]:

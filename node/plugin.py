@@ -57,6 +57,13 @@ class Plugin:
         return {}
 
 
+class TargetFactory(Protocol):
+    def __call__(self, spec: str, path: str, ctx: BuildContext) -> Handler:
+        """The handler of a `kind:spec` target a plugin provides (store:NAME): validate
+        `spec` (raise ConfigError naming `path`) and build it; no I/O."""
+        ...
+
+
 class PluginFactory(Protocol):
     def __call__(self, table: dict[str, Any], path: str, ctx: BuildContext) -> Plugin:
         """Validate `table` (raise ConfigError naming `path`) and build the plugin; no I/O."""
@@ -79,6 +86,8 @@ class PluginSpec:
     before: tuple[str, ...] = ()
     keys: str = ""
     summary: str = ""  # one line for --check-config and the docs
+    # Target kinds the plugin provides besides its route step ("store" for store:NAME).
+    targets: Mapping[str, TargetFactory] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,11 @@ class BuildContext:
                 f"(backends.{kind}; it runs on {', '.join(makers)})"
             )
         return self.shared(shared_as, lambda: make(backend))
+
+    def tolerate_outage(self, probe: str) -> None:
+        """The node serves on while the backend `probe` names (a /ready probe, e.g.
+        "postgres:users/s0") is down: /ready says "degraded", naming it, not 503."""
+        self.resources.tolerated.add(probe)
 
     def upstream_pool(self, path: str) -> UpstreamPool:
         """The pool of the route's `upstream:NAME` target: a plugin that guards upstream

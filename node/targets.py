@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from node.call import Call, Handler, Reply
@@ -69,10 +69,16 @@ def build_target(
     pools: dict[str, UpstreamPool],
     trusted: TrustedProxies,
     strip_prefix: str = "",
+    provided: Mapping[str, Callable[[str, str], Handler]] | None = None,
 ) -> Handler:
+    """The route's target; kinds other than handler and upstream come from plugins
+    (`provided`: kind -> its factory, bound to the route's build context)."""
     kind, _, spec = target.partition(":")
     if kind == "handler":
         return handler_target(import_handler(spec, path))
     if kind == "upstream":
         return UpstreamProxy(pools[spec], trusted, strip_prefix)
-    raise ConfigError(f"{path}: the {kind} target is not available in this version")
+    factory = (provided or {}).get(kind)
+    if factory is None:
+        raise ConfigError(f"{path}: the {kind} target is not available in this version")
+    return factory(spec, path)

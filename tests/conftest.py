@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from testkit.origin import CountingOrigin
+from testkit.pg_cluster import pg_cluster  # noqa: F401  (a session fixture: 1 primary, 2 replicas)
 from testkit.servers import RedisServer, free_port, redis_cli, start_redis, stop, wait_until
 
 

@@ -1,5 +1,5 @@
-"""The shard plugin: takes a call's shard key, so a `balance = "hash"` pool picks its member
-by the key (the pool's ring; `X-Shard` on the reply names the member)."""
+"""The shard route plugin: takes a call's shard key, so a `balance = "hash"` pool picks its
+member by the key (the pool's ring; `X-Shard` on the reply names the member)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from node.call import Call, Handler, Reply
 from node.errors import ConfigError, Rejected
 from node.forwarding import TrustedProxies
-from node.plugin import BuildContext, Plugin, PluginSpec
+from node.plugin import BuildContext, Plugin
 from node.schema import build, join, require
 
 KEY_KINDS = ("path", "header", "query", "ip")
@@ -90,12 +90,3 @@ def build_shard_router(table: dict[str, Any], path: str, ctx: BuildContext) -> S
             f"the route path {ctx.route.path!r} has no {{{field}}}",
         )
     return ShardRouter(settings.key, ctx.trusted)
-
-
-PLUGIN = PluginSpec(
-    name="shard",
-    build=build_shard_router,
-    after=("ratelimit", "cache", "queue"),
-    before=("breaker",),
-    summary="the shard key that picks a member of a hash pool (X-Shard)",
-)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from e2e_harness import REPO, NodeProcess, free_port
+from e2e_harness import NodeProcess, free_port
 
 
 @pytest.fixture
@@ -32,12 +32,15 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
         port: int | None = None,
         add_port: bool = True,
         env: dict[str, str] | None = None,
-        cwd: Path = REPO,
+        cwd: Path | None = None,
         wait: bool = True,
     ) -> NodeProcess:
         port = port or free_port()
         argv = [*args, "--port", str(port)] if add_port else list(args)
-        node = NodeProcess(argv, port, tmp_path / f"node{len(nodes)}", env or {}, cwd)
+        # Each node runs in a directory of its own: what it writes (the embedded store's
+        # files under ./data) stays out of the repository and out of other tests' way.
+        workdir = tmp_path / f"node{len(nodes)}"
+        node = NodeProcess(argv, port, workdir, env or {}, cwd or workdir)
         nodes.append(node)
         if wait:
             node.wait_healthy()

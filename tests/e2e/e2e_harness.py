@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,19 +90,21 @@ def run_cli(
     args: list[str],
     *,
     env: dict[str, str] | None = None,
-    cwd: Path = REPO,
+    cwd: Path | None = None,
     timeout: float = 15.0,
 ) -> subprocess.CompletedProcess[str]:
-    """`python run.py ARGS` to completion (check-config, bad configs, failed starts)."""
-    return subprocess.run(
-        [sys.executable, str(RUN_PY), *args],
-        cwd=cwd,
-        env=node_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """`python run.py ARGS` to completion (check-config, bad configs, failed starts), by
+    default in a directory of its own: what a start writes (./data) stays out of the repo."""
+    with tempfile.TemporaryDirectory(prefix="scalenode-cli-") as workdir:
+        return subprocess.run(
+            [sys.executable, str(RUN_PY), *args],
+            cwd=cwd or workdir,
+            env=node_env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from e2e_harness import free_port, request, run_cli
+from e2e_harness import REPO, free_port, request, run_cli
+from testkit.postgres import fresh_database
 
 GATEWAY_CONFIG = """
 [node]
@@ -155,14 +156,47 @@ def test_port_in_use_exits_nonzero_with_one_line() -> None:
 
 
 def test_the_shipped_cluster_config_starts_without_a_warning(start_node) -> None:
-    """`config/cluster.toml` against the real Redis and RabbitMQ: ready, and stderr holds
-    the node's own INFO lines only (a library's warning there looks like an error)."""
-    node = start_node("--config", "config/cluster.toml", "--name", "c1")
-    ready = request(node.port, "/ready")
-    assert ready.status == 200, ready.body
-    assert ready.json()["status"] == "ready"
-    assert request(node.port, "/cached/x").status == 200  # a route that uses Redis
-    assert node.terminate() == 0
+    """`config/cluster.toml` against the real Redis, RabbitMQ and PostgreSQL (its two shard
+    databases made fresh for the test): ready, its store and cache routes answer, and stderr
+    holds the node's own INFO lines only (a library's warning there looks like an error)."""
+    with fresh_database() as s0, fresh_database() as s1:
+        env = {
+            "SCALENODE__SHARDS__USERS__MEMBERS__0__DSN": s0,
+            "SCALENODE__SHARDS__USERS__MEMBERS__1__DSN": s1,
+        }
+        config = str(REPO / "config" / "cluster.toml")
+        node = start_node("--config", config, "--name", "c1", env=env)
+        ready = request(node.port, "/ready")
+        assert ready.status == 200, ready.body
+        assert ready.json()["status"] == "ready"
+        assert request(node.port, "/cached/x").status == 200  # a route that uses Redis
+        assert request(node.port, "/users/ada", method="PUT").status == 400  # no JSON body
+        assert request(node.port, "/users").json()["items"] == []
+        assert node.terminate() == 0
     lines = node.stderr().splitlines()
     assert lines, "the node logs its start"
     assert all(" INFO " in line for line in lines), node.stderr()
+
+
+def test_the_default_config_serves_the_embedded_store(start_node, tmp_path: Path) -> None:
+    """`python run.py` alone: the document store on SQLite files under ./data, no service."""
+    import http.client
+    import json
+
+    node = start_node("--name", "n1", cwd=tmp_path)
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=5)
+    try:
+        conn.request("PUT", "/users/ada", body=b'{"name": "Ada"}')
+        created = conn.getresponse()
+        assert created.status == 201, created.read()
+        created.read()
+        conn.request("GET", "/users/ada")
+        got = conn.getresponse()
+        assert (got.status, json.loads(got.read())) == (200, {"name": "Ada"})
+        assert got.getheader("X-Shard") in ("s0", "s1")
+    finally:
+        conn.close()
+    assert sorted(p.name for p in (tmp_path / "data" / "users").glob("*.sqlite3")) == [
+        "s0.sqlite3",
+        "s1.sqlite3",
+    ]

@@ -1,0 +1,154 @@
+"""Sharding: the `shard` route plugin (a key picks the member of a `hash` upstream pool) and
+the `store:NAME` target (a JSON document store over a [shards.NAME] set: PostgreSQL
+members with read replicas, or embedded SQLite ones)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import orjson
+
+from node.config import ShardMember, ShardSetSettings
+from node.errors import ConfigError
+from node.plugin import BuildContext, PluginSpec
+from plugins.shard.documents import DocumentShard, ShardUnavailable
+from plugins.shard.router import ShardRouter, ShardSettings, build_shard_router
+from plugins.shard.store import Member, ShardSet, StoreTarget
+
+log = logging.getLogger("scalenode.shard")
+SET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # becomes part of a table name
+PLACEHOLDER = re.compile(r"\{([^}:]+)(:[^}]*)?\}")
+
+
+def table_of(set_name: str) -> str:
+    return f"sn_docs_{set_name}"
+
+
+def member_shards(set_name: str, settings: ShardSetSettings, member: ShardMember) -> Member:
+    table = table_of(set_name)
+    if not member.dsn:
+        from plugins.shard.sqlite import SqliteShard
+
+        path = Path(settings.data_dir) / set_name / f"{member.name}.sqlite3"
+        return Member(member.name, SqliteShard(member.name, str(path), table=table), [])
+    from plugins.shard.postgres import PostgresShard
+    from plugins.shard.replicas import ReplicaSet
+
+    pool = settings.pool
+
+    def postgres(name: str, dsn: str, read_only: bool) -> DocumentShard:
+        return PostgresShard(
+            name,
+            dsn,
+            table=table,
+            pool_min=pool.min,
+            pool_max=pool.max,
+            timeout=settings.timeout,
+            read_only=read_only,
+        )
+
+    replicas = [
+        postgres(f"{member.name}/replica{i}", dsn, True) for i, dsn in enumerate(member.replicas)
+    ]
+    lag = None
+    if replicas:
+        lag = ReplicaSet(
+            member.dsn,
+            list(member.replicas),
+            max_lag_bytes=settings.max_lag_bytes,
+            timeout=settings.timeout,
+        )
+    return Member(member.name, postgres(member.name, member.dsn, False), replicas, lag)
+
+
+def layout_of(set_name: str, settings: ShardSetSettings, member: str) -> str:
+    """What a member records of the set it belongs to and its own place in it (the bucket
+    map's version 1): data written under one layout is misplaced under another."""
+    members = [m.name for m in settings.members]
+    layout = {"set": set_name, "buckets": settings.buckets, "members": members, "map": 1}
+    return orjson.dumps({**layout, "member": member}).decode()
+
+
+def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
+    """The members of `set_name`, one set of pools per node, started and closed with it."""
+    if not SET_NAME.match(set_name):
+        raise ConfigError(
+            f"{path}: a store's shard set name must be 1 to 40 lowercase letters, digits or "
+            f"'_', starting with a letter (it names the table), got {set_name!r}"
+        )
+    settings = ctx.settings.shards[set_name]
+
+    def make() -> ShardSet:
+        members = [member_shards(set_name, settings, m) for m in settings.members]
+        made = ShardSet(members)
+
+        async def start() -> None:
+            for member in members:
+                await member.primary.start()
+                for replica in member.replicas:
+                    await replica.start()
+                if member.lag is not None:
+                    await member.lag.start()
+                layout = layout_of(set_name, settings, member.name)
+                try:
+                    recorded = await member.primary.claim_layout(layout)
+                except ShardUnavailable:
+                    continue  # down: its keys fail until it is back
+                if recorded != layout:
+                    # Its data was placed by another layout (members added, removed or
+                    # reordered): serving would read and write keys on the wrong members.
+                    made.refusal = (
+                        f"shard set {set_name}: member {member.name} holds data of the layout "
+                        f"{recorded}, not the configured {layout}; restore the config (a "
+                        "rebalance moves data between layouts)"
+                    )
+                    log.error("%s", made.refusal)
+
+        async def stop() -> None:
+            for member in members:
+                if member.lag is not None:
+                    await member.lag.close()
+                for shard in (*member.replicas, member.primary):
+                    await shard.close()
+
+        ctx.on_start(start)
+        ctx.on_stop(stop)
+        # A member that is down fails its own keys only: /ready says "degraded", naming it.
+        for member in settings.members:
+            if member.dsn:
+                ctx.tolerate_outage(f"postgres:{set_name}/{member.name}")
+        return made
+
+    return ctx.shared(f"shard.set.{set_name}", make)
+
+
+def build_store_target(spec: str, path: str, ctx: BuildContext) -> StoreTarget:
+    placeholders = [m[1] for m in PLACEHOLDER.finditer(ctx.route.path)]
+    if len(placeholders) > 1:
+        raise ConfigError(
+            f"{path}: a store route has one placeholder, the document's key "
+            f"(/users/{{key}}), or none (the collection, /users); got {ctx.route.path!r}"
+        )
+    settings = ctx.settings.shards[spec]
+    return StoreTarget(
+        spec,
+        shard_set(ctx, spec, path),
+        settings.buckets,
+        placeholders[0] if placeholders else None,
+        timeout=settings.timeout,
+        fan_out=settings.fan_out,
+    )
+
+
+PLUGIN = PluginSpec(
+    name="shard",
+    build=build_shard_router,
+    after=("ratelimit", "cache", "queue"),
+    before=("breaker",),
+    summary="the shard key that picks a member of a hash pool (X-Shard); the store: target",
+    targets={"store": build_store_target},
+)
+
+__all__ = ["PLUGIN", "ShardRouter", "ShardSettings", "StoreTarget"]
