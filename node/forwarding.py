@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.call import Call
 
 
 class TrustedProxies:
@@ -24,6 +28,16 @@ class TrustedProxies:
         if ip.version == 6 and ip.ipv4_mapped is not None:  # a dual-stack listener's view
             ip = ip.ipv4_mapped
         return any(ip in net for net in self._networks)
+
+    def client_of(self, call: Call) -> str:
+        """The call's client: the one function every plugin, the proxy and the logs ask.
+        Every X-Forwarded-For line counts, as one list (RFC 9110 section 5.3): a forged
+        line sent before the load balancer's own is just another untrusted hop."""
+        peer = call.client
+        if self.none or not self.is_trusted(peer):
+            return peer
+        lines = call.headers.getall("X-Forwarded-For", ())
+        return self.client_address(peer, ", ".join(lines) if lines else None)
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The right-most address that is not a trusted proxy (the peer when it is untrusted)."""

@@ -157,11 +157,35 @@ async def stream_reply(
     return response
 
 
+def has_dot_segment(raw_path: str) -> bool:
+    """Does the path hold a `.` or `..` segment, plain or percent-encoded, or hidden behind
+    an encoded slash or a backslash? Routing matched the path as sent; an upstream that
+    resolves such segments (RFC 3986 section 5.2.4) would serve another path than the one
+    routed, so the node refuses them instead of forwarding (route and forward one path)."""
+    if "." not in raw_path and "%" not in raw_path and "\\" not in raw_path:
+        return False  # the common case: three substring checks, no allocation
+    lowered = raw_path.lower().replace("%2e", ".").replace("%2f", "/").replace("%5c", "/")
+    return any(segment in (".", "..") for segment in lowered.replace("\\", "/").split("/"))
+
+
+BAD_PATH = Reply.json(
+    {
+        "error": "bad_path",
+        "detail": "the path holds a dot segment (. or .., plain or percent-encoded): "
+        "send it normalised (RFC 3986 section 5.2.4)",
+    },
+    400,
+)
+
+
 def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
     """The aiohttp handler of one route: the adapter around its composed pipeline."""
     label = stats.label
 
     async def endpoint(request: web.Request) -> web.StreamResponse | ReadyResponse:
+        if has_dot_segment(request.rel_url.raw_path):
+            stats.record(400, 0.0)
+            return to_response(BAD_PATH, node)
         stats.in_flight += 1
         started = perf_counter()
         try:

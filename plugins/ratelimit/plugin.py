@@ -188,8 +188,7 @@ class RateLimiter(Plugin):
     def identify(self, call: Call) -> tuple[str, str | None]:
         """The client's digest (bounded whatever its key's length) and its API key, if any."""
         if self.by_ip_only:
-            forwarded = call.headers.get("X-Forwarded-For")
-            return digest(self.trusted.client_address(call.client, forwarded)), None
+            return digest(self.trusted.client_of(call)), None
         values, api_key = [], None
         for kind, _, name in self.parts:
             if kind == "global":
@@ -197,9 +196,7 @@ class RateLimiter(Plugin):
                 continue
             value = call.headers.get(name) if kind == "header" else None
             if value is None:  # ip, or a header the client did not send: its address
-                values.append(
-                    self.trusted.client_address(call.client, call.headers.get("X-Forwarded-For"))
-                )
+                values.append(self.trusted.client_of(call))
                 continue
             if len(value) > MAX_KEY_LENGTH:
                 raise Rejected(

@@ -54,7 +54,7 @@ class ShardRouter(Plugin):
             return call.headers.get(self.field)
         if kind == "query":
             return call.query.get(self.field)
-        return self.trusted.client_address(call.client, call.headers.get("X-Forwarded-For"))
+        return self.trusted.client_of(call)
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         key = self.key_of(call)

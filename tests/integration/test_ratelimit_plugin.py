@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
 from node.app import STATS, build_app
@@ -190,6 +191,19 @@ async def test_ip_key_is_rightmost_untrusted_hop(nodes: Nodes) -> None:
     chains = ["9.9.9.9, 2.2.2.2", "8.8.8.8, 2.2.2.2", "2.2.2.2, 10.1.1.1", "2.2.2.2, 3.3.3.3"]
     got = [(await get(client, {"X-Forwarded-For": chain}))[0] for chain in chains]
     assert got == [200, 429, 429, 200]
+
+
+async def test_a_forged_forwarded_for_line_does_not_change_the_client(nodes: Nodes) -> None:
+    """Two X-Forwarded-For lines, a forged one first (what HAProxy's option forwardfor
+    leaves when the client sent its own): the balancer's hop is still the client, so ten
+    requests with ten forged addresses pass a limit of five only five times."""
+    trusted = {"trusted_proxies": ["127.0.0.1/32"]}
+    client = await nodes.start({"limit": 5, "window": 60, "key": "ip"}, "redis", trusted)
+    got = []
+    for i in range(10):
+        lines = CIMultiDict([("X-Forwarded-For", f"6.6.6.{i}"), ("X-Forwarded-For", "2.2.2.2")])
+        got.append((await get(client, lines))[0])
+    assert got == [200] * 5 + [429] * 5
 
 
 async def test_header_key_separates_clients(nodes: Nodes) -> None:

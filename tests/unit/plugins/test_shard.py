@@ -48,6 +48,14 @@ async def test_ip_behind_a_trusted_proxy_is_the_forwarded_client() -> None:
     assert await seen_key(router, call) == "203.0.113.9"
 
 
+async def test_ip_reads_every_forwarded_for_line() -> None:
+    """A forged X-Forwarded-For line before the balancer's own is just another hop: the
+    right-most untrusted address is the key, as for the rate limit (one function)."""
+    router = ShardRouter("ip", TrustedProxies(("10.0.0.0/8",)))
+    lines = CIMultiDict([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "1.2.3.4")])
+    assert await seen_key(router, Call("GET", client="10.0.0.1", headers=lines)) == "1.2.3.4"
+
+
 async def test_missing_key_is_a_400() -> None:
     """A call without its shard key is refused before any member is picked."""
     router = ShardRouter("header:X-Tenant", TrustedProxies(()))
