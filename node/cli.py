@@ -96,6 +96,16 @@ def summary(settings: Settings, role: str) -> str:
     return "\n".join(lines)
 
 
+def check_host(host: str, port: int) -> None:
+    """The listen address resolves (a name in node.host is looked up once, here, so a typo
+    fails --check-config as it would fail the start)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ConfigError(f"node.host: cannot resolve {host!r}: {reason}") from None
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
@@ -109,6 +119,7 @@ def main(argv: list[str]) -> int:
         # Every route's pipeline is built whatever the role, so one config file passes or
         # fails the same way everywhere; no I/O happens here.
         build_app(settings, "all")
+        check_host(settings.node.host, settings.node.port)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -118,6 +119,8 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: must be a number, got {describe(value)}")
+        if not math.isfinite(value):  # TOML has inf and nan; no setting means either
+            raise ConfigError(f"{path}: must be a finite number, got {value}")
         return float(value)
     if hint is int and isinstance(value, bool):
         raise ConfigError(f"{path}: must be an integer, got a boolean")

@@ -10,8 +10,38 @@ from e2e_harness import free_port, run_cli
 HANDLER_ROUTE = '[[routes]]\npath = "/x"\ntarget = "handler:{spec}"\n'
 
 # (id, config text, stderr must contain these)
+ROUTE = '[[routes]]\npath = "/x"\ntarget = "handler:node.demo:hello"\n'
+UPSTREAM = '[upstreams.app]\ntargets = ["http://127.0.0.1:9"]\n'
+PROXIED = '[[routes]]\npath = "/x"\ntarget = "upstream:app"\n'
 BAD_CONFIGS = [
     ("typo", "[node]\nprot = 8080\n", ["node.prot: unknown key; did you mean 'port'?"]),
+    ("nan", "[node]\ndrain_timeout = nan\n", ["node.drain_timeout: must be a finite number"]),
+    (
+        "window-inf",
+        ROUTE + "ratelimit = { limit = 5, window = inf }\n",
+        ["routes[0].ratelimit.window: must be a finite number, got inf"],
+    ),
+    ("ttl-inf", ROUTE + "cache = { ttl = inf }\n", ["routes[0].cache.ttl: must be a finite"]),
+    (
+        "open-inf",
+        UPSTREAM + PROXIED + "breaker = { open_seconds = inf }\n",
+        ["routes[0].breaker.open_seconds: must be a finite"],
+    ),
+    (
+        "timeout-inf",
+        UPSTREAM + "timeout = -inf\n",
+        ["upstreams.app.timeout: must be a finite number, got -inf"],
+    ),
+    (
+        "health-inf",
+        UPSTREAM + 'health = { path = "/h", interval = inf }\n',
+        ["upstreams.app.health.interval: must be a finite"],
+    ),
+    (
+        "unresolvable-host",
+        '[node]\nhost = "no-such-host.invalid"\n',
+        ["node.host: cannot resolve 'no-such-host.invalid'"],
+    ),
     (
         "wrong-type",
         '[node]\nmax_body = "1MB"\n',
