@@ -7,6 +7,7 @@ becomes its status with `{"error", "detail"}`; anything else is logged and becom
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from time import perf_counter
@@ -38,6 +39,13 @@ def internal_error(request_id: str) -> Reply:
     )
 
 
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the node could answer (mid-body, mid-stream)."""
+
+
 async def read_body(request: web.Request, max_body: int) -> bytes:
     length = request.content_length
     if length is not None and length > max_body:
@@ -46,6 +54,13 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         body = None
+    except (ConnectionError, asyncio.CancelledError) as exc:
+        # aiohttp fails the body's reader with one of these when the client goes; a
+        # cancellation of this task itself (a shutdown) stays a cancellation.
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            raise
+        raise ClientGone from exc
     if body is None or len(body) > max_body:
         raise PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
     return body
@@ -145,6 +160,8 @@ async def stream_reply(
         await response.prepare(request)
         async for chunk in stream:
             await response.write(chunk)
+    except ConnectionError as exc:
+        raise ClientGone from exc
     except Rejected as exc:
         # Headers are out: the only honest signal left is a cut connection, as nginx does.
         log.warning("stream of %s %s broke off: %s", request.method, request.path, exc.detail)
@@ -188,32 +205,47 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
             return to_response(BAD_PATH, node)
         stats.in_flight += 1
         started = perf_counter()
+        status = CLIENT_CLOSED
         try:
-            call = RequestCall(request, label, b"")
-            if request.body_exists:
-                call.body = await read_body(request, max_body)
-            reply = await handler(call)
-            if type(reply) is not Reply:  # a handler whose `-> Reply` annotation was wrong
-                reply = as_reply(reply)
-        except Rejected as exc:
-            reply = error_reply(exc)
-        except Exception:
-            request_id = call.request_id
-            log.exception(
-                "route %s failed on %s %s (X-Request-Id: %s)",
-                label,
-                request.method,
-                request.path,
-                request_id,
-            )
-            reply = internal_error(request_id)
-        try:
+            try:
+                call = RequestCall(request, label, b"")
+                if request.body_exists:
+                    call.body = await read_body(request, max_body)
+                reply = await handler(call)
+                if type(reply) is not Reply:  # a handler whose `-> Reply` annotation was wrong
+                    reply = as_reply(reply)
+            except Rejected as exc:
+                reply = error_reply(exc)
+            except ClientGone:
+                raise
+            except Exception:
+                request_id = call.request_id
+                log.exception(
+                    "route %s failed on %s %s (X-Request-Id: %s)",
+                    label,
+                    request.method,
+                    request.path,
+                    request_id,
+                )
+                reply = internal_error(request_id)
+            status = reply.status
             if reply.stream is None:
                 return to_response(reply, node, call.added_headers)
             return await stream_reply(request, reply, reply.stream, node, call.added_headers)
+        except (ClientGone, asyncio.CancelledError):
+            transport = request.transport
+            if transport is None or transport.is_closing():  # the client left, not a shutdown
+                log.info(
+                    "client closed %s %s before the reply was out (499)",
+                    request.method,
+                    request.path,
+                )
+                status = CLIENT_CLOSED
+                raise asyncio.CancelledError from None  # aiohttp drops the connection quietly
+            raise
         finally:
             stats.in_flight -= 1
-            stats.record(reply.status, perf_counter() - started)
+            stats.record(status, perf_counter() - started)
 
     return endpoint
 
