@@ -99,7 +99,13 @@ class Exchange(asyncio.Protocol):
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD:
             raise BadGateway("upstream sent over 64 KiB of headers")
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        try:
+            # UTF-8, as aiohttp encodes what the node sends: a value's bytes go out as they
+            # came (decoded as latin-1, `café` reached the client as `cafÃ©`).
+            text = value.decode()
+        except UnicodeDecodeError:  # not UTF-8: latin-1 keeps every byte a character
+            text = value.decode("latin-1")
+        self.headers.append((name.decode("latin-1"), text))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
