@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -71,6 +72,41 @@ def layout_of(set_name: str, settings: ShardSetSettings, member: str) -> str:
     return orjson.dumps({**layout, "member": member}).decode()
 
 
+async def check_budget(
+    set_name: str, settings: ShardSetSettings, members: list[Member], nodes: int
+) -> None:
+    """Say at start when the set's pools cannot all fit: every node (and process) opens up
+    to pool.max connections to each member and replica; a server refuses beyond its
+    max_connections (minus the few PostgreSQL reserves for superusers)."""
+    per_server: dict[str, tuple[int, DocumentShard]] = {}
+    for member in members:
+        for shard in (member.primary, *member.replicas):
+            dsn = getattr(shard, "dsn", "")
+            if dsn:
+                server = urlsplit(dsn).netloc.rpartition("@")[2]
+                count, _ = per_server.get(server, (0, shard))
+                per_server[server] = (count + 1, shard)
+    for server, (count, shard) in per_server.items():
+        try:
+            limit = await shard.max_connections()  # type: ignore[attr-defined]
+        except ShardUnavailable:
+            continue
+        needed = count * settings.pool.max * nodes
+        if needed > limit:
+            log.warning(
+                "shard set %s: %d pool(s) on %s x pool.max %d x %d node(s) = %d connections, "
+                "over its max_connections (%d): lower shards.%s.pool.max or raise the server's",
+                set_name,
+                count,
+                server,
+                settings.pool.max,
+                nodes,
+                needed,
+                limit,
+                set_name,
+            )
+
+
 def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
     """The members of `set_name`, one set of pools per node, started and closed with it."""
     if not SET_NAME.match(set_name):
@@ -105,6 +141,7 @@ def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
                         "rebalance moves data between layouts)"
                     )
                     log.error("%s", made.refusal)
+            await check_budget(set_name, settings, members, ctx.resources.registry.live_count())
 
         async def stop() -> None:
             for member in members:

@@ -98,6 +98,7 @@ ORDER BY key LIMIT $4
 """
 CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
 REPLAY_LSN = "SELECT pg_last_wal_replay_lsn()::text"
+MAX_CONNECTIONS = "SELECT current_setting('max_connections')::int"
 SERVER_SETTINGS = {
     # Plan every statement for its values. The best SCAN plan depends on them: a few buckets
     # read their rows by the primary key and sort them, many walk the key index and stop
@@ -183,6 +184,11 @@ class PostgresShard:
         """The primary's WAL position now (a standby refuses: ShardUnavailable)."""
         async with self._connection() as conn:
             return await conn.fetchval(CURRENT_LSN)
+
+    async def max_connections(self) -> int:
+        """The server's max_connections (for the connection budget check at start)."""
+        async with self._connection() as conn:
+            return await conn.fetchval(MAX_CONNECTIONS)
 
     async def replay_lsn(self) -> str | None:
         """How far a replica has replayed the primary's WAL; None on a primary."""

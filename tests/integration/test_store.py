@@ -208,3 +208,17 @@ async def test_members_holding_another_layouts_data_refuse_rather_than_misplace(
         body = await reply.json()
         assert (reply.status, body["error"]) == (503, "shard_layout_changed"), body
         assert "layout" in body["detail"]
+
+
+@pytest.mark.parametrize("members", ["postgres"], indirect=True)
+async def test_pools_that_cannot_fit_the_server_are_named_at_start(store_for, members, caplog):
+    """Every node opens up to pool.max connections to each member: when that cannot fit
+    the server's max_connections, the node says so at start, naming the numbers."""
+    caplog.set_level("WARNING", logger="scalenode.shard")
+    await store_for(members, pool={"min": 1, "max": 1000})
+    warnings = [r.getMessage() for r in caplog.records if "max_connections" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "2 pool(s) on 127.0.0.1:5432 x pool.max 1000 x 1 node(s) = 2000" in warnings[0]
+    caplog.clear()
+    await store_for(members, pool={"min": 1, "max": 10})
+    assert not [r for r in caplog.records if "max_connections" in r.getMessage()]
