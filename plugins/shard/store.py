@@ -70,7 +70,6 @@ class Member:
     primary: DocumentShard
     replicas: list[DocumentShard]
     lag: Any = None  # a plugins.shard.replicas.ReplicaSet when the member has replicas
-    stats: MemberStats = field(default_factory=MemberStats)
 
 
 @dataclass(slots=True)
@@ -115,6 +114,8 @@ class StoreTarget:
         self.set_name = set_name
         self.shard_set = shard_set
         self.members = shard_set.members
+        # This route's own counts per member (the members, and their pools, are the set's).
+        self.stats = {member.name: MemberStats() for member in self.members}
         self.buckets = buckets
         self.map = BucketMap.even(len(self.members), buckets)
         self.key_param = key_param  # None: the route is the collection (a list)
@@ -147,22 +148,22 @@ class StoreTarget:
             exc.headers.setdefault("X-Shard", member.name)
             raise
         except ShardUnavailable as exc:
-            member.stats.unavailable += 1
+            self.stats[member.name].unavailable += 1
             raise ServiceUnavailable(
                 f"shard {member.name} of {self.set_name} does not answer: {exc}",
                 code="shard_unavailable",
                 headers={"Retry-After": RETRY_AFTER, "X-Shard": member.name},
             ) from None
-        member.stats.took(time.perf_counter() - started)
+        self.stats[member.name].took(time.perf_counter() - started)
         reply.headers["X-Shard"] = member.name  # type: ignore[index]
         return reply
 
     async def by_key(self, call: Call, member: Member, bucket: int, key: str) -> Reply:
         method = call.method
         if method in ("GET", "HEAD"):
-            member.stats.reads += 1
+            self.stats[member.name].reads += 1
             return await self.get(call, member, bucket, key)
-        member.stats.writes += 1
+        self.stats[member.name].writes += 1
         if_match = call.headers.get("If-Match")
         expected = None
         if if_match is not None and if_match.strip() != "*":
@@ -252,7 +253,7 @@ class StoreTarget:
             except ShardUnavailable:
                 pass  # the primary answers instead
             else:
-                member.stats.replica_reads += 1
+                self.stats[member.name].replica_reads += 1
                 return document
         try:
             return await member.primary.get(bucket, key)
@@ -323,14 +324,14 @@ class StoreTarget:
                     self.timeout,
                 )
             except (ShardUnavailable, TimeoutError):
-                member.stats.unavailable += 1
+                self.stats[member.name].unavailable += 1
                 return member.name, None
         return member.name, page
 
     def snapshot(self) -> dict[str, Any]:
         by_member = {}
         for i, member in enumerate(self.members):
-            stats = member.stats
+            stats = self.stats[member.name]
             gauges: dict[str, float] = {
                 "p99_ms": stats.p99_ms(),
                 "buckets": len(self.map.owned(i)),

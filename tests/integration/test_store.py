@@ -222,3 +222,22 @@ async def test_pools_that_cannot_fit_the_server_are_named_at_start(store_for, me
     caplog.clear()
     await store_for(members, pool={"min": 1, "max": 10})
     assert not [r for r in caplog.records if "max_connections" in r.getMessage()]
+
+
+async def test_each_route_counts_its_own_calls(store_for, members):
+    """The document route and the collection route share the set's members, not their
+    counts: /metrics shows each route's own reads, never the set's twice."""
+    from node.app import STATS
+
+    client = await store_for(members)
+    await client.put("/users/ada", json={})
+    for _ in range(3):
+        await client.get("/users/ada")
+    await client.get("/users")
+    counts = {
+        label: reporter.snapshot()["counters"]
+        for label, reporter in client.app[STATS].plugins
+        if reporter.name == "store"
+    }
+    assert (counts["/users/{key}"]["reads"], counts["/users/{key}"]["writes"]) == (3, 1)
+    assert (counts["/users"]["reads"], counts["/users"]["writes"]) == (0, 0)
