@@ -42,9 +42,10 @@ async def test_a_dot_segment_is_refused_and_reaches_no_upstream(node, origin, pa
 
 
 async def test_dots_inside_names_still_pass(node, origin):
-    """Only whole `.` and `..` segments are dot segments: `a.b` and `..x` are names."""
-    for path in ("/public/a.b/c..d", "/public/..x/.y", "/public/%2e%2ex"):
+    """Only whole `.` and `..` segments of the path are dot segments: `a.b` and `..x` are
+    names, and a query may hold anything."""
+    for path in ("/public/a.b/c..d", "/public/..x/.y", "/public/%2e%2ex", "/public/x?to=../y"):
         raw = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
         status, _, _ = parse(await exchange(node, raw))
         assert status == "HTTP/1.1 200 OK", path
-    assert len(origin.gets) == 3
+    assert len(origin.gets) == 4
