@@ -48,6 +48,7 @@ def member_shards(set_name: str, settings: ShardSetSettings, member: ShardMember
             pool_max=pool.max,
             timeout=settings.timeout,
             read_only=read_only,
+            write_tokens=bool(member.replicas),  # a token is for reading a replica
         )
 
     replicas = [

@@ -110,6 +110,10 @@ SERVER_SETTINGS = {
 }
 
 
+async def no_reset(connection: asyncpg.Connection) -> None:
+    """A pooled connection needs no reset between the store's calls."""
+
+
 class PostgresShard:
     """A member whose documents live in `table` of the database at `dsn`.
 
@@ -128,6 +132,7 @@ class PostgresShard:
         pool_max: int = 10,
         timeout: float = 2.0,
         read_only: bool = False,
+        write_tokens: bool = True,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -136,6 +141,9 @@ class PostgresShard:
         self.pool_max = pool_max
         self.timeout = timeout
         self.read_only = read_only
+        # A write's WAL position, for read-your-writes on replicas: a second round trip per
+        # write, so only asked for when the member has replicas to read from.
+        self.write_tokens = write_tokens
         t = quote(table)
         self.sql = {
             "create": CREATE.format(
@@ -231,7 +239,7 @@ class PostgresShard:
                 stored, created = await conn.fetchrow(self.sql["upsert"], bucket, key, text, etag)
             if stored is None:
                 raise PreconditionFailed(key)
-            lsn = await conn.fetchval(CURRENT_LSN)
+            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens else None
         return Written(Document(key, stored.encode(), etag), created, lsn)
 
     async def patch(
@@ -249,7 +257,7 @@ class PostgresShard:
                 stored = await conn.fetchval(
                     self.sql["replace_matched"], bucket, key, text, etag, row[1]
                 )
-            lsn = await conn.fetchval(CURRENT_LSN)
+            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens else None
         return Written(Document(key, stored.encode(), etag), False, lsn)
 
     async def delete(self, bucket: int, key: str, *, if_match: str | None = None) -> Written:
@@ -259,7 +267,7 @@ class PostgresShard:
                 if await conn.fetchrow(self.sql["get"], bucket, key) is None:
                     raise NotFound(key)
                 raise PreconditionFailed(key)
-            lsn = await conn.fetchval(CURRENT_LSN)
+            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens else None
         return Written(None, False, lsn)
 
     async def scan(
@@ -310,6 +318,10 @@ class PostgresShard:
                 timeout=self.timeout,  # to connect
                 command_timeout=self.timeout,
                 server_settings=SERVER_SETTINGS,
+                # asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
+                # is a round trip per release; the store keeps no session state (its lock is
+                # transaction-scoped) and asyncpg still rolls back an open transaction.
+                reset=no_reset,
             )
             try:
                 await pool

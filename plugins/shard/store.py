@@ -195,7 +195,7 @@ class StoreTarget:
     async def put(
         self, call: Call, member: Member, bucket: int, key: str, expected: str | None
     ) -> Written:
-        body = parse_json(call.body)
+        body = parse_json(call.body)[1]
         if_none_match = call.headers.get("If-None-Match", "").strip() == "*"
         if call.headers.get("If-Match", "").strip() == "*":
             current = await member.primary.get(bucket, key)  # If-Match: * needs a document
@@ -203,7 +203,7 @@ class StoreTarget:
                 raise PreconditionFailed("If-Match: * and there is no document")
             expected = current.etag
         return await member.primary.put(
-            bucket, key, orjson.dumps(body), if_match=expected, if_none_match=if_none_match
+            bucket, key, body, if_match=expected, if_none_match=if_none_match
         )
 
     async def patch(
@@ -216,7 +216,7 @@ class StoreTarget:
                 status=415,
                 code="unsupported_media_type",
             )
-        return await member.primary.patch(bucket, key, parse_json(call.body), if_match=expected)
+        return await member.primary.patch(bucket, key, parse_json(call.body)[0], if_match=expected)
 
     def written_reply(self, call: Call, member: Member, written: Written) -> Reply:
         headers: dict[str, str] = {}
@@ -364,16 +364,18 @@ class StoreTarget:
         return {"set": self.set_name, "counters": totals, "by_member": by_member}
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes) -> tuple[Any, bytes]:
+    """The body parsed, and as the compact JSON the store keeps."""
     if not body:
         raise Rejected("the body must be a JSON document; it is empty", code="bad_json")
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Rejected(f"the body is not JSON: {exc}", code="bad_json") from None
-    if b"\\u0000" in orjson.dumps(parsed):  # PostgreSQL's jsonb cannot hold U+0000
+    compact = orjson.dumps(parsed)
+    if b"\\u0000" in compact:  # PostgreSQL's jsonb cannot hold U+0000
         raise Rejected("the body holds U+0000 in a string, which cannot be stored", code="bad_json")
-    return parsed
+    return parsed, compact
 
 
 def token_lsn(call: Call, member: str) -> str | None:
