@@ -126,10 +126,14 @@ class NodeCollector:
     def collect_plugins(self) -> Iterator[Metric]:
         """Each plugin's snapshot: `counters` become `scalenode_<plugin>_<name>_total`,
         `gauges` and `cluster_gauges` become `scalenode_<plugin>_<name>`, labelled by node
-        and route (a cluster gauge reads the same on every node: aggregate it with max)."""
+        and route, and by the snapshot's `labels` (the same keys on every route of a plugin:
+        the queue's `queue`). A cluster gauge reads the same on every node: take its max."""
         families: dict[str, Metric] = {}
         for route, plugin in self.stats.plugins:
             snapshot = plugin.snapshot()
+            extra = snapshot.get("labels") or {}
+            label_names = ["node", "route", *sorted(extra)]
+            label_values = [self.node, route, *(str(extra[k]) for k in sorted(extra))]
             for kind, family_type in (
                 ("counters", CounterMetricFamily),
                 ("gauges", GaugeMetricFamily),
@@ -142,10 +146,10 @@ class NodeCollector:
                         family = family_type(
                             name,
                             f"{plugin.name} plugin: {key.replace('_', ' ')}.",
-                            labels=["node", "route"],
+                            labels=label_names,
                         )
                         families[name] = family
-                    family.add_metric([self.node, route], value)
+                    family.add_metric(label_values, value)
             # Per member of what the plugin spans (a store's shards): a `member` label.
             for member, parts in snapshot.get("by_member", {}).items():
                 for kind, family_type in (

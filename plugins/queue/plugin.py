@@ -111,6 +111,7 @@ class JobQueue(Plugin):
         return {
             "queue": self.settings.name,
             "scope": self.settings.name,  # routes sharing a queue read one depth
+            "labels": {"queue": self.settings.name},  # /metrics: {node, route, queue}
             "counters": {
                 "published": counts.published,
                 "refused": counts.refused,

@@ -117,6 +117,12 @@ async def test_a_queued_route_answers_202_and_the_job_runs(node_for, queue_name)
         "body": "payload",
     }
     assert len(job_handlers.runs(request_id)) == 1
+    metrics = await (await client.get("/metrics")).text()
+    published = [
+        line for line in metrics.splitlines() if "scalenode_queue_published_total{" in line
+    ]
+    assert len(published) == 1 and f'queue="{queue_name}"' in published[0], published
+    assert published[0].endswith(" 1.0")
 
 
 async def test_the_request_id_and_traceparent_reach_the_target(node_for, queue_name):
