@@ -244,7 +244,7 @@
       : '<div class="empty">No node reporting yet.</div>';
   }
 
-  // ---- plugins: a specific card for ratelimit and cache, a generic one for the rest -------
+  // ---- plugins: a specific card for ratelimit, cache and queue, a generic one for the rest
   const kvRows = (pairs) => pairs.map(([k, v, u]) => `<span class="k">${esc(k)}</span><span class="v">${v}</span><span class="k">${u || ""}</span>`).join("");
   function pct(a, total) { return total > 0 ? (100 * a / total).toFixed(1) : dash; }
   function ratelimitCard(p, nodes) {
@@ -273,6 +273,17 @@
         ["evictions", fmtRate(r.evictions || 0), "/s"], ["lock waits", fmtRate(r.lock_waits || 0), "/s"], ["coalesced", fmtRate(r.coalesced || 0), "/s"],
         ["L1 entries", (g.l1_entries || 0).toLocaleString(), ""], ["L1 size", fmtBytes(g.l1_bytes || 0), ""]])}</div></div>`;
   }
+  function queueCard(p, nodes) {
+    // Depth, consumers and dead jobs are the broker's: counted once per queue, not per node.
+    const r = p.rates, g = p.cluster_gauges || {};
+    return `<div class="card"><h4>Queue <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
+      <div class="big2"><div><span>waiting</span>${(g.depth || 0).toLocaleString()}</div>
+      <div><span>published</span>${fmtRate(r.published || 0)}<small class="hint">/s</small></div>
+      <div><span>done</span>${fmtRate((r.completed || 0) + (r.failed || 0))}<small class="hint">/s</small></div></div>
+      <div class="kv">${kvRows([["retries", fmtRate(r.retried || 0), "/s"], ["failed (4xx)", fmtRate(r.failed || 0), "/s"],
+        ["refused (503)", fmtRate(r.refused || 0), "/s"], ["dead", (g.dead_jobs || 0).toLocaleString(), "jobs"],
+        ["consumers", (g.consumers || 0).toLocaleString(), ""], ["unacked", (g.unacked || 0).toLocaleString(), ""]])}</div></div>`;
+  }
   function genericCard(name, p, nodes) {
     const rows = Object.keys(p.counters).sort().map((k) => [k.replace(/_/g, " "), `${fmtRate(p.rates[k] || 0)} /s`, `${(p.counters[k] || 0).toLocaleString()} total`]);
     const gauges = Object.keys(p.gauges).sort().map((k) => [k.replace(/_/g, " "), (p.gauges[k] || 0).toLocaleString(), "now"]);
@@ -286,6 +297,7 @@
     const cards = Object.keys(plugins).sort().map((name) => {
       if (name === "ratelimit") return ratelimitCard(plugins[name], f.cluster.reporting);
       if (name === "cache") return cacheCard(plugins[name], f.cluster.reporting);
+      if (name === "queue") return queueCard(plugins[name], f.cluster.reporting);
       return genericCard(name, plugins[name], f.cluster.reporting);
     });
     $("plugins").innerHTML = cards.join("") || '<div class="card empty">No plugin on any route of the reporting nodes.</div>';
