@@ -4,6 +4,7 @@ members with read replicas, or embedded SQLite ones)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -119,7 +120,8 @@ def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
 
     def make() -> ShardSet:
         members = [member_shards(set_name, settings, m) for m in settings.members]
-        made = ShardSet(members)
+        layouts = {m.name: layout_of(set_name, settings, m.name) for m in settings.members}
+        made = ShardSet(set_name, members, layouts)
 
         async def start() -> None:
             for member in members:
@@ -128,20 +130,8 @@ def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
                     await replica.start()
                 if member.lag is not None:
                     await member.lag.start()
-                layout = layout_of(set_name, settings, member.name)
-                try:
-                    recorded = await member.primary.claim_layout(layout)
-                except ShardUnavailable:
-                    continue  # down: its keys fail until it is back
-                if recorded != layout:
-                    # Its data was placed by another layout (members added, removed or
-                    # reordered): serving would read and write keys on the wrong members.
-                    made.refusal = (
-                        f"shard set {set_name}: member {member.name} holds data of the layout "
-                        f"{recorded}, not the configured {layout}; restore the config (a "
-                        "rebalance moves data between layouts)"
-                    )
-                    log.error("%s", made.refusal)
+                with contextlib.suppress(ShardUnavailable):  # down: checked on first use
+                    await made.confirm(member)
             await check_budget(set_name, settings, members, ctx.resources.registry.live_count())
 
         async def stop() -> None:

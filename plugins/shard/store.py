@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from plugins.shard.documents import (
     Written,
 )
 
+log = logging.getLogger("scalenode.shard")
 MAX_KEY = 512  # bytes of a key (UTF-8)
 MAX_LIMIT = 1000  # documents in one page of a list
 DEFAULT_LIMIT = 100
@@ -75,10 +77,31 @@ class Member:
 @dataclass(slots=True)
 class ShardSet:
     """A set's members, shared by its routes; `refusal` set when the members hold another
-    layout's data (every call is then refused with it, a 503, rather than misplaced)."""
+    layout's data (every call is then refused with it, a 503, rather than misplaced).
 
+    Each member's layout is confirmed before the set touches its data: at start, or, for
+    a member that was down then, on its first call."""
+
+    name: str
     members: list[Member]
+    layouts: dict[str, str]  # member -> the layout it must hold (plugins.shard.layout_of)
     refusal: str | None = None
+    confirmed: set[str] = field(default_factory=set)
+
+    async def confirm(self, member: Member) -> None:
+        """Record or compare the member's layout (raises ShardUnavailable when it is down)."""
+        layout = self.layouts[member.name]
+        recorded = await member.primary.claim_layout(layout)
+        if recorded != layout:
+            # Its data was placed by another layout (members added, removed or reordered,
+            # DSNs swapped): serving would read and write keys on the wrong members.
+            self.refusal = (
+                f"shard set {self.name}: member {member.name} holds data of the layout "
+                f"{recorded}, not the configured {layout}; restore the config (a rebalance "
+                "moves data between layouts)"
+            )
+            log.error("%s", self.refusal)
+        self.confirmed.add(member.name)
 
 
 def etag_header(etag: str) -> str:
@@ -143,6 +166,8 @@ class StoreTarget:
         member = self.members[self.map.owner(bucket)]
         started = time.perf_counter()
         try:
+            if member.name not in self.shard_set.confirmed:
+                await self.confirmed(member)
             reply = await self.by_key(call, member, bucket, key)
         except Rejected as exc:
             exc.headers.setdefault("X-Shard", member.name)
@@ -157,6 +182,13 @@ class StoreTarget:
         self.stats[member.name].took(time.perf_counter() - started)
         reply.headers["X-Shard"] = member.name  # type: ignore[index]
         return reply
+
+    async def confirmed(self, member: Member) -> None:
+        """A member down at start is checked on its first call, before any data moves."""
+        await self.shard_set.confirm(member)
+        refusal = self.shard_set.refusal
+        if refusal is not None:
+            raise ServiceUnavailable(refusal, code="shard_layout_changed")
 
     async def by_key(self, call: Call, member: Member, bucket: int, key: str) -> Reply:
         method = call.method
@@ -319,6 +351,10 @@ class StoreTarget:
     ) -> tuple[str, list[Document] | None]:
         async with self.fan_out:
             try:
+                if member.name not in self.shard_set.confirmed:
+                    await self.shard_set.confirm(member)
+                    if self.shard_set.refusal is not None:
+                        return member.name, None
                 page = await asyncio.wait_for(
                     member.primary.scan(buckets, after=after, prefix=prefix, limit=limit),
                     self.timeout,

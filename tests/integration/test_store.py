@@ -4,6 +4,7 @@ on embedded (SQLite) members and on real PostgreSQL databases."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -238,3 +239,35 @@ async def test_each_route_counts_its_own_calls(store_for, members):
     }
     assert (counts["/users/{key}"]["reads"], counts["/users/{key}"]["writes"]) == (3, 1)
     assert (counts["/users"]["reads"], counts["/users"]["writes"]) == (0, 0)
+
+
+@pytest.mark.parametrize("members", ["postgres"], indirect=True)
+async def test_a_member_down_at_start_has_its_layout_checked_on_first_use(store_for, members):
+    """A member that was down when the node started is checked before its first call: one
+    that holds another layout's data then refuses the set (503), never takes its keys."""
+    late = f"sn_test_{uuid.uuid4().hex[:10]}_late"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{late}"
+    client = await store_for([members[0], {"name": "s1", "dsn": dsn}], timeout=0.5)
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{late}"')
+        other = await asyncpg.connect(dsn)
+        try:
+            await other.execute(
+                "CREATE TABLE sn_docs_users_meta (id smallint PRIMARY KEY, layout text NOT NULL);"
+                """INSERT INTO sn_docs_users_meta VALUES (1, '{"set":"users","members":["x"]}')"""
+            )
+        finally:
+            await other.close()
+        await asyncio.sleep(1.1)  # the member's next connection attempt is due
+        replies = [await client.put(f"/users/k{i}", json={}) for i in range(12)]
+        refused = [r for r in replies if r.status == 503]
+        assert refused, [r.status for r in replies]
+        body = await refused[-1].json()
+        assert body["error"] == "shard_layout_changed" and "member s1" in body["detail"]
+        after = await client.put("/users/k0", json={})  # the whole set refuses from now on
+        assert (await after.json())["error"] == "shard_layout_changed"
+    finally:
+        await client.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{late}" WITH (FORCE)')
+        await admin.close()
