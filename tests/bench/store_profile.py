@@ -14,12 +14,12 @@ CPU microseconds per request, from the table) each share is also shown in micros
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from pathlib import Path
 
-FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+import pyspy
+from pyspy import parse, short
 
 # Self time by the innermost frame's file: the first label whose needle it contains.
 LIBRARIES = [
@@ -91,35 +91,8 @@ PARTS = [
 ]
 
 
-def parse(path: Path) -> tuple[list[tuple[list[tuple[str, str]], int]], int]:
-    stacks, startup = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        frames_text, _, count = line.rpartition(" ")
-        if not frames_text or not count.isdigit():
-            continue
-        if "importlib" in frames_text or "load_settings" in frames_text:
-            startup += int(count)
-            continue
-        frames = []
-        for frame in frames_text.split(";"):
-            m = FRAME.match(frame)
-            frames.append((m["func"], m["file"]) if m else (frame, ""))
-        stacks.append((frames, int(count)))
-    return stacks, startup
-
-
-def short(file: str) -> str:
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
-        if marker in file:
-            return file.split(marker, 1)[1]
-    return file
-
-
 def library(file: str) -> str:
-    for label, needles in LIBRARIES:
-        if any(n in file for n in needles):
-            return label
-    return "other"
+    return pyspy.library(file, LIBRARIES)
 
 
 def summary(path: Path, us_per_request: float | None = None, top: int = 15) -> str:
