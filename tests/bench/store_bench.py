@@ -54,6 +54,7 @@ import servers
 import store_pg
 import store_profile
 import store_wrk
+import wrk
 from harness import BenchError, Process
 from multidict import CIMultiDict
 from report import FOREIGN_LIMIT
@@ -277,7 +278,7 @@ def measure(
     url = f"http://127.0.0.1:{server.port}"
     load = {"connections": args.connections, "threads": args.threads, "cpu": args.load_cpu}
     if args.warmup > 0:
-        store_wrk.run(url, script, duration=args.warmup, **load)
+        wrk.run(url, script=script, duration=args.warmup, **load)
     harness.check_alive(proc)
     store_pg.vacuum(dsn, TABLE)
     backends = store_pg.backends_of(dsn, database, proc.pid)
@@ -289,7 +290,7 @@ def measure(
     with spy():
         meter = cpu.Meter(pids)
         meter.start()
-        result = store_wrk.run(url, script, duration=args.duration, **load)
+        result = wrk.run(url, script=script, duration=args.duration, **load)
         usage = meter.stop()
     harness.check_alive(proc)
     requests = max(result.requests, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness import BenchError, require_tool
@@ -93,8 +94,10 @@ def run(
     threads: int = 1,
     cpu: int = 0,
     timeout_s: float = 5.0,
+    script: Path | None = None,
 ) -> WrkResult:
-    """One wrk run against `url`, pinned to `cpu`; raises BenchError if wrk fails."""
+    """One wrk run against `url`, pinned to `cpu` (with a Lua `script`: its requests, the
+    url giving scheme, host and port); raises BenchError if wrk fails."""
     wrk, taskset = require_tool("wrk"), require_tool("taskset")
     argv = [
         taskset,
@@ -106,6 +109,7 @@ def run(
         f"-d{max(1, round(duration))}s",
         f"--timeout={timeout_s:g}s",
         "--latency",
+        *(["-s", str(script)] if script is not None else []),
         url,
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
