@@ -83,6 +83,34 @@ class NodeStats:
         return self.routes.setdefault(label, RouteStats(label))
 
 
+PLUGIN_VALUE_KINDS = (
+    ("counters", CounterMetricFamily),
+    ("gauges", GaugeMetricFamily),
+    ("cluster_gauges", GaugeMetricFamily),
+)
+
+
+def add_plugin_values(
+    families: dict[str, Metric],
+    plugin: str,
+    prefix: str,
+    values: dict[str, Any],
+    labels: dict[str, str],
+) -> None:
+    """Add one snapshot part's counters and gauges to their metric families."""
+    for kind, family_type in PLUGIN_VALUE_KINDS:
+        for key, value in values.get(kind, {}).items():
+            name = f"scalenode_{plugin}_{prefix}{key}"
+            family = families.get(name)
+            if family is None:
+                about = "per member: " if prefix else ""
+                family = family_type(
+                    name, f"{plugin} plugin: {about}{key.replace('_', ' ')}.", labels=list(labels)
+                )
+                families[name] = family
+            family.add_metric(list(labels.values()), value)
+
+
 class NodeCollector:
     """A prometheus-client collector reading `NodeStats` and the upstream pools' snapshots."""
 
@@ -127,46 +155,22 @@ class NodeCollector:
         """Each plugin's snapshot: `counters` become `scalenode_<plugin>_<name>_total`,
         `gauges` and `cluster_gauges` become `scalenode_<plugin>_<name>`, labelled by node
         and route, and by the snapshot's `labels` (the same keys on every route of a plugin:
-        the queue's `queue`). A cluster gauge reads the same on every node: take its max."""
+        the queue's `queue`). A cluster gauge reads the same on every node: take its max.
+        `by_member` (a store's shards) gives `scalenode_<plugin>_member_<name>` with a
+        `member` label."""
         families: dict[str, Metric] = {}
         for route, plugin in self.stats.plugins:
             snapshot = plugin.snapshot()
             extra = snapshot.get("labels") or {}
-            label_names = ["node", "route", *sorted(extra)]
-            label_values = [self.node, route, *(str(extra[k]) for k in sorted(extra))]
-            for kind, family_type in (
-                ("counters", CounterMetricFamily),
-                ("gauges", GaugeMetricFamily),
-                ("cluster_gauges", GaugeMetricFamily),
-            ):
-                for key, value in snapshot.get(kind, {}).items():
-                    name = f"scalenode_{plugin.name}_{key}"
-                    family = families.get(name)
-                    if family is None:
-                        family = family_type(
-                            name,
-                            f"{plugin.name} plugin: {key.replace('_', ' ')}.",
-                            labels=label_names,
-                        )
-                        families[name] = family
-                    family.add_metric(label_values, value)
-            # Per member of what the plugin spans (a store's shards): a `member` label.
+            labels = {
+                "node": self.node,
+                "route": route,
+                **{k: str(extra[k]) for k in sorted(extra)},
+            }
+            add_plugin_values(families, plugin.name, "", snapshot, labels)
             for member, parts in snapshot.get("by_member", {}).items():
-                for kind, family_type in (
-                    ("counters", CounterMetricFamily),
-                    ("gauges", GaugeMetricFamily),
-                ):
-                    for key, value in parts.get(kind, {}).items():
-                        name = f"scalenode_{plugin.name}_member_{key}"
-                        family = families.get(name)
-                        if family is None:
-                            family = family_type(
-                                name,
-                                f"{plugin.name} plugin, per member: {key.replace('_', ' ')}.",
-                                labels=["node", "route", "member"],
-                            )
-                            families[name] = family
-                        family.add_metric([self.node, route, member], value)
+                member_labels = {"node": self.node, "route": route, "member": member}
+                add_plugin_values(families, plugin.name, "member_", parts, member_labels)
         yield from families.values()
 
     def collect_upstreams(self) -> Iterator[Metric]:

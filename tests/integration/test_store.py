@@ -239,6 +239,13 @@ async def test_each_route_counts_its_own_calls(store_for, members):
     }
     assert (counts["/users/{key}"]["reads"], counts["/users/{key}"]["writes"]) == (3, 1)
     assert (counts["/users"]["reads"], counts["/users"]["writes"]) == (0, 0)
+    metrics = await (await client.get("/metrics")).text()
+    per_member = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("scalenode_store_member_reads_total{") and 'route="/users/{key}"' in line
+    ]
+    assert sorted(float(line.rpartition(" ")[2]) for line in per_member) == [0.0, 3.0]
 
 
 @pytest.mark.parametrize("members", ["postgres"], indirect=True)
