@@ -25,9 +25,12 @@ STATS_INTERVAL = 1.0  # seconds between reads of the queues' depths (gauges, das
 
 @dataclass(slots=True)
 class QueuedRoute:
-    settings: QueueSettings
-    plugin: JobQueue  # its counters
+    plugin: JobQueue  # its settings and counters
     runner: Handler  # the rest of the route's chain: what a worker runs
+
+    @property
+    def settings(self) -> QueueSettings:
+        return self.plugin.settings
 
 
 class JobService:
@@ -51,7 +54,7 @@ class JobService:
         self.queues[settings.name] = settings
 
     def add_route(self, plugin: JobQueue, runner: Handler) -> None:
-        self.routes[plugin.route] = QueuedRoute(plugin.settings, plugin, runner)
+        self.routes[plugin.route] = QueuedRoute(plugin, runner)
 
     async def start(self) -> None:
         await self.broker.start()

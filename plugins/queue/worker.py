@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -41,18 +42,19 @@ class Worker:
         self.consuming = False
 
     async def start(self) -> None:
-        for name, settings in self.service.queues.items():
-            if any(r.settings.name == name for r in self.service.routes.values()):
-                await self.service.broker.consume(name, self.take, settings.prefetch)
+        for name, settings in self.service.queues.items():  # each one a route's
+            await self.service.broker.consume(
+                name, functools.partial(self.take, name), settings.prefetch
+            )
         self.consuming = True
 
-    async def take(self, delivery: Delivery) -> None:
+    async def take(self, queue: str, delivery: Delivery) -> None:
         """The broker's callback: each job runs in its own task, tracked for the drain."""
         task = asyncio.current_task()
         if task is not None:
             self.running.add(task)
         try:
-            await self.handle(delivery)
+            await self.handle(queue, delivery)
         except BackendUnavailable as exc:
             # Redis or the broker failed mid-bookkeeping: the job goes back, unfinished.
             log.warning("job %s put back: %s", delivery.message_id, exc)
@@ -62,7 +64,7 @@ class Worker:
             if task is not None:
                 self.running.discard(task)
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle(self, queue: str, delivery: Delivery) -> None:
         service = self.service
         try:
             message = JobMessage.decode(delivery.body)
@@ -75,8 +77,7 @@ class Worker:
                 delivery.message_id,
                 exc,
             )
-            name = next(iter(service.queues))
-            await service.broker.publish_dead(name, delivery.body, delivery.message_id)
+            await service.broker.publish_dead(queue, delivery.body, delivery.message_id)
             await delivery.ack()
             return
         record = await service.jobs.get(message.job_id)

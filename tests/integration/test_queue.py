@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from testkit import job_handlers
 from testkit.queues import delete_queues
 
-from node.app import build_app
+from node.app import RESOURCES, build_app
 from node.config import Settings
 from node.errors import ConfigError
 from node.schema import build
@@ -251,3 +251,23 @@ def test_amqp_without_redis_is_refused_naming_the_key():
     settings = settings_for({"amqp": AMQP}, "q", [queued("/r", "record", "q")])
     with pytest.raises(ConfigError, match=r"^routes\[0\]\.queue: backends.amqp is set but"):
         build_app(settings, "all")
+
+
+async def test_a_message_that_is_no_job_is_dead_lettered_on_its_own_queue(
+    node_for, queue_name, backends
+):
+    """Nothing on a queue is dropped, and nothing moves to another queue's dead letters."""
+    other = queue_name + "b"
+    client = await node_for([queued("/a", "record", queue_name), queued("/b", "record", other)])
+    try:
+        service = client.app[RESOURCES].find_shared("queue.service")
+        await service.broker.publish(other, b"not a job", uuid.uuid4().hex)
+        for _ in range(100):
+            queues = (await (await client.get("/admin/queues", headers=ADMIN)).json())["queues"]
+            if queues[other]["dead"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (queues[other]["dead"], queues[queue_name]["dead"]) == (1, 0)
+    finally:
+        if backends:
+            await delete_queues(AMQP, other, delays=(0.2, 0.4))
