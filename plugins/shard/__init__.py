@@ -16,8 +16,9 @@ from node.config import ShardMember, ShardSetSettings
 from node.errors import ConfigError
 from node.plugin import BuildContext, PluginSpec
 from plugins.shard.documents import DocumentShard, ShardUnavailable
+from plugins.shard.members import Member, ShardSet
 from plugins.shard.router import ShardRouter, ShardSettings, build_shard_router
-from plugins.shard.store import Member, ShardSet, StoreTarget
+from plugins.shard.store import StoreTarget
 
 log = logging.getLogger("scalenode.shard")
 SET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # becomes part of a table name

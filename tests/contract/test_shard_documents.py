@@ -33,7 +33,7 @@ from plugins.shard.documents import (
     ShardUnavailable,
 )
 from plugins.shard.postgres import PostgresShard
-from plugins.shard.replicas import parse_lsn
+from plugins.shard.replica_choice import parse_lsn
 from plugins.shard.sqlite import SqliteShard
 
 ALL_BUCKETS = list(range(8))

@@ -16,9 +16,7 @@ import asyncpg
 import pytest
 from testkit.pg_cluster import PgCluster
 
-from plugins.shard.replicas import (
-    LSN_WAIT,
-    ReplicaSet,
+from plugins.shard.replica_choice import (
     ReplicaView,
     candidates,
     format_lsn,
@@ -28,6 +26,7 @@ from plugins.shard.replicas import (
     ready,
     rotate,
 )
+from plugins.shard.replicas import LSN_WAIT, ReplicaSet
 
 DB = "shard_replicas"
 INTERVAL = 0.2
