@@ -85,8 +85,16 @@ class Exchange(asyncio.Protocol):
             self.fail(BadGateway("upstream closed the connection mid-reply"))
 
     def read_until_close(self) -> bool:
-        framing = {k.lower() for k, _ in self.headers}
-        return "content-length" not in framing and "transfer-encoding" not in framing
+        """RFC 9112 section 6.3: a reply without Content-Length whose Transfer-Encoding
+        (if any) does not end in chunked is delimited by the connection's close."""
+        codings = []
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                return False
+            if lowered == "transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(",") if c.strip()]
+        return not codings or codings[-1] != "chunked"
 
     # httptools callbacks
     def on_message_begin(self) -> None:

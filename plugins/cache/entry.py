@@ -11,39 +11,45 @@ import orjson
 from multidict import CIMultiDict, istr
 
 from node.call import Reply
+from plugins.cache.freshness import header, normalised
 
 X_CACHE = istr("X-Cache")  # istr: aiohttp skips case-folding these names
 AGE = istr("Age")
 CONTENT_TYPE = istr("Content-Type")
 HIT_L1, HIT_L2, MISS, STALE, BYPASS = "HIT-L1", "HIT-L2", "MISS", "STALE", "BYPASS"
+REVALIDATED = "REVALIDATED"  # a stale entry the target confirmed with a 304
 # `Age` values as ready strings: formatting a number on every hit costs more than a lookup.
 AGES = tuple(str(age) for age in range(3600))
-# Headers a stored reply never repeats: per-exchange or recomputed on every hit.
-NOT_STORED = frozenset(("age", "x-cache", "date", "connection", "keep-alive", "set-cookie"))
+# Headers a stored reply never repeats: per-exchange, recomputed on every hit, or meant for
+# this cache alone (RFC 9213's targeted fields). The origin's Date is kept (RFC 9110 6.6.1).
+NOT_STORED = frozenset(
+    (
+        "age",
+        "x-cache",
+        "connection",
+        "keep-alive",
+        "set-cookie",
+        "scalenode-cache-control",
+        "cdn-cache-control",
+    )
+)
 ENTRY_OVERHEAD = 256  # bytes of bookkeeping counted per L1 entry besides body and headers
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header from a CIMultiDict or a plain dict (whose keys may be in any case)."""
-    value = headers.get(name)
-    if value is None and not isinstance(headers, CIMultiDict):
-        lower = name.lower()
-        for key, candidate in headers.items():
-            if key.lower() == lower:
-                return candidate
-    return value
 
 
 class Entry:
     __slots__ = (
         "body",
         "content_type",
+        "etag",
         "fresh_until",
         "headers",
         "hit_headers",
         "hit_until",
+        "keep_until",
         "l1_until",
+        "last_modified",
         "path",
+        "selects",
         "size",
         "stale_error_until",
         "stale_until",
@@ -60,7 +66,8 @@ class Entry:
         content_type: str | None,
         path: str,
         tags: tuple[str, ...],
-        times: tuple[float, float, float, float],
+        times: tuple[float, float, float, float, float] | list[float],
+        selects: tuple[tuple[str, str | None], ...] = (),
     ) -> None:
         self.status = status
         self.body = body
@@ -68,9 +75,21 @@ class Entry:
         self.content_type = content_type
         self.path = path
         self.tags = tags
-        # Wall-clock seconds: when stored, fresh until, servable stale until (while
-        # revalidating), servable stale until when the target fails.
-        self.stored_at, self.fresh_until, self.stale_until, self.stale_error_until = times
+        # Wall-clock seconds: when its age was 0 (RFC 9111 4.2.3: the time received less
+        # the corrected initial age, so Age = now - stored_at), fresh until, servable stale
+        # until (while revalidating), servable stale until when the target fails, kept until.
+        (
+            self.stored_at,
+            self.fresh_until,
+            self.stale_until,
+            self.stale_error_until,
+            self.keep_until,
+        ) = times
+        # Section 4.1: the request headers its Vary names (beyond the key's) and their
+        # normalised values when it was stored; () for most replies.
+        self.selects = selects
+        self.etag = header(headers, "ETag")
+        self.last_modified = header(headers, "Last-Modified")
         self.l1_until = self.hit_until = 0.0  # set when L1 takes it
         self.size = ENTRY_OVERHEAD + len(body) + sum(len(k) + len(v) for k, v in headers.items())
         # An L1 hit's headers, ready but for Age: one copy and one store per hit.
@@ -81,7 +100,11 @@ class Entry:
 
     @property
     def expires(self) -> float:
-        return max(self.fresh_until, self.stale_until, self.stale_error_until)
+        return self.keep_until
+
+    def fits(self, headers: Mapping[str, str]) -> bool:
+        """The request's selecting headers match those it was stored for (section 4.1)."""
+        return all(normalised(headers, name) == value for name, value in self.selects)
 
     def reply(self, label: str, now: float) -> Reply:
         headers = self.headers.copy()
@@ -105,7 +128,14 @@ class Entry:
             list(self.headers.items()),
             self.path,
             self.tags,
-            [self.stored_at, self.fresh_until, self.stale_until, self.stale_error_until],
+            [
+                self.stored_at,
+                self.fresh_until,
+                self.stale_until,
+                self.stale_error_until,
+                self.keep_until,
+            ],
+            self.selects,
         ]
         return orjson.dumps(meta) + b"\n" + self.body
 
@@ -115,12 +145,15 @@ class Entry:
         meta, newline, body = blob.partition(b"\n")
         if not newline:
             raise ValueError("not a cache entry")
-        status, content_type, pairs, path, tags, times = orjson.loads(meta)
+        status, content_type, pairs, path, tags, times, selects = orjson.loads(meta)
+        if len(times) != 5:
+            raise ValueError("not a cache entry of this version")
         # Filtered when stored: only a repeated name needs more than a dict.
         headers: dict[str, str] | CIMultiDict[str] = {istr(k): v for k, v in pairs}
         if len(headers) < len(pairs):
             headers = CIMultiDict((istr(k), v) for k, v in pairs)
-        return cls(status, body, headers, content_type, path, tuple(tags), times)
+        selecting = tuple((name, value) for name, value in selects)
+        return cls(status, body, headers, content_type, path, tuple(tags), times, selecting)
 
 
 def decoded(blob: bytes | None) -> Entry | None:

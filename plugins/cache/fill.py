@@ -57,14 +57,14 @@ class Filler:
             return await cache.fetch(call, next, key, stale, MISS, store=True)
         if not taken:
             cache.counts["lock_waits"] += 1
-            entry = await self.wait(cache, key)
+            entry = await self.wait(cache, call, key)
             if entry is not None:
                 return self.hit(cache, key, entry)
             return await cache.fetch(call, next, key, stale, MISS, store=True)
         try:
             # Another node may have filled it between our read and our lock.
             found, _ = await cache.read_l2(key)
-            if found is not None and cache.clock() < found.fresh_until:
+            if found is not None and cache.clock() < found.fresh_until and found.fits(call.headers):
                 return self.hit(cache, key, found)
             return await cache.fetch(call, next, key, stale, MISS, store=True)
         finally:
@@ -77,7 +77,7 @@ class Filler:
         cache.counts["hits_l2"] += 1
         return entry.reply(HIT_L2, now), entry, HIT_L2
 
-    async def wait(self, cache: ResponseCache, key: str) -> Entry | None:
+    async def wait(self, cache: ResponseCache, call: Call, key: str) -> Entry | None:
         """The fresh entry another node stores for `key`, or None (then fetch yourself)."""
         deadline = self.monotonic() + self.lock_timeout
         delay = FIRST_POLL
@@ -89,20 +89,23 @@ class Filler:
             except BackendUnavailable:
                 return None
             entry = decoded(blob)
-            if entry is not None and cache.clock() < entry.fresh_until:
+            if entry is not None and cache.clock() < entry.fresh_until and entry.fits(call.headers):
                 return entry
             if not locked:
                 return None
         cache.counts["lock_timeouts"] += 1
         return None
 
-    async def refresh(self, cache: ResponseCache, call: Call, next: Handler, key: str) -> None:
-        """A stale entry's background refresh, by whichever node takes the lock."""
+    async def refresh(
+        self, cache: ResponseCache, call: Call, next: Handler, key: str, stale: Entry
+    ) -> None:
+        """A stale entry's background refresh (a revalidation when it has a validator), by
+        whichever node takes the lock."""
         token = new_token()
         try:
             taken = await self.l2.lock(key, token, self.lock_timeout)
         except BackendUnavailable:  # Redis away: this node refreshes its own L1 copy
-            await cache.fetch(call, next, key, None, MISS, store=True)
+            await cache.fetch(call, next, key, stale, MISS, store=True)
             return
         if not taken:
             return
@@ -113,7 +116,7 @@ class Filler:
             if found is not None and now < found.fresh_until:
                 cache.l1.put(key, found, now)
                 return
-            await cache.fetch(call, next, key, None, MISS, store=True)
+            await cache.fetch(call, next, key, stale, MISS, store=True)
         finally:
             await self.release(key, token)
 

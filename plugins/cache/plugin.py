@@ -14,25 +14,32 @@ from multidict import CIMultiDict
 from node.call import Call, Handler, Reply
 from node.errors import BackendUnavailable, BadGateway, GatewayTimeout, Rejected, ServiceUnavailable
 from node.plugin import Plugin
+from plugins.cache.admission import (
+    SAFE,
+    Admission,
+    forwarded,
+    invalidated_uris,
+    untargeted,
+    updated,
+)
+from plugins.cache.conditional import IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE, shaped
 from plugins.cache.entry import (
     BYPASS,
     HIT_L1,
     HIT_L2,
     MISS,
+    REVALIDATED,
     STALE,
     X_CACHE,
     Entry,
     decoded,
-    header,
-    stored_headers,
 )
 from plugins.cache.fill import Filler
+from plugins.cache.freshness import Lifetime
 from plugins.cache.lru import L1Cache
-from plugins.cache.policy import KeyBuilder, Lifetime, lifetime, storable, varies_within
+from plugins.cache.policy import KeyBuilder, storable
 from plugins.cache.settings import CacheSettings
 
-MAX_TAGS = 16  # Cache-Tag values kept per entry: each is an index write on a miss
-UNSAFE = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 # Failures of the target that a stale entry may cover (stale_if_error): unreachable,
 # timed out, its breaker open or overloaded.
 TARGET_FAILURES = (BadGateway, GatewayTimeout, ServiceUnavailable)
@@ -95,11 +102,12 @@ class ResponseCache(Plugin):
         self.filler = filler
         self.invalidate = invalidate  # async (kind, value): L2 and every node's L1
         self.clock = clock
-        self.default = Lifetime(
-            settings.ttl, settings.stale_while_revalidate, settings.stale_if_error
-        )
         self.statuses = frozenset(settings.statuses)
-        self.keyed = frozenset(name.lower() for name in settings.vary)
+        self.admission = Admission(
+            Lifetime(settings.ttl, settings.stale_while_revalidate, settings.stale_if_error),
+            self.statuses,
+            frozenset(name.lower() for name in settings.vary),
+        )
         self.flights: dict[str, asyncio.Future[tuple[Entry | None, str]]] = {}
         self.refreshing: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -112,12 +120,19 @@ class ResponseCache(Plugin):
             key = self.key.of(call)
             now = self.clock()
             entry = self.entries.get(key)
-            if entry is not None and now < entry.hit_until:
+            if (
+                entry is not None
+                and now < entry.hit_until
+                and (not entry.selects or entry.fits(call.headers))
+            ):
                 self.entries.move_to_end(key)
                 self.hits_l1 += 1
+                headers = call.headers
+                if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
+                    return shaped(call, entry.hit(now))
                 return entry.hit(now)
-            return await self.lookup(call, next, key, self.l1.get(key, now))
-        if method in UNSAFE:
+            return shaped(call, await self.lookup(call, next, key, self.l1.get(key, now)))
+        if method not in SAFE:
             return await self.write_through(call, next)
         self.counts["bypass"] += 1
         try:
@@ -135,7 +150,7 @@ class ResponseCache(Plugin):
         if flight is not None:
             counts["lock_waits"] += 1
             entry, label = await asyncio.shield(flight)
-            if entry is not None:
+            if entry is not None and entry.fits(call.headers):
                 # Counted as what the first one did: a fetch from the target shared is no
                 # hit (it would inflate the hit ratio on every cold key), an L2 read is.
                 if label == STALE:
@@ -159,6 +174,11 @@ class ResponseCache(Plugin):
     ) -> tuple[Reply, Entry | None, str]:
         found, l2_up = await self.read_l2(key)
         now = self.clock()
+        headers = call.headers
+        if found is not None and not found.fits(headers):  # another variant (section 4.1)
+            found = None
+        if stale is not None and not stale.fits(headers):
+            stale = None
         if found is not None and now < found.fresh_until:
             self.l1.put(key, found, now)
             self.counts["hits_l2"] += 1
@@ -167,7 +187,7 @@ class ResponseCache(Plugin):
             stale = found
         if stale is not None and now < stale.stale_until and call.method == "GET":
             self.counts["stale"] += 1
-            self.refresh_later(call, next, key)
+            self.refresh_later(call, next, key, stale)
             return stale.reply(STALE, now), stale, STALE
         if not l2_up:
             return await self.fetch(call, next, key, stale, BYPASS, store=True)
@@ -189,9 +209,13 @@ class ResponseCache(Plugin):
     async def fetch(
         self, call: Call, next: Handler, key: str, stale: Entry | None, label: str, store: bool
     ) -> tuple[Reply, Entry | None, str]:
-        """Ask the target; store what may be stored; cover its failure with `stale`."""
+        """Ask the target (revalidating `stale` when storing); store what may be stored;
+        cover its failure with `stale`."""
+        request_time = self.clock()
+        storing = store and call.method == "GET"
+        sent = forwarded(call, stale) if storing else call
         try:
-            reply = await next(call)
+            reply = await next(sent)
         except TARGET_FAILURES as exc:
             if stale is not None and self.clock() < stale.stale_error_until:
                 self.counts["stale"] += 1
@@ -206,64 +230,52 @@ class ResponseCache(Plugin):
             self.counts["stale"] += 1
             return stale.reply(STALE, now), None, STALE
         self.counts["misses" if label == MISS else "bypass"] += 1
-        entry = self.admit(call, reply, now) if store and call.method == "GET" else None
+        if reply.status == 304 and stale is not None and sent is not call:
+            # RFC 9111 section 4.3.4: the stored reply, freshened by the 304's fields.
+            reply = updated(stale, reply)
+            label = REVALIDATED if label == MISS else label
+        entry = self.admit(call, reply, request_time, now) if storing else None
         if entry is None:
-            return labelled(reply, label), None, label
+            return labelled(untargeted(reply), label), None, label
         self.l1.put(key, entry, now)
         await self.filler.store(key, entry, now)
         return entry.reply(label, now), entry, label
 
-    def admit(self, call: Call, reply: Reply, now: float) -> Entry | None:
+    def admit(self, call: Call, reply: Reply, request_time: float, now: float) -> Entry | None:
         """The entry to store for `reply`, or None when it must not be stored."""
-        settings = self.settings
-        if not storable(reply, self.statuses, settings.max_body):
+        if not storable(reply, self.statuses, self.settings.max_body):
             return None
-        headers = reply.headers
-        authorized = "Authorization" in call.headers
-        life = lifetime(header(headers, "Cache-Control"), self.default, authorized)
-        if life is None or not varies_within(header(headers, "Vary"), self.keyed):
-            return None
-        tags = tuple((header(headers, "Cache-Tag") or "").replace(",", " ").split())
-        fresh = now + life.ttl
-        times = (now, fresh, fresh + life.stale_while_revalidate, fresh + life.stale_if_error)
-        pairs = list(headers.items())
-        return Entry(
-            reply.status,
-            reply.body,
-            stored_headers(pairs),
-            reply.content_type,
-            call.path,
-            tags[:MAX_TAGS],
-            times,
-        )
+        return self.admission.entry(call, reply, request_time, now)
 
-    def refresh_later(self, call: Call, next: Handler, key: str) -> None:
+    def refresh_later(self, call: Call, next: Handler, key: str, stale: Entry) -> None:
         """One background refresh per key per node; the fill lock makes it one per cluster."""
         if key in self.refreshing:
             return
         self.refreshing.add(key)
-        task = asyncio.ensure_future(self.refresh(call, next, key))
+        task = asyncio.ensure_future(self.refresh(call, next, key, stale))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def refresh(self, call: Call, next: Handler, key: str) -> None:
+    async def refresh(self, call: Call, next: Handler, key: str, stale: Entry) -> None:
         try:
-            await self.filler.refresh(self, call, next, key)
+            await self.filler.refresh(self, call, next, key, stale)
         except (Rejected, BackendUnavailable):
             pass  # the stale entry keeps serving until its window closes
         finally:
             self.refreshing.discard(key)
 
     async def write_through(self, call: Call, next: Handler) -> Reply:
-        """An unsafe method: the target answers, then the path's entries go everywhere."""
+        """A method not known to be safe: the target answers, then the entries of its path
+        (and of its reply's same-origin Location / Content-Location) go everywhere."""
         try:
             reply = await next(call)
         except Rejected as exc:
             passing(exc, BYPASS)
             raise
         if reply.status < 400:  # RFC 9111 section 4.4: only a non-error status invalidates
-            self.counts["invalidations"] += 1
-            await self.invalidate("path", call.path)
+            for path in invalidated_uris(call, reply):
+                self.counts["invalidations"] += 1
+                await self.invalidate("path", path)
         self.counts["bypass"] += 1
         return labelled(reply, BYPASS)
 

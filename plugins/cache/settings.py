@@ -13,7 +13,9 @@ MAX_LOCK_TIMEOUT = 60.0  # seconds a cold request may wait for another node's fe
 
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
-    ttl: float = 30.0  # seconds an entry is fresh when the origin's Cache-Control says nothing
+    # seconds a heuristically cacheable reply that declares no freshness is fresh; 0: only
+    # the origin's headers (and the Last-Modified heuristic) decide, RFC 9111 alone
+    ttl: float = 30.0
     l1_ttl: float = 5.0  # seconds a node keeps its in-process copy; 0 turns L1 off
     l1_max_entries: int = 10_000
     l1_max_bytes: int = 64 * MiB
@@ -25,7 +27,7 @@ class CacheSettings:
     lock_timeout: float = 5.0  # seconds others wait for the one fetch, as nginx's cache lock
 
     def check(self, path: str) -> None:
-        require(self.ttl > 0, join(path, "ttl"), "must be > 0 seconds")
+        require(self.ttl >= 0, join(path, "ttl"), "must be >= 0 seconds")
         require(
             0 <= self.l1_ttl <= MAX_L1_TTL,
             join(path, "l1_ttl"),

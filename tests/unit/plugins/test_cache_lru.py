@@ -7,7 +7,7 @@ from plugins.cache.lru import L1Cache
 
 
 def entry(size: int = 0, path: str = "/p", tags: tuple[str, ...] = (), life: float = 100) -> Entry:
-    return Entry(200, b"x" * size, {}, None, path, tags, (0.0, life, life, life))
+    return Entry(200, b"x" * size, {}, None, path, tags, (0.0, life, life, life, life))
 
 
 def test_entry_bound_evicts_the_least_recently_used() -> None:

@@ -120,14 +120,23 @@ async def test_failure_without_stale_keeps_the_error(clock: Clock) -> None:
     assert caught.value.headers["X-Cache"] == "MISS"
 
 
-@pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])
+@pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE", "FROB"])
 async def test_write_invalidates_the_path(clock: Clock, method: str) -> None:
-    """A write goes to the target, is labelled BYPASS, and drops the path everywhere."""
+    """A write, or any method not known safe (RFC 9111 4.4), goes to the target, is
+    labelled BYPASS, and drops the path everywhere."""
     cache, invalidated = make(clock)
     origin = Origin()
     await get(cache, origin)
     reply = await get(cache, origin, method=method)
     assert reply.headers["X-Cache"] == "BYPASS" and invalidated == [("path", "/x")]
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
+async def test_safe_methods_invalidate_nothing(clock: Clock, method: str) -> None:
+    """OPTIONS and TRACE are safe (RFC 9110 9.2.1): passed through, nothing dropped."""
+    cache, invalidated = make(clock)
+    reply = await get(cache, Origin(), method=method)
+    assert reply.headers["X-Cache"] == "BYPASS" and invalidated == []
 
 
 async def test_failed_write_does_not_invalidate(clock: Clock) -> None:
