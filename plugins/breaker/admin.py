@@ -37,6 +37,8 @@ class BreakerAdmin:
                     "state": circuit.state_name,
                     "retry_after": round(circuit.retry_after(now), 3),
                     "trips": circuit.trips,
+                    "doubted": circuit.doubt_until > now,
+                    "capped": circuit.capped,
                 }
                 for circuit in circuits
             ]

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from plugins.breaker.settings import MAX_BUCKETS, BreakerSettings
+
+if TYPE_CHECKING:
+    from plugins.breaker.cap import EjectionCap
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = ("closed", "open", "half_open")
@@ -24,6 +28,7 @@ class Circuit:
 
     With `auto_half_open` off (shared breakers), an open circuit stays open after its
     period until `half_open()` is called: the cluster-wide coordinator decides who tries.
+    `cap`, the pool's, may refuse to open a closed circuit: it then stays in service.
     """
 
     def __init__(
@@ -33,20 +38,25 @@ class Circuit:
         on_trip: Callable[[Circuit, float], None] | None = None,
         on_close: Callable[[Circuit], None] | None = None,
         auto_half_open: bool = True,
+        cap: EjectionCap | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
         self.on_trip = on_trip
         self.on_close = on_close
         self.auto_half_open = auto_half_open
+        self.cap = cap
         self.state = CLOSED
         self.open_until = 0.0
         self.level = 0  # re-trips since the last close: the open period is doubled this often
         self.probing = 0  # trial calls in flight
+        self.doubt_until = 0.0  # before then, another node's trip hangs over it (0: none)
         self.passed = 0  # trial calls that succeeded in this half-open period
         self.trips = 0
         self.rejections = 0
         self.probes = 0
+        self.doubts = 0  # other nodes' trips that only made it doubt
+        self.capped = 0  # trips the pool's cap refused: the member stayed in service
         self.size = min(math.ceil(settings.window), MAX_BUCKETS)
         self.rate = self.size / settings.window  # buckets per second
         self.stamps = [-1] * self.size  # which bucket number each slot holds
@@ -78,6 +88,8 @@ class Circuit:
             return
         if self.state != CLOSED:
             return  # a call sent before the trip: the circuit has already judged
+        if self.doubt_until and self._settle_doubt(now, bad or slow):
+            return
         number = int(now * self.rate)
         slot = number % self.size
         if self.stamps[slot] != number:
@@ -110,6 +122,21 @@ class Circuit:
             if self.on_close is not None:
                 self.on_close(self)
 
+    def doubt(self, until: float) -> None:
+        """Another node tripped this member, but too few nodes did to open it here: until
+        `until`, its next outcome decides (a failure trips it at once, a success dispels
+        the doubt), as HAProxy's `on-error sudden-death` does. Closed circuits only."""
+        if self.state == CLOSED:
+            self.doubt_until = until
+            self.doubts += 1
+
+    def _settle_doubt(self, now: float, failed: bool) -> bool:
+        """The first outcome since a doubt: True when it tripped the circuit."""
+        until, self.doubt_until = self.doubt_until, 0.0
+        if failed and now < until:
+            self.trip(now)
+        return self.state != CLOSED
+
     def _evaluate(self, now: float, number: int) -> None:
         calls = fails = slows = 0
         oldest = number - self.size
@@ -126,6 +153,8 @@ class Circuit:
 
     def trip(self, now: float) -> None:
         """Open by this node's own judgement; a re-trip from half-open doubles the period."""
+        if self.state == CLOSED and not self._may_eject(now):
+            return
         self.level = self.level + 1 if self.state == HALF_OPEN else 0
         seconds = self.period(self.level)
         self.open_for(now, seconds, self.level)
@@ -136,6 +165,23 @@ class Circuit:
         settings = self.settings
         return min(settings.open_seconds * 2**level, settings.max_open_seconds)
 
+    def follow(self, now: float, seconds: float, level: int) -> bool:
+        """Open as other nodes decided (a corroborated trip), unless the pool's cap keeps
+        this member in service (False then)."""
+        if self.state == CLOSED and not self._may_eject(now):
+            return False
+        self.open_for(now, seconds, level)
+        return True
+
+    def _may_eject(self, now: float) -> bool:
+        """Whether the cap lets this closed circuit open. If not, it stays in service with a
+        clean window, so the cap is asked again only after min_requests more calls."""
+        if self.cap is None or self.cap.allows(now):
+            return True
+        self.capped += 1
+        self._clear_window()
+        return False
+
     def open_for(self, now: float, seconds: float, level: int) -> None:
         """Open for `seconds` from `now` (a trip here, or one another node published)."""
         if self.state != OPEN:
@@ -144,6 +190,7 @@ class Circuit:
         self.level = level
         self.open_until = now + seconds
         self.passed = 0
+        self.doubt_until = 0.0
 
     def half_open(self) -> None:
         self.state = HALF_OPEN
@@ -159,6 +206,10 @@ class Circuit:
         self.state = CLOSED
         self.level = 0
         self.passed = 0
+        self.doubt_until = 0.0
+        self._clear_window()
+
+    def _clear_window(self) -> None:
         for slot in range(self.size):
             self.stamps[slot] = -1
 

@@ -21,6 +21,12 @@ class BreakerSettings:
     half_open_probes: int = 1  # concurrent trial calls when half-open
     failure_statuses: tuple[int, ...] = (500, 502, 503, 504)
     shared: bool | None = None  # None: shared when Redis is configured
+    # Distinct nodes whose live trips open a member on a node that did not trip it; with
+    # fewer, that node doubts it (its next failure trips it). 1: any one node's trip.
+    corroborate: int = 2
+    # Of a pool's members, at most this share open at once on a node (rounded down, but
+    # always one): Envoy's outlier detection caps at 10 %, its panic threshold keeps 50 %.
+    max_ejection_percent: float = 50.0
 
     def check(self, path: str) -> None:
         for key in ("failure_ratio", "slow_ratio"):
@@ -37,6 +43,12 @@ class BreakerSettings:
             f"must be >= open_seconds ({self.open_seconds:g})",
         )
         require(self.half_open_probes >= 1, join(path, "half_open_probes"), "must be >= 1")
+        require(self.corroborate >= 1, join(path, "corroborate"), "must be >= 1")
+        require(
+            0 < self.max_ejection_percent <= 100,
+            join(path, "max_ejection_percent"),
+            "must be > 0 and <= 100",
+        )
         for i, status in enumerate(self.failure_statuses):
             require(
                 100 <= status <= 599,

@@ -1,9 +1,12 @@
-"""Breaker trips shared by every node: one node's trip opens that member everywhere at once.
+"""Breaker trips shared by every node: once enough nodes trip a member, it opens everywhere.
 
-A trip goes out on the cluster bus (pub/sub: every node opens the member within
-milliseconds) and into a key that expires with the open period (a node that starts or
-reconnects meanwhile reads it). When the period ends, only the node that wins a
-`SET NX PX` token half-opens and sends trial calls; its verdict (close, or a re-trip)
+A trip goes out on the cluster bus (pub/sub: every node hears it within milliseconds)
+and into the member's reports in Redis, each expiring with its open period (a node that
+starts or reconnects meanwhile reads them). A node opens a member it did not trip itself
+when `corroborate` distinct nodes have live reports; with fewer it doubts the member (its
+next failure there trips it, its next success dispels the doubt), so one node with a bad
+path cannot empty the pool for the others. When the period ends, only the node that wins
+a `SET NX PX` token half-opens and sends trial calls; its verdict (close, or a re-trip)
 goes out the same way. Each node still judges trips by its own outcomes. Redis down:
 nothing is shared, nothing fails; every node decides alone.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -22,7 +25,9 @@ from node.cluster.bus import ClusterBus
 from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
 from plugins.breaker.circuit import HALF_OPEN, OPEN, Circuit
-from plugins.breaker.keys import BREAKER_EVENTS, BREAKER_PROBES, BREAKER_TRIPS
+from plugins.breaker.keys import BREAKER_EVENTS
+from plugins.breaker.quorum import TripReports
+from plugins.breaker.store import RedisTrips
 
 log = logging.getLogger("scalenode.breaker")
 
@@ -39,10 +44,11 @@ class TripExchange:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
-        self.redis = redis
+        self.store = RedisTrips(redis)
         self.bus = bus
         self.clock = clock
         self.circuits: dict[str, Circuit] = {}
+        self.reports: dict[str, TripReports] = {}
         self.trial_ttl: dict[str, float] = {}  # seconds a trial token is held at most
         self.heard = 0
         self.backend_errors = 0
@@ -55,21 +61,25 @@ class TripExchange:
         circuit.on_close = self.closed
         circuit.auto_half_open = False  # the token decides who half-opens
         self.circuits[circuit.name] = circuit
+        self.reports[circuit.name] = TripReports()
         self.trial_ttl[circuit.name] = trial_ttl
 
     def tripped(self, circuit: Circuit, seconds: float) -> None:
-        """This node's outcomes opened `circuit`: tell the others, keep a record."""
+        """This node's outcomes opened `circuit`: report it to the others, keep a record."""
+        name, level = circuit.name, circuit.level
+        self.reports[name].add(self.node, self.clock() + seconds)
         self._arm(circuit, seconds)
         message = self._message("trip", circuit, seconds)
-        key, ms = BREAKER_TRIPS + circuit.name, max(1, int(seconds * 1000))
-        self._spawn(self._send(message, lambda c: c.set(key, message, px=ms)))
+        self._spawn(self._send(message, lambda: self.store.report(name, self.node, seconds, level)))
 
     def closed(self, circuit: Circuit) -> None:
-        """A trial here closed `circuit`: every node closes it, the records go."""
-        self._disarm(circuit.name)
-        keys = (BREAKER_TRIPS + circuit.name, BREAKER_PROBES + circuit.name)
+        """A trial here (or an operator) closed `circuit`: every node closes it, the
+        reports and records go."""
+        name = circuit.name
+        self.reports[name].clear()
+        self._disarm(name)
         message = self._message("close", circuit, 0.0)
-        self._spawn(self._send(message, lambda c: c.delete(*keys)))
+        self._spawn(self._send(message, lambda: self.store.clear(name)))
 
     def hear(self, payload: bytes) -> None:
         """Another node's trip or close (this node's own come back too, and are ignored)."""
@@ -79,30 +89,42 @@ class TripExchange:
             return
         self.heard += 1
         if message["kind"] == "trip":
-            seconds = float(message["seconds"])
-            circuit.open_for(self.clock(), seconds, int(message["level"]))
-            self._arm(circuit, seconds)
+            now, seconds = self.clock(), float(message["seconds"])
+            self.reports[circuit.name].add(str(message["node"]), now + seconds)
+            self.judge(circuit, now, seconds, int(message["level"]))
         elif message["kind"] == "close":
+            self.reports[circuit.name].clear()
             self._disarm(circuit.name)
             circuit.close()
+
+    def judge(self, circuit: Circuit, now: float, seconds: float, level: int) -> None:
+        """Other nodes reported `circuit`'s trip: open it for `seconds` if enough of them
+        did (and the pool's cap allows), else doubt it for as long."""
+        if self.reports[circuit.name].count(now) >= circuit.settings.corroborate:
+            if circuit.follow(now, seconds, level):
+                self._arm(circuit, seconds)
+        else:
+            circuit.doubt(now + seconds)
 
     def resync(self) -> None:
         self._spawn(self.load())
 
     async def load(self) -> None:
-        """Open every member another node has tripped and whose period is still running."""
+        """Take in the live reports of every member (missed while starting or cut off):
+        open those enough nodes tripped, until the last of their periods ends."""
         for name, circuit in self.circuits.items():
-            key = BREAKER_TRIPS + name
             try:
-                record = await self.redis.run(lambda c, key=key: c.get(key))
-                ms = await self.redis.run(lambda c, key=key: c.pttl(key))
+                found = await self.store.reports(name)
             except BackendUnavailable:
                 self.backend_errors += 1
                 return
-            if record is None or ms <= 0:
+            if not found:
                 continue
-            circuit.open_for(self.clock(), ms / 1000, int(orjson.loads(record)["level"]))
-            self._arm(circuit, ms / 1000)
+            now, reports = self.clock(), self.reports[name]
+            for node, seconds, _ in found:
+                reports.add(node, now + seconds)
+            longest = max(seconds for _, seconds, _ in found)
+            self.judge(circuit, now, longest, max(level for *_, level in found))
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -122,10 +144,10 @@ class TripExchange:
             }
         )
 
-    async def _send(self, message: bytes, record: Callable[[Any], Any]) -> None:
+    async def _send(self, message: bytes, record: Callable[[], Awaitable[None]]) -> None:
         try:
             await self.bus.publish(BREAKER_EVENTS, message)
-            await self.redis.run(record)
+            await record()
         except BackendUnavailable:
             self.backend_errors += 1  # the others learn by their own outcomes instead
 
@@ -148,9 +170,8 @@ class TripExchange:
         """Half-open if this node wins the trial token; else wait for the winner's verdict
         (or for its token to expire, should the winner die mid-trial)."""
         ttl = self.trial_ttl[circuit.name]
-        key, ms = BREAKER_PROBES + circuit.name, max(1, int(ttl * 1000))
         try:
-            won = await self.redis.run(lambda c: c.set(key, self.node, nx=True, px=ms))
+            won = await self.store.claim(circuit.name, self.node, ttl)
         except BackendUnavailable:
             self.backend_errors += 1
             won = True  # alone, this node tries for itself

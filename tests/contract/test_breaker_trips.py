@@ -1,6 +1,7 @@
 """One contract for the breaker's shared trips (TripExchange over Redis and the cluster bus),
 on Redis and on a 3-master Redis Cluster (backends.py): each exchange is one node, and
-what one node's circuit does, the other nodes' circuits of that member follow."""
+what one node's circuit does, the other nodes' circuits of that member follow (at once
+with corroborate = 1, the propagation tests; once two nodes tripped it, by default)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ TRIAL_TTL = 2.0  # seconds a trial token is held: longer than any test here wait
 class Cluster:
     """Nodes sharing one upstream member: each has an exchange and its circuit of it."""
 
-    def __init__(self, exchanges: Nodes[TripExchange], open_seconds: float) -> None:
+    def __init__(
+        self, exchanges: Nodes[TripExchange], open_seconds: float, corroborate: int = 1
+    ) -> None:
         self.exchanges = exchanges
-        self.settings = BreakerSettings(min_requests=1, open_seconds=open_seconds)
+        self.settings = BreakerSettings(
+            min_requests=1, open_seconds=open_seconds, corroborate=corroborate
+        )
         marker = uuid.uuid4().hex[:12]
         exchanges.backend.forget_after(marker)
         self.member = f"app|{marker}:8080"
@@ -65,12 +70,12 @@ async def eventually_async(check: Callable[[], Awaitable[bool]], within: float =
 
 
 @pytest.fixture
-def make_cluster(trip_exchanges: Nodes[TripExchange]) -> Callable[[float], Cluster]:
-    return lambda open_seconds: Cluster(trip_exchanges, open_seconds)
+def make_cluster(trip_exchanges: Nodes[TripExchange]) -> Callable[..., Cluster]:
+    return lambda open_seconds, corroborate=1: Cluster(trip_exchanges, open_seconds, corroborate)
 
 
 async def test_a_trip_on_one_node_opens_the_member_on_the_other(
-    make_cluster: Callable[[float], Cluster],
+    make_cluster: Callable[..., Cluster],
 ) -> None:
     """Node A's trip: within 0.5 s node B rejects calls to the member for A's open period."""
     cluster = make_cluster(5.0)
@@ -85,7 +90,7 @@ async def test_a_trip_on_one_node_opens_the_member_on_the_other(
 
 
 async def test_only_one_node_takes_the_trial_and_its_close_closes_every_node(
-    make_cluster: Callable[[float], Cluster],
+    make_cluster: Callable[..., Cluster],
 ) -> None:
     """After the open period exactly one node half-opens, the other keeps rejecting; the
     winner's successful trial closes the member on both."""
@@ -107,7 +112,7 @@ async def test_only_one_node_takes_the_trial_and_its_close_closes_every_node(
 
 
 async def test_after_a_close_the_next_trip_gets_its_trial_on_time(
-    make_cluster: Callable[[float], Cluster],
+    make_cluster: Callable[..., Cluster],
 ) -> None:
     """A trip after a close half-opens a node when its open period ends, not when the
     closed trial's token would have run out (TRIAL_TTL)."""
@@ -125,7 +130,7 @@ async def test_after_a_close_the_next_trip_gets_its_trial_on_time(
 
 
 async def test_a_failed_trial_reopens_every_node_for_twice_as_long(
-    make_cluster: Callable[[float], Cluster],
+    make_cluster: Callable[..., Cluster],
 ) -> None:
     """The trial fails: both nodes open again, for double the first open period."""
     cluster = make_cluster(0.3)
@@ -140,7 +145,7 @@ async def test_a_failed_trial_reopens_every_node_for_twice_as_long(
 
 
 async def test_a_node_that_starts_later_loads_the_current_trip(
-    make_cluster: Callable[[float], Cluster],
+    make_cluster: Callable[..., Cluster],
 ) -> None:
     """A node starting during another node's open period opens the member for the rest of it."""
     cluster = make_cluster(5.0)
@@ -154,7 +159,7 @@ async def test_a_node_that_starts_later_loads_the_current_trip(
 
 
 async def test_a_trip_is_forgotten_when_its_open_period_ends(
-    make_cluster: Callable[[float], Cluster],
+    make_cluster: Callable[..., Cluster],
 ) -> None:
     """A node starting within the open period loads the trip; one starting after it does not."""
     cluster = make_cluster(0.4)
@@ -168,3 +173,40 @@ async def test_a_trip_is_forgotten_when_its_open_period_ends(
     after = await cluster.start_node()
     assert after.state == CLOSED
     assert after.admit(now()) == PASS
+
+
+async def test_one_nodes_trip_is_doubted_and_a_second_opens_the_third(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """corroborate = 2: A's trip leaves the member closed on B and C, doubted; B's next
+    failure trips it there at once, and with two reports C opens it for B's period."""
+    cluster = make_cluster(5.0, corroborate=2)
+    a, b, c = [await cluster.start_node() for _ in range(3)]
+    fail_a_call(a)
+    await eventually(lambda: b.doubts == c.doubts == 1)
+    assert (b.state, c.state) == (CLOSED, CLOSED)
+    assert c.admit(now()) == PASS
+    fail_a_call(b)
+    assert b.state == OPEN
+    await eventually(lambda: c.state == OPEN)
+    assert 4.0 < c.retry_after(now()) <= 5.0
+
+
+async def test_a_late_node_opens_only_on_two_stored_reports(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """corroborate = 2: a node starting after one node's trip only doubts the member; one
+    starting after two nodes' trips opens it."""
+    cluster = make_cluster(5.0, corroborate=2)
+    a, b = await cluster.start_node(), await cluster.start_node()
+    fail_a_call(a)
+    await eventually(lambda: b.doubts == 1)
+    await asyncio.sleep(0.1)  # A's report is written just after its message
+    early = await cluster.start_node()
+    assert (early.state, early.doubts) == (CLOSED, 1)
+    fail_a_call(b)
+    await eventually(lambda: early.state == OPEN)
+    await asyncio.sleep(0.1)
+    late = await cluster.start_node()
+    assert late.state == OPEN
+    assert 4.0 < late.retry_after(now()) <= 5.0

@@ -1,4 +1,5 @@
-"""Shared breaker trips across real `python run.py` nodes: a trip on one stops the other."""
+"""Shared breaker trips across real `python run.py` nodes: with corroborate = 1, a trip on
+one stops the other (test_breaker_quorum_cluster.py has the default, a quorum of two)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def gateway_config(name: str, origin_port: int) -> str:
         f'[node]\nname = "{name}"\n\n[backends]\nredis = "{SHARED_REDIS}"\n\n'
         f'[upstreams.app]\ntargets = ["http://127.0.0.1:{origin_port}"]\n\n'
         '[[routes]]\npath = "/api/{tail:.*}"\ntarget = "upstream:app"\nstrip_prefix = "/api"\n'
-        f"breaker = {{ min_requests = {MIN_REQUESTS}, open_seconds = 30 }}\n"
+        f"breaker = {{ min_requests = {MIN_REQUESTS}, open_seconds = 30, corroborate = 1 }}\n"
     )
 
 
@@ -48,8 +49,8 @@ def origin_calls(port: int) -> int:
 def test_a_trip_on_one_node_stops_the_other_within_100_ms(
     start_node: Callable[..., object], write_config: Callable[..., object], origin_port: int
 ) -> None:
-    """Node A trips on the origin's 500s; within 100 ms node B answers 503 circuit_open
-    (with Retry-After) and no longer calls the origin."""
+    """With corroborate = 1, node A trips on the origin's 500s; within 100 ms node B
+    answers 503 circuit_open (with Retry-After) and no longer calls the origin."""
     gateways = []
     for label in ("a", "b"):
         name = f"br-{label}-{uuid.uuid4().hex[:8]}"

@@ -209,9 +209,10 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 async def test_a_trip_on_one_node_stops_the_other_within_100_ms(
     start: Start, upstream: Upstream, redis_client: aioredis.Redis
 ) -> None:
-    """Node A's trip reaches node B over Redis: B opens the member within 100 ms and answers
-    503 without calling the upstream; B's trial is the cluster's only one."""
-    table = {"open_seconds": 0.5, "min_requests": 5, "shared": True}
+    """With corroborate = 1, node A's trip reaches node B over Redis: B opens the member
+    within 100 ms and answers 503 without calling the upstream; B's trial is the cluster's
+    only one."""
+    table = {"open_seconds": 0.5, "min_requests": 5, "shared": True, "corroborate": 1}
     suffix = uuid.uuid4().hex[:8]
     a = await start(settings([upstream.url], breaker=table, redis=REDIS_URL, name=f"a-{suffix}"))
     b = await start(settings([upstream.url], breaker=table, redis=REDIS_URL, name=f"b-{suffix}"))
@@ -244,10 +245,10 @@ def exchange_of(client: TestClient) -> TripExchange:
 async def test_a_node_that_starts_after_a_trip_opens_the_member_at_once(
     start: Start, upstream: Upstream, redis_server: RedisServer
 ) -> None:
-    """Node A trips a member; node B, started afterwards (the trip's pub/sub message long
-    gone), reads the trip's key on start: its very first request is a 503 circuit_open
-    with Retry-After, and the upstream never hears from B."""
-    table = {"open_seconds": 30, "min_requests": 5, "shared": True}
+    """Node A trips a member (corroborate = 1); node B, started afterwards (the trip's
+    pub/sub message long gone), reads the trip's report on start: its very first request
+    is a 503 circuit_open with Retry-After, and the upstream never hears from B."""
+    table = {"open_seconds": 30, "min_requests": 5, "shared": True, "corroborate": 1}
     a = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="a"))
     assert await statuses(a, 5, **FAIL) == [500] * 5
     name = pool_of(a).members[0].circuit.name  # type: ignore[union-attr]
@@ -274,10 +275,10 @@ async def test_a_node_that_starts_after_a_trip_opens_the_member_at_once(
 async def test_a_trip_missed_while_the_bus_was_down_is_read_on_reconnect(
     start: Start, upstream: Upstream, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """B's subscriber connection is cut when A trips: B misses the message, and on
-    resubscribing (resync) reads the trip's key and opens the member."""
+    """B's subscriber connection is cut when A trips (corroborate = 1): B misses the
+    message, and on resubscribing (resync) reads the trip's report and opens the member."""
     monkeypatch.setattr(cluster_bus, "RECONNECT_INTERVAL", 1.5)  # time for A's trip meanwhile
-    table = {"open_seconds": 30, "min_requests": 5, "shared": True}
+    table = {"open_seconds": 30, "min_requests": 5, "shared": True, "corroborate": 1}
     a = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="a"))
     b = await start(settings([upstream.url], breaker=table, redis=redis_server.url, name="b"))
     bus_b = b.app[RESOURCES].bus  # type: ignore[index]

@@ -157,6 +157,39 @@ def test_open_for_takes_another_nodes_trip() -> None:
     assert (circuit.state, circuit.open_until, circuit.level, told) == (OPEN, 70.0, 2, [])
 
 
+def test_a_doubted_circuit_trips_on_its_next_failure() -> None:
+    """Doubted (another node tripped it): one failure, far under min_requests, opens it
+    for open_seconds, and it reports the trip as its own."""
+    told: list[float] = []
+    circuit = Circuit(SETTINGS, on_trip=lambda _, s: told.append(s))
+    circuit.doubt(until=130.0)
+    calls(circuit, 100.0, bad=1)
+    assert (circuit.state, circuit.level, told, circuit.doubts) == (OPEN, 0, [5.0], 1)
+
+
+def test_a_success_dispels_a_doubt() -> None:
+    """A doubted circuit whose next call succeeds is plainly closed again."""
+    circuit = Circuit(SETTINGS)
+    circuit.doubt(until=130.0)
+    calls(circuit, 100.0, ok=1, bad=1)
+    assert (circuit.state, circuit.doubt_until) == (CLOSED, 0.0)
+
+
+def test_a_doubt_lapses_with_the_reporters_period() -> None:
+    """A failure after the doubt's end is judged as any other."""
+    circuit = Circuit(SETTINGS)
+    circuit.doubt(until=130.0)
+    calls(circuit, 131.0, bad=1)
+    assert circuit.state == CLOSED
+
+
+def test_an_open_circuit_is_not_doubted() -> None:
+    """Doubt is for closed circuits: an open one keeps its own verdict."""
+    circuit = tripped()
+    circuit.doubt(until=130.0)
+    assert (circuit.doubt_until, circuit.doubts) == (0.0, 0)
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -164,6 +197,10 @@ def test_open_for_takes_another_nodes_trip() -> None:
         ({"min_requests": 0}, "breaker.min_requests: must be >= 1"),
         ({"open_seconds": 10, "max_open_seconds": 5}, "breaker.max_open_seconds: must be >="),
         ({"failure_statuses": [700]}, "breaker.failure_statuses[0]: must be an HTTP status"),
+        ({"corroborate": 0}, "breaker.corroborate: must be >= 1"),
+        ({"max_ejection_percent": 0}, "breaker.max_ejection_percent: must be > 0 and <= 100"),
+        ({"max_ejection_percent": 101}, "breaker.max_ejection_percent: must be > 0 and <= 100"),
+        ({"corroborate": 1.5}, "breaker.corroborate: must be an integer"),
         ({"open_secs": 5}, "breaker.open_secs: unknown key; did you mean 'open_seconds'?"),
     ],
 )

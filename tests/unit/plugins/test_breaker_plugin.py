@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +13,7 @@ from node.app import POOLS, STATS, build_app
 from node.config import Settings
 from node.errors import ConfigError
 from node.schema import build
+from plugins.breaker.settings import BreakerSettings
 from plugins.breaker.shared import TripExchange
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -86,3 +90,22 @@ def test_shared_false_keeps_circuits_local_with_redis() -> None:
     app = build_app(settings(route("/a", {"shared": False}), redis=REDIS_URL), "all")
     circuit = app[POOLS]["app"].members[0].circuit
     assert (circuit.auto_half_open, circuit.on_trip) == (True, None)  # type: ignore[union-attr]
+
+
+def test_a_pools_circuits_answer_to_one_ejection_cap() -> None:
+    """The pool's circuits share one cap of max_ejection_percent, shown in the snapshot."""
+    app = build_app(settings(route("/a", {"max_ejection_percent": 100})), "all")
+    caps = {id(member.circuit.cap) for member in app[POOLS]["app"].members}  # type: ignore[union-attr]
+    assert len(caps) == 1
+    (_, plugin), *_ = app_plugins(app)
+    snapshot = plugin.snapshot()
+    assert snapshot["gauges"]["max_open_members"] == 2
+    assert (snapshot["counters"]["capped"], snapshot["counters"]["doubts"]) == (0, 0)
+
+
+def test_the_docs_table_names_every_setting() -> None:
+    """docs/plugins/breaker.md's table of keys names every BreakerSettings key, no other."""
+    doc = (Path(__file__).parents[3] / "docs/plugins/breaker.md").read_text()
+    rows = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row)}
+    assert documented == {field.name for field in dataclasses.fields(BreakerSettings)}
