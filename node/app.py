@@ -9,11 +9,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from node.admin import admin_app
+from node.agent import state_routes
 from node.backends import build_probes
 from node.catalogue import Catalogue, catalogue
 from node.config import Settings, route_methods
+from node.drain import NODE_STATE, NodeState
+from node.edge_replies import json_errors
+from node.edge_stats import EDGE, EdgeCollector, EdgeStats
 from node.errors import ConfigError
-from node.http import route_endpoint, unmatched_endpoint
+from node.http import expect_continue, route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
 from node.pipeline import build_plugins, compose
 from node.plugin import BuildContext
@@ -51,12 +55,16 @@ def build_app(settings: Settings, role: str, plugins: Catalogue | None = None) -
     app[STATS] = stats
     app[POOLS] = pools
     app[RESOURCES] = resources
+    app[NODE_STATE] = state = NodeState()  # /ready and the agent-check answer from it
+    app[EDGE] = edge = EdgeStats()  # filled by node.edge's handler when served by EdgeRunner
     app.on_response_prepare.append(identify(node))
+    app.on_response_prepare.append(json_errors)
 
     def pool_snapshots() -> dict[str, dict]:
         return {name: pool.snapshot() for name, pool in pools.items()}
 
     registry = make_registry(NodeCollector(node, stats, pool_snapshots))
+    registry.register(EdgeCollector(node, edge))
     resources.registry.snapshot = NodeSampler(stats, pool_snapshots).snapshot
     add_system_routes(
         app,
@@ -66,6 +74,7 @@ def build_app(settings: Settings, role: str, plugins: Catalogue | None = None) -
         tolerated=resources.tolerated,
         required=resources.required,
         registry=registry,
+        state=state,
     )
     components = ROLE_COMPONENTS[role]
     # A worker composes the routes too (it runs queued jobs through them) but serves none.
@@ -77,6 +86,7 @@ def build_app(settings: Settings, role: str, plugins: Catalogue | None = None) -
         from dashboard import build_dashboard  # a worker-only node never loads it
 
         app.add_subapp("/dashboard", build_dashboard(settings, resources.registry, registry))
+    resources.admin_routes.extend(state_routes(state, node))  # /admin/node/state
     if resources.admin_routes:
         admin = admin_app(node, settings.node.admin_token, resources.admin_routes)
         app.add_subapp("/admin", admin)
@@ -85,7 +95,9 @@ def build_app(settings: Settings, role: str, plugins: Catalogue | None = None) -
     if composes:
         app.cleanup_ctx.append(health_context(pools))  # stopped before the pools close
     resources = list(app.router.resources())
-    app.router.add_route("*", "/{tail:.*}", unmatched_endpoint(node, resources))
+    app.router.add_route(
+        "*", "/{tail:.*}", unmatched_endpoint(node, resources), expect_handler=expect_continue
+    )
     return app
 
 
@@ -124,7 +136,7 @@ def add_routes(
             continue
         try:
             for method in route_methods(route):
-                app.router.add_route(method, route.path, endpoint)
+                app.router.add_route(method, route.path, endpoint, expect_handler=expect_continue)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"{join(path, 'path')}: {exc}") from None
 

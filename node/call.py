@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,17 @@ from urllib.parse import parse_qsl
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
+from node.trace import traceparent_for
+
 JSON_TYPE = "application/json"
+
+
+def wire_bytes(text: str) -> bytes:
+    """The bytes a client sent for `text` (a header value, say). aiohttp decodes header bytes
+    as UTF-8 with surrogateescape, so a byte that is not UTF-8 arrives as a lone surrogate,
+    which a plain .encode() refuses: a client's stray byte would be a 500."""
+    return text.encode("utf-8", "surrogateescape")
+
 
 # Longest client-supplied X-Request-Id that is forwarded as is; a longer one is replaced.
 MAX_REQUEST_ID = 128
@@ -59,6 +70,7 @@ class Call:
         "_raw_path",
         "_request_id",
         "_scheme",
+        "_traceparent",
         "added_headers",
         "body",
         "headers",
@@ -102,6 +114,7 @@ class Call:
         self._scheme = scheme
         self._host = host
         self._request_id: str | None = None
+        self._traceparent: str | None = None
         self._query: MultiDict[str] | None = None
 
     @property
@@ -144,12 +157,28 @@ class Call:
                 self._request_id = new_request_id()
         return self._request_id
 
+    @property
+    def traceparent(self) -> str:
+        """The W3C traceparent this call goes on with: the client's when valid (forwarded
+        unchanged), else a new trace's, made on first use (node.trace)."""
+        if self._traceparent is None:
+            self._traceparent = traceparent_for(self.headers.get("traceparent"))
+        return self._traceparent
+
     def json(self) -> Any:
         """The body parsed as JSON (raises `orjson.JSONDecodeError`, a `ValueError`)."""
         return orjson.loads(self.body)
 
     def __repr__(self) -> str:
         return f"<Call {self.method} {self.path} route={self.route!r}>"
+
+
+class InterimSink(Protocol):
+    """Where the target's interim (1xx) replies go, ahead of the final reply (RFC 9110
+    section 15.2: a proxy forwards them). A call served over HTTP is one; the upstream
+    client finds it through node.trace.CURRENT_CALL, set by the HTTP adapter per request."""
+
+    def send_interim(self, status: int, headers: list[tuple[str, str]]) -> None: ...
 
 
 class ByteStream(Protocol):
@@ -172,7 +201,13 @@ class Reply:
 
     @classmethod
     def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
-        return cls(status, orjson.dumps(data), headers or {}, JSON_TYPE)
+        try:
+            body = orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            # orjson refuses lone surrogates (a client's non-UTF-8 bytes echoed back, see
+            # wire_bytes); the json module writes them as \u escapes, which JSON allows.
+            body = json.dumps(data, separators=(",", ":")).encode()
+        return cls(status, body, headers or {}, JSON_TYPE)
 
     @classmethod
     def text(cls, text: str, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:

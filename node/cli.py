@@ -12,6 +12,7 @@ from node.catalogue import catalogue
 from node.config import Settings, load_settings, redact_url
 from node.errors import ConfigError
 from node.roles import ROLE_COMPONENTS, ROLES
+from node.trace import install_log_context
 
 DEFAULT_CONFIG = Path("config/local.toml")
 
@@ -114,6 +115,7 @@ def main(argv: list[str]) -> int:
             level=settings.node.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        install_log_context()  # warnings and errors name the request's trace and id
         from node.app import build_app
 
         # Every route's pipeline is built whatever the role, so one config file passes or
@@ -137,7 +139,8 @@ def main(argv: list[str]) -> int:
             )
             return 1
 
-        return supervise(child_command(argv), args.processes, settings.node.drain_timeout)
+        stop_within = settings.node.drain_delay + settings.node.drain_timeout
+        return supervise(child_command(argv), args.processes, stop_within)
     from node.server import run
 
     try:

@@ -38,13 +38,40 @@ class NodeSettings:
     trusted_proxies: tuple[str, ...] = ()
     max_body: int = 1024 * 1024  # bytes of request body; more gets 413
     drain_timeout: float = 10.0  # seconds in-flight requests get after SIGTERM
+    # Seconds /ready answers 503 while still serving after SIGTERM, so balancers checking
+    # every 1-2 s stop sending here before the port closes (docs/deploy.md).
+    drain_delay: float = 5.0
+    agent_port: int = 0  # HAProxy agent-check port (docs/deploy.md); 0 = off
+    # Slow clients (docs/configuration.md has the reasons and nginx's equivalents):
+    header_timeout: float = 10.0  # seconds from connect to a whole request head; then 408
+    keepalive_timeout: float = 75.0  # seconds an idle kept-alive connection stays open
+    body_timeout: float = 30.0  # seconds a request body may send nothing; then 408
+    max_connections: int = 0  # open connections per process; 0 = from the open-file limit
     access_log: bool = False  # costs about half the throughput when on
     log_level: str = "info"
+    # Seconds a node that went down (silent) or left stays listed on the dashboard.
+    down_retention: float = 600.0
 
     def check(self, path: str) -> None:
         require(0 <= self.port <= 65535, join(path, "port"), "must be between 0 and 65535")
         require(self.max_body > 0, join(path, "max_body"), "must be > 0")
         require(self.drain_timeout >= 0, join(path, "drain_timeout"), "must be >= 0")
+        require(self.drain_delay >= 0, join(path, "drain_delay"), "must be >= 0")
+        require(self.down_retention >= 10, join(path, "down_retention"), "must be >= 10 s")
+        require(0 <= self.agent_port <= 65535, join(path, "agent_port"), "must be 0 to 65535")
+        for key in ("header_timeout", "keepalive_timeout", "body_timeout"):
+            require(getattr(self, key) > 0, join(path, key), "must be > 0")
+        # aiohttp closes a connection still waiting for a head at keepalive_timeout.
+        require(
+            self.header_timeout <= self.keepalive_timeout,
+            join(path, "header_timeout"),
+            f"must be <= keepalive_timeout ({self.keepalive_timeout:g})",
+        )
+        require(
+            self.max_connections >= 0,
+            join(path, "max_connections"),
+            "must be >= 0 (0 = derived from the open-file limit)",
+        )
         require(
             self.log_level in LOG_LEVELS,
             join(path, "log_level"),

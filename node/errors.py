@@ -48,6 +48,13 @@ class MethodNotAllowed(Rejected):
     code = "method_not_allowed"
 
 
+class RequestTimeout(Rejected):
+    """The client stopped sending its request (node.body_timeout); the connection closes."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(Rejected):
     status = 413
     code = "payload_too_large"

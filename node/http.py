@@ -12,15 +12,25 @@ import logging
 from collections.abc import Mapping
 from time import perf_counter
 
-from aiohttp import web
+import orjson
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from node.call import AddedHeaders, ByteStream, Call, Handler, Reply
+from node.call import JSON_TYPE, AddedHeaders, ByteStream, Call, Handler, Reply
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
 from node.metrics import RouteStats
 from node.resources import RESOURCES, Resources
 from node.targets import as_reply
-from node.wire import CONTENT_TYPE, X_NODE, ReadyResponse, header_items, json_response
+from node.trace import CURRENT_CALL
+from node.wire import (
+    CONTENT_TYPE,
+    X_NODE,
+    ReadyResponse,
+    header_items,
+    json_response,
+    write_interim,
+)
 
 log = logging.getLogger("scalenode.http")
 
@@ -83,6 +93,7 @@ class RequestCall(Call):
         # pinned to 3.14; the rate limit's tests check the address). Never cloned here.
         self.peer = request._transport_peername
         self._request_id = None
+        self._traceparent = None
         self._query = None
         self._request = request
 
@@ -126,6 +137,10 @@ class RequestCall(Call):
     @property  # type: ignore[override]
     def resources(self) -> Resources:
         return self._request.app[RESOURCES]
+
+    def send_interim(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """node.call.InterimSink: the target's 1xx goes to the client now."""
+        write_interim(self._request, status, headers)
 
 
 def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> ReadyResponse:
@@ -199,6 +214,24 @@ BAD_PATH = Reply.json(
 )
 
 
+EXPECTATION_FAILED = orjson.dumps(
+    {"error": "expectation_failed", "detail": "only Expect: 100-continue is understood"}
+)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """aiohttp's Expect handling, without echoing the header (its 417 text quotes the value,
+    and a non-UTF-8 byte in it made that a 500): RFC 9110 section 10.1.1, a 100 for
+    100-continue on HTTP/1.1, else 417."""
+    if request.version != HttpVersion11:
+        return  # an HTTP/1.0 client cannot have sent a meaningful Expect
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the reply proper has not begun (as aiohttp)
+        return
+    raise web.HTTPExpectationFailed(body=EXPECTATION_FAILED, content_type=JSON_TYPE)
+
+
 def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
     """The aiohttp handler of one route: the adapter around its composed pipeline."""
     label = stats.label
@@ -215,6 +248,9 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
         try:
             try:
                 call = RequestCall(request, label, b"")
+                # The task is this request's: its log lines name it, the upstream client
+                # hands it the target's 1xx replies.
+                CURRENT_CALL.set(call)
                 if request.body_exists:
                     call.body = await read_body(request, max_body)
                 reply = await handler(call)

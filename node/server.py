@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
+from node.agent import start_agent
 from node.app import STATS, build_app
-from node.config import Settings
+from node.config import NodeSettings, Settings
+from node.drain import NODE_STATE, announce_drain, watch_signals
+from node.edge import EdgeRunner
+from node.edge_stats import EDGE
 from node.metrics import NodeStats
 from node.resources import RESOURCES
+from node.trace import AccessLogger
 
 log = logging.getLogger("scalenode")
 
@@ -33,31 +37,46 @@ async def serve(settings: Settings, role: str, *, reuse_port: bool = False) -> N
     """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
     app = build_app(settings, role)
     node = settings.node
-    runner = web.AppRunner(
+    runner = node_runner(app, node)
+    await runner.setup()
+    stop = asyncio.Event()
+    skip_delay = watch_signals(asyncio.get_running_loop(), stop)
+    agent = None
+    try:
+        site = web.TCPSite(runner, node.host, node.port, reuse_port=reuse_port or None)
+        await site.start()
+        agent = await start_agent(node, app[NODE_STATE], app[STATS], reuse_port)
+        log.info(
+            "node %s (role %s) listening on http://%s:%d (at most %d connections)",
+            node.name,
+            role,
+            node.host,
+            node.port,
+            app[EDGE].cap,
+        )
+        await stop.wait()
+        await announce_drain(runner, app[NODE_STATE], node.drain_delay, skip_delay)
+        log.info("node %s draining (up to %g s)", node.name, node.drain_timeout)
+        await drain(runner, app[STATS], node.drain_timeout, app[RESOURCES].on_drain)
+    finally:
+        if agent is not None:
+            agent.close()  # answered `drain` until here
+        await runner.cleanup()
+    log.info("node %s stopped", node.name)
+
+
+def node_runner(app: web.Application, node: NodeSettings) -> EdgeRunner:
+    """The runner that serves `app`: aiohttp's, with node.edge's connection handler."""
+    return EdgeRunner(
         app,
+        node,
         handle_signals=False,
         access_log=logging.getLogger("scalenode.access") if node.access_log else None,
+        access_log_class=AccessLogger,  # its lines name the trace id and X-Request-Id
         # The drain is ours (see drain()); by the time aiohttp's own shutdown runs, what is
         # still in flight has had its time and is cancelled.
         shutdown_timeout=CANCEL_GRACE,
     )
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        site = web.TCPSite(runner, node.host, node.port, reuse_port=reuse_port or None)
-        await site.start()
-        log.info(
-            "node %s (role %s) listening on http://%s:%d", node.name, role, node.host, node.port
-        )
-        await stop.wait()
-        log.info("node %s draining (up to %g s)", node.name, node.drain_timeout)
-        await drain(runner, app[STATS], node.drain_timeout, app[RESOURCES].on_drain)
-    finally:
-        await runner.cleanup()
-    log.info("node %s stopped", node.name)
 
 
 async def drain(

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from node.backends import Probe
+from node.drain import READY, NodeState
 from node.wire import json_response
 
 
@@ -21,6 +22,7 @@ def add_system_routes(
     tolerated: set[str],
     required: set[str],
     registry: CollectorRegistry,
+    state: NodeState | None = None,
 ) -> None:
     pid = os.getpid()
 
@@ -28,6 +30,12 @@ def add_system_routes(
         return json_response({"status": "ok", "node": node, "role": role, "pid": pid}, 200, node)
 
     async def ready(request: web.Request) -> web.Response:
+        if state is not None and state.state != READY:
+            # Draining (after SIGTERM) or held by an operator: balancers stop sending here.
+            status = "draining" if state.state == "drain" else "maintenance"
+            detail = f"node {node} is {status}; it takes no new work"
+            body = {"status": status, "error": status, "detail": detail, "node": node}
+            return json_response(body, 503, node)
         failures = await asyncio.gather(*(probe.check() for probe in probes))
         backends = {
             probe.name: {"ok": True} if failure is None else {"ok": False, "error": failure}

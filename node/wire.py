@@ -141,6 +141,29 @@ class ReadyResponse:
         """Nothing left: `prepare` wrote the whole reply."""
 
 
+def write_interim(request: web.BaseRequest, status: int, headers: list[tuple[str, str]]) -> None:
+    """An interim (1xx) reply on the client's connection, ahead of the final one (RFC 9110
+    section 15.2). Not to an HTTP/1.0 client, not once any of the final reply is out or
+    queued (a late 1xx would land inside it or before the next request's reply), and not
+    with a CR or LF in a line: each case drops it, and the final reply goes as ever."""
+    version = request.version
+    writer = request.writer
+    transport = request.transport
+    if (
+        version < HttpVersion11
+        or writer.output_size
+        or writer._headers_buf  # type: ignore[attr-defined]
+        or transport is None
+        or transport.is_closing()
+    ):
+        return
+    lines = [status_line(version, status), *(f"{name}: {value}" for name, value in headers)]
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+        return
+    transport.write(text.encode())
+
+
 def identify(node: str):
     """The `on_response_prepare` hook that names the node (X-Node) and the product (Server)
     on every reply aiohttp prepares: system routes, the dashboard, admin, streams.

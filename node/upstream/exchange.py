@@ -5,14 +5,17 @@ through as it arrives. `node.upstream.fastclient` pools these connections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import httptools
 
+from node.call import Call
 from node.errors import BadGateway, GatewayTimeout
-from node.upstream.pool import READ_WHOLE_LIMIT
+from node.trace import CURRENT_CALL
+from node.upstream.pool import HOP_BY_HOP, READ_WHOLE_LIMIT
 
 if TYPE_CHECKING:
     from node.upstream.fastclient import FastClient
@@ -20,6 +23,11 @@ if TYPE_CHECKING:
 PAUSE_AT = 4 * 64 * 1024  # bytes a streamed reply may buffer before reading pauses
 MAX_HEAD = 64 * 1024  # bytes of reply headers an upstream may send; more is a 502
 NO_BODY = frozenset({204, 304})
+# Interim replies forwarded to the client (RFC 9110 section 15.2): not 100 Continue, which
+# answers the node's own request (aiohttp answered the client's Expect itself), nor 101.
+FORWARDED_INTERIM = range(102, 200)
+INTERIM_DROP = HOP_BY_HOP | {"content-length"}
+log = logging.getLogger("scalenode.upstream")
 
 
 class Exchange(asyncio.Protocol):
@@ -45,6 +53,9 @@ class Exchange(asyncio.Protocol):
         self.answered = False  # any byte of the current reply arrived
         self.head_size = 0  # bytes of header names and values in the current reply
         self.head_read = 0  # bytes read while its head was still incomplete
+        # The call this exchange answers, if served over HTTP (node.trace.CURRENT_CALL):
+        # its send_interim takes the upstream's 1xx replies to the client.
+        self.interim: Call | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,7 +128,9 @@ class Exchange(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200:  # an interim reply (100 Continue): the real one follows
+        if 100 <= status < 200:  # an interim reply: the real one follows
+            if status in FORWARDED_INTERIM and hasattr(self.interim, "send_interim"):
+                self.forward_interim(status)
             self.headers = []
             return
         self.status = status
@@ -129,6 +142,21 @@ class Exchange(asyncio.Protocol):
         elif status not in NO_BODY and (length is None or int(length) > READ_WHOLE_LIMIT):
             self.stream = ReplyStream(self, self.timeout)
             self._resolve_head()
+
+    def forward_interim(self, status: int) -> None:
+        """Hand a 1xx (its end-to-end fields) to the client's sink; nothing it does (a
+        client gone, say) may break the exchange, whose final reply is still to come."""
+        drop = INTERIM_DROP | {
+            token.strip().lower()
+            for name, value in self.headers
+            if name.lower() == "connection"
+            for token in value.split(",")
+        }
+        headers = [(name, value) for name, value in self.headers if name.lower() not in drop]
+        try:
+            self.interim.send_interim(status, headers)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("forwarding a %d from %s to the client failed", status, self.url)
 
     def on_body(self, body: bytes) -> None:
         if self.stream is not None:
@@ -197,6 +225,7 @@ class Exchange(asyncio.Protocol):
         self.stream, self.complete, self.keep_alive = None, False, False
         self.head_only = head_only
         self.in_use, self.answered = True, False
+        self.interim = CURRENT_CALL.get()  # read here: in the task of the request it answers
         self.head_size = self.head_read = 0
         assert self.transport is not None
         if len(body) < 65536:

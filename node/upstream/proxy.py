@@ -67,6 +67,10 @@ class UpstreamProxy:
             headers["X-Forwarded-Proto"] = call.scheme
             headers["X-Forwarded-Host"] = call.host
         headers["X-Request-Id"] = call.request_id
+        traceparent = call.traceparent
+        if traceparent != headers.get("traceparent"):  # the client's was absent or invalid
+            headers["traceparent"] = traceparent
+            headers.popall("tracestate", None)  # it belonged to the trace not taken up
         return headers
 
     async def __call__(self, call: Call) -> Reply:

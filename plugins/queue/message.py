@@ -17,6 +17,7 @@ from node.call import Call
 HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length")
 )
+NOT_COPIED = HOP_BY_HOP | {"traceparent"}  # the call's own is added (node.trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,9 @@ class JobMessage:
 
     def encode(self) -> bytes:
         call = self.call
-        headers = [[k, v] for k, v in call.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [[k, v] for k, v in call.headers.items() if k.lower() not in NOT_COPIED]
         headers.append(["X-Request-Id", call.request_id])  # the id the client was answered with
+        headers.append(["traceparent", call.traceparent])  # the client's, or the trace begun
         return orjson.dumps(
             {
                 "job": self.job_id,

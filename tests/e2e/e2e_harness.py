@@ -33,6 +33,9 @@ def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALENODE__")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(E2E_DIR), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    # No balancer watches a test's node: SIGTERM stops it without the drain's announcement
+    # (tests of the drain set their own through extra).
+    env["SCALENODE__NODE__DRAIN_DELAY"] = "0"
     env.update(extra or {})
     return env
 
