@@ -69,6 +69,7 @@ class Admission:
             tags[:MAX_TAGS],
             times,
             selects,
+            assessment.must_revalidate,
         )
 
 

@@ -15,12 +15,13 @@ from typing import Any
 from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 
+from node.call import wire_bytes
 from node.cluster.autopipe import AutoPipeline, ReplyError, pack
 from node.cluster.redis import RedisConnection
 
 
 def encoded(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
+    return value if isinstance(value, bytes) else wire_bytes(str(value))
 
 
 class PipelinedClient:
@@ -84,7 +85,7 @@ async def set_nx_px(connection: RedisConnection, key: str, value: str, ms: int) 
     """SET key value NX PX ms, auto-pipelined where the node has the pipeline."""
     if connection.pipeline is None:
         return bool(await connection.client.set(key, value, nx=True, px=ms))
-    command = pack(b"SET", key.encode(), value.encode(), b"NX", b"PX", b"%d" % ms)
+    command = pack(b"SET", wire_bytes(key), value.encode(), b"NX", b"PX", b"%d" % ms)
     return await connection.pipeline.execute(command) is not None
 
 

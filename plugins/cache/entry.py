@@ -40,14 +40,13 @@ class Entry:
     __slots__ = (
         "body",
         "content_type",
-        "etag",
         "fresh_until",
         "headers",
         "hit_headers",
         "hit_until",
         "keep_until",
         "l1_until",
-        "last_modified",
+        "must_revalidate",
         "path",
         "selects",
         "size",
@@ -68,6 +67,7 @@ class Entry:
         tags: tuple[str, ...],
         times: tuple[float, float, float, float, float] | list[float],
         selects: tuple[tuple[str, str | None], ...] = (),
+        must_revalidate: bool = False,
     ) -> None:
         self.status = status
         self.body = body
@@ -88,8 +88,8 @@ class Entry:
         # Section 4.1: the request headers its Vary names (beyond the key's) and their
         # normalised values when it was stored; () for most replies.
         self.selects = selects
-        self.etag = header(headers, "ETag")
-        self.last_modified = header(headers, "Last-Modified")
+        # Section 5.2.2.2: once stale, an origin out of reach means a 504, not this copy.
+        self.must_revalidate = must_revalidate
         self.l1_until = self.hit_until = 0.0  # set when L1 takes it
         self.size = ENTRY_OVERHEAD + len(body) + sum(len(k) + len(v) for k, v in headers.items())
         # An L1 hit's headers, ready but for Age: one copy and one store per hit.
@@ -101,6 +101,15 @@ class Entry:
     @property
     def expires(self) -> float:
         return self.keep_until
+
+    @property
+    def etag(self) -> str | None:
+        """Its validators, read when it is revalidated (never on a hit)."""
+        return header(self.headers, "ETag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return header(self.headers, "Last-Modified")
 
     def fits(self, headers: Mapping[str, str]) -> bool:
         """The request's selecting headers match those it was stored for (section 4.1)."""
@@ -136,6 +145,7 @@ class Entry:
                 self.keep_until,
             ],
             self.selects,
+            self.must_revalidate,
         ]
         return orjson.dumps(meta) + b"\n" + self.body
 
@@ -145,15 +155,14 @@ class Entry:
         meta, newline, body = blob.partition(b"\n")
         if not newline:
             raise ValueError("not a cache entry")
-        status, content_type, pairs, path, tags, times, selects = orjson.loads(meta)
-        if len(times) != 5:
-            raise ValueError("not a cache entry of this version")
+        # ValueError (unpacking) on a blob of another version, whose list is another length
+        status, content_type, pairs, path, tags, times, selects, strict = orjson.loads(meta)
         # Filtered when stored: only a repeated name needs more than a dict.
         headers: dict[str, str] | CIMultiDict[str] = {istr(k): v for k, v in pairs}
         if len(headers) < len(pairs):
             headers = CIMultiDict((istr(k), v) for k, v in pairs)
-        selecting = tuple((name, value) for name, value in selects)
-        return cls(status, body, headers, content_type, path, tuple(tags), times, selecting)
+        selecting = tuple(map(tuple, selects)) if selects else ()
+        return cls(status, body, headers, content_type, path, tuple(tags), times, selecting, strict)
 
 
 def decoded(blob: bytes | None) -> Entry | None:

@@ -26,6 +26,9 @@ REVALIDATE_KEEP = 600.0
 # The fields that tell this cache its policy, first found wins (RFC 9213 section 2.2):
 # they replace Cache-Control and Expires, and are never forwarded.
 TARGETED = ("Scalenode-Cache-Control", "CDN-Cache-Control")
+# Sections 5.2.2.2, 5.2.2.8, 5.2.2.10: a stale copy is never served, and when the origin
+# cannot be reached the cache answers 504 rather than reuse it.
+MUST_REVALIDATE = frozenset(("must-revalidate", "proxy-revalidate", "s-maxage"))
 DIRECTIVE = re.compile(r'\s*([^\s=,";]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
 SELECTING_BLANKS = re.compile(r"\s*,\s*")
 
@@ -134,6 +137,7 @@ class Assessment:
     stale_if_error: float
     validated: bool  # it has an ETag or Last-Modified
     hidden: tuple[str, ...]  # fields `private="..."` keeps out of the stored copy
+    must_revalidate: bool = False  # must-revalidate, proxy-revalidate or s-maxage
 
     def times(self) -> tuple[float, float, float, float, float]:
         fresh = self.born + self.lifetime
@@ -217,9 +221,8 @@ def assess(
     if lifetime <= 0 and not validated:
         return None  # stale at once with nothing to revalidate it by: not worth a slot
     # Section 4.2.4: these forbid serving it stale, whatever the route allows.
-    strict = not {"must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"}.isdisjoint(
-        directives
-    )
+    must_revalidate = not MUST_REVALIDATE.isdisjoint(directives)
+    strict = must_revalidate or "no-cache" in directives
     swr = optional_seconds(directives.get("stale-while-revalidate"))
     sie = optional_seconds(directives.get("stale-if-error"))
     return Assessment(
@@ -229,6 +232,7 @@ def assess(
         0.0 if strict else default.stale_if_error if sie is None else sie,
         validated,
         tuple(name.strip().lower() for name in (private or "").split(",") if name.strip()),
+        must_revalidate,
     )
 
 

@@ -67,6 +67,15 @@ def passing(exc: Rejected, label: str) -> None:
     exc.headers = {**exc.headers, X_CACHE: label}
 
 
+def unrevalidated(exc: BadGateway, label: str) -> GatewayTimeout:
+    """RFC 9111 section 5.2.2.2: a stale must-revalidate entry whose origin cannot be
+    reached is not reused, and the cache says so with a 504, not the target's 502."""
+    return GatewayTimeout(
+        f"a stored reply must be revalidated and its origin failed: {exc.detail}",
+        headers={**exc.headers, X_CACHE: label},
+    )
+
+
 def labelled(reply: Reply, label: str) -> Reply:
     """`reply` with X-Cache set, never mutating a headers object someone else may share."""
     headers = reply.headers
@@ -131,7 +140,11 @@ class ResponseCache(Plugin):
                 if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
                     return shaped(call, entry.hit(now))
                 return entry.hit(now)
-            return shaped(call, await self.lookup(call, next, key, self.l1.get(key, now)))
+            reply = await self.lookup(call, next, key, self.l1.get(key, now))
+            headers = call.headers
+            if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
+                return shaped(call, reply)
+            return reply
         if method not in SAFE:
             return await self.write_through(call, next)
         self.counts["bypass"] += 1
@@ -175,9 +188,9 @@ class ResponseCache(Plugin):
         found, l2_up = await self.read_l2(key)
         now = self.clock()
         headers = call.headers
-        if found is not None and not found.fits(headers):  # another variant (section 4.1)
-            found = None
-        if stale is not None and not stale.fits(headers):
+        if found is not None and found.selects and not found.fits(headers):  # section 4.1
+            found = None  # another variant
+        if stale is not None and stale.selects and not stale.fits(headers):
             stale = None
         if found is not None and now < found.fresh_until:
             self.l1.put(key, found, now)
@@ -220,6 +233,8 @@ class ResponseCache(Plugin):
             if stale is not None and self.clock() < stale.stale_error_until:
                 self.counts["stale"] += 1
                 return stale.reply(STALE, self.clock()), None, STALE
+            if stale is not None and stale.must_revalidate and isinstance(exc, BadGateway):
+                raise unrevalidated(exc, label) from exc
             passing(exc, label)
             raise
         except Rejected as exc:

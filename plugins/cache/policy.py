@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from functools import lru_cache
 
-from node.call import Call, Reply
+from node.call import Call, Reply, wire_bytes
 
 MAX_KEY_LENGTH = 240  # characters; a longer key is kept readable up to here, then hashed
 SEP = "\x1f"  # between key parts: no header value or path holds it unescaped
@@ -50,7 +50,7 @@ class KeyBuilder:
         if self.vary:
             key += SEP + SEP.join([headers.get(name, "") for name in self.vary])
         if len(key) > MAX_KEY_LENGTH:
-            digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+            digest = hashlib.blake2b(wire_bytes(key), digest_size=16).hexdigest()
             key = key[: MAX_KEY_LENGTH - 34] + "#" + digest
         return key
 

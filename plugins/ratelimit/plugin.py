@@ -13,7 +13,7 @@ from typing import Any
 
 from multidict import istr
 
-from node.call import Call, Handler, Reply
+from node.call import Call, Handler, Reply, wire_bytes
 from node.errors import BackendUnavailable, RateLimited, Rejected, ServiceUnavailable
 from node.forwarding import TrustedProxies
 from node.plugin import Plugin
@@ -46,7 +46,7 @@ RESET_LINES = tuple(RESET_LINE % n for n in range(3601))
 
 @lru_cache(maxsize=65536)  # clients repeat; their digest need not be recomputed
 def digest(client_key: str) -> str:
-    return hashlib.blake2b(client_key.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(wire_bytes(client_key), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.call import wire_bytes
 from node.cluster.redis import RedisConnection
 from node.errors import BackendUnavailable
 from node.wire import json_response
@@ -25,7 +26,7 @@ CACHE_MAX = 50_000
 
 
 def digest(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
+    return hashlib.sha256(wire_bytes(api_key)).hexdigest()
 
 
 class TierDirectory:

@@ -180,6 +180,9 @@ class Cached:
 
 
 BACKENDS = ("embedded", "redis")
+# The backends several nodes share: tests of one node reading another's entries run on
+# these alone (an embedded node has no L2 of another's to read).
+SHARED = ("redis",)
 
 
 @contextlib.asynccontextmanager

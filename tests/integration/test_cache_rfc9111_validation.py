@@ -9,13 +9,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .cache_helpers import BACKENDS, Cached, cached_for, http_date
+from .cache_helpers import BACKENDS, SHARED, Cached, cached_for, http_date
 
 MODIFIED = http_date(-3600)
 
 
 @pytest.fixture(params=BACKENDS)
 async def cached(request: pytest.FixtureRequest) -> AsyncIterator[Cached]:
+    async with cached_for(request.param) as made:
+        yield made
+
+
+@pytest.fixture(params=SHARED)
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Cached]:
+    """Nodes over one origin that share their L2."""
     async with cached_for(request.param) as made:
         yield made
 
@@ -104,6 +111,42 @@ async def test_strict_entries_are_never_served_stale(cached: Cached, directive: 
     assert (status, headers["X-Cache"]) == (500, "MISS")
 
 
+async def origin_gone(cached: Cached) -> None:
+    """The origin stops: its port refuses connections from now on."""
+    await cached.origin.stop()
+    cached.origin.runner = None
+
+
+@pytest.mark.parametrize("directive", ["must-revalidate", "proxy-revalidate", "s-maxage=0"])
+async def test_an_unreachable_origin_is_a_504_for_strict_entries(
+    cached: Cached, directive: str
+) -> None:
+    """Section 5.2.2.2: a stale must-revalidate entry that cannot be revalidated (origin
+    unreachable) is not reused; the cache answers 504, not the target's 502."""
+    path = cached.path()
+    cached.origin.script(
+        path, headers=[("Cache-Control", f"max-age=0, {directive}"), ("ETag", '"a"')]
+    )
+    node = await cached.node({"ttl": 30, "stale_if_error": 60})
+    await cached.get(node, path)
+    await origin_gone(cached)
+    status, headers, body = await cached.get(node, path)
+    assert (status, headers["X-Cache"]) == (504, "MISS")
+    assert b"gateway_timeout" in body and "X-Request-Id" in headers
+
+
+async def test_an_unreachable_origin_stays_a_502_for_lenient_entries(cached: Cached) -> None:
+    """The counterpart: an entry without those directives that the route may not serve
+    stale leaves the target's 502 as it is."""
+    path = cached.path()
+    cached.origin.script(path, headers=[("Cache-Control", "max-age=0"), ("ETag", '"a"')])
+    node = await cached.node({"ttl": 30, "stale_if_error": 0})
+    await cached.get(node, path)
+    await origin_gone(cached)
+    status, headers, _ = await cached.get(node, path)
+    assert (status, headers["X-Cache"]) == (502, "MISS")
+
+
 async def test_lenient_entries_may_cover_a_failure(cached: Cached) -> None:
     """The counterpart: without those directives stale_if_error serves it STALE."""
     path = cached.path()
@@ -115,17 +158,15 @@ async def test_lenient_entries_may_cover_a_failure(cached: Cached) -> None:
     assert (status, headers["X-Cache"]) == (200, "STALE")
 
 
-async def test_revalidation_is_one_request_cluster_wide(cached: Cached) -> None:
+async def test_revalidation_is_one_request_cluster_wide(shared: Cached) -> None:
     """20 concurrent requests over two nodes for a stale key: one conditional request."""
-    if cached.backend != "redis":
-        pytest.skip("needs two nodes sharing Redis")
-    path = cached.path()
-    cached.origin.script(path, headers=[("Cache-Control", "max-age=1"), ("ETag", '"a"')])
-    cached.origin.script(path, 304, [("Cache-Control", "max-age=60"), ("ETag", '"a"')], b"")
-    a, b = await cached.node({"ttl": 0, "l1_ttl": 0}), await cached.node({"ttl": 0, "l1_ttl": 0})
-    await cached.get(a, path)
+    path = shared.path()
+    shared.origin.script(path, headers=[("Cache-Control", "max-age=1"), ("ETag", '"a"')])
+    shared.origin.script(path, 304, [("Cache-Control", "max-age=60"), ("ETag", '"a"')], b"")
+    a, b = await shared.node({"ttl": 0, "l1_ttl": 0}), await shared.node({"ttl": 0, "l1_ttl": 0})
+    await shared.get(a, path)
     await asyncio.sleep(1.1)
-    cached.origin.delay = 0.3
-    replies = await asyncio.gather(*(cached.get((a, b)[i % 2], path) for i in range(20)))
+    shared.origin.delay = 0.3
+    replies = await asyncio.gather(*(shared.get((a, b)[i % 2], path) for i in range(20)))
     assert {status for status, _, _ in replies} == {200}
-    assert cached.origin.count(path) == 2
+    assert shared.origin.count(path) == 2

@@ -119,6 +119,44 @@ def test_entry_round_trips_through_its_encoding() -> None:
     assert reply.headers["Age"] == "10" and reply.headers["X-Cache"] == "HIT-L2"
 
 
+def test_selecting_values_and_must_revalidate_survive_the_encoding() -> None:
+    """An L2 entry keeps its Vary selection and its must-revalidate mark; its validators
+    are read from its headers."""
+    headers = stored_headers([("ETag", '"a"'), ("Last-Modified", "Sun, 06 Dec 2026 00:00:00 GMT")])
+    selects = (("accept-language", "en"), ("accept", None))
+    entry = Entry(200, b"b", headers, None, "/p", (), (1, 2, 3, 4, 5), selects, True)
+    again = Entry.decode(entry.encode())
+    assert (again.selects, again.must_revalidate) == (selects, True)
+    assert (again.etag, again.last_modified) == ('"a"', "Sun, 06 Dec 2026 00:00:00 GMT")
+
+
+def test_an_entry_of_the_previous_encoding_does_not_decode() -> None:
+    """A blob without the must-revalidate mark (the earlier layout) is refused: a miss."""
+    blob = b'[200,null,[],"/p",[],[1,2,3,4,5],[]]\nbody'
+    with pytest.raises(ValueError):
+        Entry.decode(blob)
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "strict"),
+    [
+        ("max-age=60, must-revalidate", True),
+        ("max-age=60, proxy-revalidate", True),
+        ("s-maxage=60", True),
+        ("max-age=60, no-cache", False),
+        ("max-age=60", False),
+    ],
+)
+def test_must_revalidate_is_marked_for_its_three_directives(
+    cache_control: str, strict: bool
+) -> None:
+    """Section 5.2.2.2: must-revalidate, proxy-revalidate and s-maxage mark the entry (an
+    unreachable origin is then a 504); no-cache alone does not."""
+    headers = CIMultiDict({"Cache-Control": cache_control, "ETag": '"a"'})
+    assessment = assess(headers, 200, DEFAULT, False, 100.0, 100.0)
+    assert assessment is not None and assessment.must_revalidate is strict
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
