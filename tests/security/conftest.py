@@ -1,3 +1,8 @@
 """The security suite uses the integration suite's nodes and upstreams."""
 
-from integration.conftest import node_factory, proxy_settings  # noqa: F401
+from integration.conftest import (  # noqa: F401
+    node_factory,
+    proxy_settings,
+    upstream,
+    upstream_factory,
+)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from integration.conftest import upstream, upstream_factory  # noqa: F401
 from testkit.rawhttp import exchange, parse
 
 from node.config import Settings
