@@ -3,6 +3,8 @@
 A job's record is one JSON value under its id (Redis: `sn:q:job:<id>`, expiring), so any
 node answers for any job and every operation touches one key (Redis Cluster safe). An
 `Idempotency-Key` maps to the id of the job it made, for as long as the job is kept.
+Each queue's jobs waiting (queued, or back for a retry) are indexed by their creation time
+(Redis: the sorted set `sn:q:waiting:<queue>`), for the age of the oldest.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import hiredis
 import orjson
 
-from node.call import Reply
-from node.cluster.autopipe import pack
+from node.call import Reply, wire_bytes
+from node.cluster.autopipe import ReplyError, pack
 from node.cluster.redis import RedisConnection
-from plugins.queue.keys import IDEMPOTENCY, JOB
+from plugins.queue.keys import IDEMPOTENCY, JOB, WAITING
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD = "queued", "running", "succeeded", "failed", "dead"
 FINISHED = frozenset((SUCCEEDED, FAILED, DEAD))
 # A job not finished yet is kept this long (a queue may be drained days later); a finished
 # one for its route's result_ttl.
 PENDING_TTL = 7 * 86400.0
+# The oldest waiting job is looked for among this many of the lowest ids at a time, in up
+# to this many batches (ids of running jobs are skipped, stale ones dropped).
+OLDEST_BATCH, OLDEST_BATCHES = 10, 3
 
 
 @dataclass(slots=True)
@@ -79,7 +85,7 @@ def reply_of(stored: dict[str, Any]) -> Reply:
 
 def idempotency_key(route: str, key: str) -> str:
     """The store key of a client's Idempotency-Key on a route (digested: any length)."""
-    digest = hashlib.sha256(f"{route}\0{key}".encode()).hexdigest()
+    digest = hashlib.sha256(wire_bytes(f"{route}\0{key}")).hexdigest()
     return IDEMPOTENCY + digest
 
 
@@ -92,11 +98,17 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     async def save(self, record: JobRecord, ttl: float) -> None:
-        """Store `record` (replacing the job's), kept for `ttl` seconds."""
+        """Store `record` (replacing the job's), kept for `ttl` seconds. A queued job is
+        waiting from now on, a running one no longer."""
         ...
 
     async def discard(self, record: JobRecord, idempotency: str | None) -> None:
         """Forget a job that never reached the queue (its publish failed)."""
+        ...
+
+    async def oldest_waiting(self, queue: str) -> float | None:
+        """When the oldest job still waiting on `queue` was created (Unix seconds), over
+        every node sharing the store; None when none is waiting."""
         ...
 
 
@@ -106,6 +118,7 @@ class MemoryJobs:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
+        self._waiting: dict[str, dict[str, float]] = {}  # queue -> {job id: created}
 
     def _get(self, key: str) -> bytes | None:
         found = self._values.get(key)
@@ -130,7 +143,7 @@ class MemoryJobs:
             if existing is not None:
                 return existing, False
             self._set(idempotency, record.id.encode(), PENDING_TTL)
-        self._set(JOB + record.id, record.to_json(), PENDING_TTL)
+        await self.save(record, PENDING_TTL)
         return record, True
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -139,11 +152,23 @@ class MemoryJobs:
 
     async def save(self, record: JobRecord, ttl: float) -> None:
         self._set(JOB + record.id, record.to_json(), ttl)
+        if record.status == QUEUED:
+            self._waiting.setdefault(record.queue, {})[record.id] = record.created
+        elif record.status == RUNNING:
+            self._waiting.get(record.queue, {}).pop(record.id, None)
 
     async def discard(self, record: JobRecord, idempotency: str | None) -> None:
         self._values.pop(JOB + record.id, None)
+        self._waiting.get(record.queue, {}).pop(record.id, None)
         if idempotency is not None:
             self._values.pop(idempotency, None)
+
+    async def oldest_waiting(self, queue: str) -> float | None:
+        # A scan, a few times a second: the embedded queue is not for deep backlogs.
+        waiting = self._waiting.get(queue, {})
+        for job_id in [job_id for job_id in waiting if self._get(JOB + job_id) is None]:
+            del waiting[job_id]  # expired unrun
+        return min(waiting.values(), default=None)
 
 
 class RedisJobs:
@@ -151,16 +176,34 @@ class RedisJobs:
 
     Reads and writes of a job's record go through the node's auto-pipeline (a command costs
     ~3 us of CPU there against ~50 us through redis-py); Redis Cluster, which has none,
-    through redis-py."""
+    through redis-py. A save that changes whether the job is waiting sends the record's
+    SET and the waiting set's ZADD or ZREM in the same write (the same round trip)."""
 
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
         self.pipeline = connection.pipeline
 
-    async def _command(self, *parts: bytes) -> Any:
+    async def _command(self, packed: bytes) -> Any:
         pipeline = self.pipeline
         assert pipeline is not None
-        return await self.connection.run(lambda _client: pipeline.execute(pack(*parts)))
+        return await self.connection.run(lambda _client: pipeline.execute(packed))
+
+    async def _commands(self, first: bytes, second: bytes) -> None:
+        """Two packed commands in one auto-pipelined write; raises for an error reply."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+
+        async def send(_client: Any) -> None:
+            if not pipeline.connected:  # the first command connects
+                await pipeline.execute(first)
+                await pipeline.execute(second)
+                return
+            replies = pipeline.submit(first), pipeline.submit(second)
+            for reply in replies:
+                if isinstance(await reply, hiredis.ReplyError):
+                    raise ReplyError(str(reply.result()))
+
+        await self.connection.run(send)
 
     async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
         run = self.connection.run
@@ -180,19 +223,57 @@ class RedisJobs:
     async def get(self, job_id: str) -> JobRecord | None:
         key = JOB + job_id
         if self.pipeline is not None:
-            data = await self._command(b"GET", key.encode())
+            data = await self._command(pack(b"GET", key.encode()))
         else:
             data = await self.connection.run(lambda c: c.get(key))
         return JobRecord.from_json(data) if data is not None else None
 
     async def save(self, record: JobRecord, ttl: float) -> None:
         key, value, milliseconds = JOB + record.id, record.to_json(), max(1, int(ttl * 1000))
-        if self.pipeline is not None:
-            await self._command(b"SET", key.encode(), value, b"PX", b"%d" % milliseconds)
-        else:
+        waiting = WAITING + record.queue
+        if self.pipeline is None:
             await self.connection.run(lambda c: c.set(key, value, px=milliseconds))
+            if record.status == QUEUED:
+                await self.connection.run(lambda c: c.zadd(waiting, {record.id: record.created}))
+            elif record.status == RUNNING:
+                await self.connection.run(lambda c: c.zrem(waiting, record.id))
+            return
+        store = pack(b"SET", key.encode(), value, b"PX", b"%d" % milliseconds)
+        if record.status == QUEUED:
+            created = repr(record.created).encode()
+            await self._commands(
+                store, pack(b"ZADD", waiting.encode(), created, record.id.encode())
+            )
+        elif record.status == RUNNING:
+            await self._commands(store, pack(b"ZREM", waiting.encode(), record.id.encode()))
+        else:
+            await self._command(store)
 
     async def discard(self, record: JobRecord, idempotency: str | None) -> None:
         await self.connection.run(lambda c: c.delete(JOB + record.id))
+        await self.connection.run(lambda c: c.zrem(WAITING + record.queue, record.id))
         if idempotency is not None:
             await self.connection.run(lambda c: c.delete(idempotency))
+
+    async def oldest_waiting(self, queue: str) -> float | None:
+        """Skips ids whose job is running (its ZREM is on its way) and drops those whose
+        record is gone or finished: a job that expired unrun, or a save that failed."""
+        key, start = WAITING + queue, 0
+        for _ in range(OLDEST_BATCHES):
+            end = start + OLDEST_BATCH - 1
+            found = await self.connection.run(
+                lambda c, s=start, e=end: c.zrange(key, s, e, withscores=True)
+            )
+            stale = []
+            for member, created in found:
+                record = await self.get(member.decode())
+                if record is not None and record.status == QUEUED:
+                    return float(created)
+                if record is None or record.status in FINISHED:
+                    stale.append(member)
+            if stale:
+                await self.connection.run(lambda c, ids=stale: c.zrem(key, *ids))
+            if len(found) < OLDEST_BATCH:
+                return None
+            start += OLDEST_BATCH - len(stale)
+        return None  # unknown this time: so many running or stale; the next read goes on

@@ -5,8 +5,11 @@ of the route's chain, which `bind` receives, is what a worker runs for the job."
 from __future__ import annotations
 
 import contextlib
-import uuid
+import os
+import time
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from node.call import Call, Handler, Reply
 from node.errors import BackendUnavailable, Rejected, ServiceUnavailable
@@ -33,7 +36,7 @@ class RouteJobs:
         self.published = self.refused = self.completed = self.failed = 0
         self.retried = self.dead = 0
         # Seconds the latest job this node started had waited since it was queued: the
-        # queue's latency as the worker sees it (RabbitMQ cannot show its oldest message).
+        # queue's latency as this node's worker sees it.
         self.waited = 0.0
 
 
@@ -68,7 +71,14 @@ class JobQueue(Plugin):
         Raises ServiceUnavailable (503 with Retry-After) unless the broker confirmed it."""
         service, name = self.service, self.settings.name
         idempotency = idempotency_key(self.route, key) if key is not None else None
-        record = JobRecord(uuid.uuid4().hex, self.route, name)
+        # 128 random bits as 32 hex digits, as uuid4().hex but at a fifth of its cost.
+        record = JobRecord(os.urandom(16).hex(), self.route, name)
+        try:
+            message = JobMessage(record.id, self.route, call).encode()
+        except orjson.JSONEncodeError:  # lone surrogates: header bytes that are not UTF-8
+            raise Rejected(
+                "a queued request's header values must be UTF-8 text", code="bad_header"
+            ) from None
         try:
             record, new = await service.jobs.create(record, idempotency)
         except BackendUnavailable as exc:
@@ -76,7 +86,6 @@ class JobQueue(Plugin):
             raise self.unavailable(f"job state cannot be stored: {exc}") from None
         if not new:
             return record, False
-        message = JobMessage(record.id, self.route, call).encode()
         try:
             await service.broker.publish(name, message, record.id)
         except (BackendUnavailable, QueueFull) as exc:
@@ -99,8 +108,9 @@ class JobQueue(Plugin):
 
     def snapshot(self) -> dict[str, Any]:
         counts = self.counts
-        stats = self.service.stats.get(self.settings.name)
-        gauges = {}
+        name = self.settings.name
+        stats = self.service.stats.get(name)
+        gauges: dict[str, float] = {}
         if stats is not None:
             gauges = {
                 "depth": stats.ready + stats.delayed,
@@ -108,9 +118,14 @@ class JobQueue(Plugin):
                 "consumers": stats.consumers,
                 "dead_jobs": stats.dead,
             }
+        if name in self.service.oldest:  # read a second ago; the age is now's
+            created = self.service.oldest[name]
+            age = 0.0 if created is None else max(0.0, time.time() - created)
+            gauges["oldest_job_age_seconds"] = round(age, 3)
         return {
             "queue": self.settings.name,
             "scope": self.settings.name,  # routes sharing a queue read one depth
+            "card": self.settings.name,  # the dashboard: a card per queue
             "labels": {"queue": self.settings.name},  # /metrics: {node, route, queue}
             "counters": {
                 "published": counts.published,
@@ -120,6 +135,6 @@ class JobQueue(Plugin):
                 "retried": counts.retried,
                 "dead": counts.dead,
             },
-            "cluster_gauges": gauges,  # the broker's, the same on every node
+            "cluster_gauges": gauges,  # the broker's and the job store's, the same on every node
             "gauges": {"job_wait_seconds": round(counts.waited, 3)},
         }

@@ -18,12 +18,13 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from pamqp.commands import Basic
 
 from node.config import redact_url
 from node.errors import BackendUnavailable
 from plugins.queue.broker import Consumer, QueueFull, QueueStats, delay_ms
+from plugins.queue.publisher import AmqpPublisher, Nacked
 from plugins.queue.topology import (
     DEAD_ARGUMENTS,
     DLX,
@@ -117,9 +118,11 @@ class RabbitBroker:
     aio-pika's robust connections reconnect and restore channels, queues and consumers.
     `timeout` bounds the connect and every round trip, a publish's confirm included.
 
-    Two connections, as RabbitMQ advises: publishing (with declares and counts) and
-    consuming, so that neither a flow-controlled publisher nor a consumer whose queue has
-    no leader yet holds up the other, in operation or while reconnecting.
+    Three connections, publishing apart from consuming as RabbitMQ advises, so that neither
+    a flow-controlled publisher nor a consumer whose queue has no leader yet holds up the
+    other, in operation or while reconnecting: the publisher's own (AmqpPublisher, which
+    reconnects by itself: aio-pika's publish costs ~10x its CPU), the control connection
+    (declares, counts, the dead-letter queue's gets) and the consumers'.
 
     Quorum queues bound `max_length` loosely: concurrent publishers can overshoot it, and
     once full a queue refuses publishes until it drains to 80 % (RabbitMQ 3.10).
@@ -142,10 +145,15 @@ class RabbitBroker:
         self._declared: dict[str, dict[str, Any]] = {}  # queue name: its arguments
         self._consumers: list[_Consumer] = []
         self._unsettled: dict[str, set[RabbitDelivery]] = {}
-        self._publishing: AbstractRobustConnection | None = None
+        self._publisher = AmqpPublisher(
+            url,
+            connection_name=connection_name,
+            timeout=timeout,
+            reconnect_interval=reconnect_interval,
+        )
+        self._controlling: AbstractRobustConnection | None = None
         self._consuming: AbstractRobustConnection | None = None
         self._control: AbstractRobustChannel | None = None  # declares, counts, dead queue
-        self._publisher: AbstractRobustChannel | None = None  # confirms; only publishes
         # One per consume(). aio-pika keeps its channels in a WeakSet: these hold them.
         self._channels: list[AbstractRobustChannel] = []
         self._connecting: asyncio.Task[None] | None = None
@@ -155,7 +163,10 @@ class RabbitBroker:
     @property
     def connected(self) -> bool:
         """Able to publish right now (for health checks and tests)."""
-        return not self._closed and is_up(self._publishing)
+        return self._control_up() and self._publisher.connected
+
+    def _control_up(self) -> bool:
+        return not self._closed and is_up(self._controlling)
 
     async def start(self) -> None:
         try:
@@ -175,7 +186,8 @@ class RabbitBroker:
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
-        await self._drop(self._publishing, self._consuming)
+        await self._publisher.close()
+        await self._drop(self._controlling, self._consuming)
 
     async def declare(self, queue: str, delays: Sequence[float], max_length: int) -> None:
         """Declared at once when connected (errors raise), else on connecting."""
@@ -183,7 +195,7 @@ class RabbitBroker:
             topology = self._topology.setdefault(queue, _Topology(max_length, set()))
             topology.max_length = max_length
             topology.delays |= {delay_ms(delay) for delay in delays if delay > 0}
-            if self.connected:
+            if self._control_up():
                 async with self._round_trip(f"declaring queue {queue!r}"):
                     await self._declare(queue, topology)
 
@@ -296,26 +308,20 @@ class RabbitBroker:
     async def _publish(
         self, routing_key: str, body: bytes, message_id: str, *, bounded: bool = False
     ) -> None:
-        """Publish and wait for the broker's confirm. Many may be in flight on the one
-        channel: aiormq holds its lock only to write the frames, not for the confirm."""
-        message = aio_pika.Message(
-            body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-        )
-        async with self._round_trip(f"publishing to {routing_key}"):
-            assert self._publisher is not None  # set whenever connected
-            try:
-                await self._publisher.default_exchange.publish(message, routing_key, mandatory=True)
-            except PublishError as exc:  # returned: no such queue
-                raise BackendUnavailable(f"RabbitMQ has no queue {routing_key}") from exc
-            except DeliveryError as exc:  # nacked
-                if bounded:  # the one nack of a queue with reject-publish overflow
-                    raise QueueFull(f"queue {routing_key} is full") from exc
-                raise BackendUnavailable(f"RabbitMQ refused a message for {routing_key}") from exc
+        """Publish and wait for the broker's confirm (many may be in flight)."""
+        if not self.connected:
+            raise BackendUnavailable(f"not connected to RabbitMQ at {self._shown_url}")
+        try:
+            await self._publisher.publish(routing_key, body, message_id)
+        except Nacked as exc:
+            if bounded:  # the one nack of a queue with reject-publish overflow
+                raise QueueFull(f"queue {routing_key} is full") from exc
+            raise BackendUnavailable(f"RabbitMQ refused a message for {routing_key}") from exc
 
     @contextlib.asynccontextmanager
     async def _round_trip(self, doing: str) -> AsyncIterator[None]:
         """Fail at once while not connected; bound the call by the timeout; wrap errors."""
-        if not self.connected:
+        if not self._control_up():
             raise BackendUnavailable(f"not connected to RabbitMQ at {self._shown_url}")
         try:
             async with asyncio.timeout(self._timeout):
@@ -331,20 +337,21 @@ class RabbitBroker:
         return await self._control.get_underlay_channel()
 
     async def _connect(self) -> None:
-        publishing = consuming = None
+        controlling = consuming = None
         try:
-            publishing = await self._open(self._name)
+            controlling = await self._open(f"{self._name} (control)")
             consuming = await self._open(f"{self._name} (consumers)")
         except (*DRIVER_ERRORS, TimeoutError) as exc:
-            await self._drop(publishing, consuming)
+            await self._drop(controlling, consuming)
             raise BackendUnavailable(f"cannot connect to RabbitMQ at {self._shown_url}") from exc
         try:
             async with self._setup, asyncio.timeout(self._timeout):
                 with wrapped("setting up"):
-                    await self._set_up(publishing, consuming)
+                    await self._set_up(controlling, consuming)
+                await self._publisher.connect()
         except BaseException as exc:
-            self._publishing = self._consuming = self._control = self._publisher = None
-            await self._drop(publishing, consuming)
+            self._controlling = self._consuming = self._control = None
+            await self._drop(controlling, consuming)
             if isinstance(exc, TimeoutError):
                 raise BackendUnavailable("RabbitMQ: setting up timed out") from exc
             raise
@@ -359,12 +366,12 @@ class RabbitBroker:
         )
 
     async def _set_up(
-        self, publishing: AbstractRobustConnection, consuming: AbstractRobustConnection
+        self, controlling: AbstractRobustConnection, consuming: AbstractRobustConnection
     ) -> None:
         """Channels, the remembered topology and consumers on new connections; connected
-        only once all are there."""
+        only once all are there (and the publisher)."""
         self._declared.clear()
-        self._control = await publishing.channel(publisher_confirms=False)
+        self._control = await controlling.channel(publisher_confirms=False)
         await self._control.declare_exchange(DLX, aio_pika.ExchangeType.DIRECT, durable=True)
         for queue, topology in self._topology.items():
             await self._declare(queue, topology)
@@ -372,9 +379,8 @@ class RabbitBroker:
         for record in self._consumers:
             record.tag = None  # of an earlier attempt's connection, if any
             await self._start_consumer(record)
-        self._publisher = await publishing.channel(on_return_raises=True)
-        self._publishing = publishing
-        publishing.reconnect_callbacks.add(self._on_reconnect)
+        self._controlling = controlling
+        controlling.reconnect_callbacks.add(self._on_reconnect)
         consuming.reconnect_callbacks.add(self._on_reconnect)
 
     async def _on_reconnect(self, connection: AbstractRobustConnection) -> None:
@@ -382,7 +388,7 @@ class RabbitBroker:
         log.info("reconnected to RabbitMQ at %s", self._shown_url)
         try:
             async with self._setup, asyncio.timeout(self._timeout):
-                if connection is self._publishing:
+                if connection is self._controlling:
                     for queue, topology in self._topology.items():
                         await self._declare(queue, topology)
                 else:

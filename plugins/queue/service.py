@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ class JobService:
         self.routes: dict[str, QueuedRoute] = {}
         self.queues: dict[str, QueueSettings] = {}
         self.stats: dict[str, QueueStats] = {}
+        self.oldest: dict[str, float | None] = {}  # queue -> created of its oldest waiting job
         self.worker: Worker | None = None  # on a node that runs jobs (roles worker, all)
         self._poller: asyncio.Task[None] | None = None
 
@@ -82,6 +84,12 @@ class JobService:
             await self.worker.drain(0)
         await self.broker.close()
 
+    async def oldest_age(self, name: str) -> float:
+        """Seconds the oldest job waiting on queue `name` has been around (0 when none);
+        raises BackendUnavailable."""
+        created = await self.jobs.oldest_waiting(name)
+        return 0.0 if created is None else max(0.0, time.time() - created)
+
     async def _poll_stats(self) -> None:
         while True:
             for name in self.queues:
@@ -89,4 +97,8 @@ class JobService:
                     self.stats[name] = await self.broker.stats(name)
                 except BackendUnavailable:
                     self.stats.pop(name, None)  # unknown, not zero
+                try:
+                    self.oldest[name] = await self.jobs.oldest_waiting(name)
+                except BackendUnavailable:
+                    self.oldest.pop(name, None)
             await asyncio.sleep(STATS_INTERVAL)

@@ -2,7 +2,8 @@
 
 GET    /jobs/{id}                     a job's state (any node answers for any job)
 GET    /jobs/{id}/result              the reply its target gave, once it finished
-GET    /admin/queues                  per queue: ready, unacked, consumers, dead, counters
+GET    /admin/queues                  per queue: ready, unacked, consumers, dead, oldest job age,
+                                      counters
 POST   /admin/queues/{name}/replay    dead jobs back to the queue; how many
 DELETE /admin/queues/{name}/dead      drop the dead jobs; how many
 """
@@ -79,6 +80,7 @@ class JobsWeb:
         for name in self.service.queues:
             try:
                 stats = await self.service.broker.stats(name)
+                oldest = await self.service.oldest_age(name)
             except BackendUnavailable as exc:
                 return self.error(503, "backend_unavailable", str(exc))
             counters: dict[str, int] = {}
@@ -94,6 +96,7 @@ class JobsWeb:
                 "unacked": stats.unacked,
                 "consumers": stats.consumers,
                 "dead": stats.dead,
+                "oldest_job_age_seconds": round(oldest, 3),  # over every node
                 "counters": counters,  # this node's
                 "job_wait_seconds": round(waited, 3),  # the latest job this node started
             }

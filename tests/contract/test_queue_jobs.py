@@ -1,15 +1,18 @@
-"""The job queue's job state on every backend: what GET /jobs/{id} answers on any node, and
-the idempotency key that makes a repeat return the first job."""
+"""The job queue's job state on every backend: what GET /jobs/{id} answers on any node, the
+idempotency key that makes a repeat return the first job, and the oldest waiting job."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
-from plugins.queue.jobs import DEAD, QUEUED, SUCCEEDED, JobRecord, idempotency_key
+from plugins.queue.jobs import DEAD, QUEUED, RUNNING, SUCCEEDED, JobRecord, idempotency_key
 
 
-def record(route: str = "/r") -> JobRecord:
-    return JobRecord(uuid.uuid4().hex, route, "q")
+def record(route: str = "/r", queue: str = "") -> JobRecord:
+    job_id = uuid.uuid4().hex
+    return JobRecord(job_id, route, queue or f"q-{job_id}")  # its waiting index: its own key
 
 
 async def test_a_job_created_on_one_node_is_read_and_updated_on_another(job_stores):
@@ -50,10 +53,9 @@ async def test_a_discarded_job_and_its_key_are_gone(job_stores):
 
 
 async def test_a_finished_job_expires_with_its_ttl(job_stores):
-    import asyncio
-
     store = await job_stores.node()
     made, _ = await store.create(record(), None)
+    job_stores.backend.forget_after(made.id)
     made.status = DEAD
     await store.save(made, 0.2)
     assert (await store.get(made.id)).status == DEAD
@@ -64,3 +66,44 @@ async def test_a_finished_job_expires_with_its_ttl(job_stores):
 async def test_unknown_jobs_are_none(job_stores):
     store = await job_stores.node()
     assert await store.get(uuid.uuid4().hex) is None
+
+
+async def test_the_oldest_waiting_job_is_seen_from_every_node(job_stores):
+    """Queued jobs wait, the oldest first, on every node; a running one does not; one back
+    for a retry waits again, with its age since it was created."""
+    first, second = await job_stores.node(), await job_stores.node()
+    queue = f"q-{uuid.uuid4().hex}"
+    job_stores.backend.forget_after(queue)
+    older, newer = record(queue=queue), record(queue=queue)
+    older.created -= 5
+    for made in (older, newer):
+        await first.create(made, None)
+        job_stores.backend.forget_after(made.id)
+    assert await second.oldest_waiting(queue) == older.created
+    older.status = RUNNING
+    await second.save(older, 60)
+    assert await first.oldest_waiting(queue) == newer.created
+    older.status = QUEUED
+    await first.save(older, 60)
+    assert await second.oldest_waiting(queue) == older.created
+    for made in (older, newer):
+        made.status = RUNNING
+        await second.save(made, 60)
+    assert await first.oldest_waiting(queue) is None
+
+
+async def test_a_waiting_job_expired_or_discarded_is_not_counted(job_stores):
+    """A queued job whose state expired unrun, or that was discarded, waits no more."""
+    store = await job_stores.node()
+    queue = f"q-{uuid.uuid4().hex}"
+    job_stores.backend.forget_after(queue)
+    expiring, discarded = record(queue=queue), record(queue=queue)
+    discarded.created = time.time() + 1  # the younger
+    await store.save(expiring, 0.2)
+    await store.create(discarded, None)
+    job_stores.backend.forget_after(discarded.id)
+    assert await store.oldest_waiting(queue) == expiring.created
+    await asyncio.sleep(0.35)
+    assert await store.oldest_waiting(queue) == discarded.created
+    await store.discard(discarded, None)
+    assert await store.oldest_waiting(queue) is None

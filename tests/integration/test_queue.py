@@ -201,6 +201,26 @@ async def test_dead_jobs_replay_and_purge(node_for, queue_name):
     assert (await client.post(f"/admin/queues/{queue_name}/replay")).status == 401
 
 
+async def oldest_age(client: TestClient, queue: str) -> float:
+    response = await client.get("/admin/queues", headers=ADMIN)
+    return (await response.json())["queues"][queue]["oldest_job_age_seconds"]
+
+
+async def test_the_oldest_waiting_jobs_age_grows_until_it_runs(node_for, queue_name):
+    """A job held up behind a running one (prefetch 1) shows its age in /admin/queues,
+    growing; once it has run, no job is waiting."""
+    client = await node_for([queued("/slow", "slow", queue_name, prefetch=1)])
+    await post(client, "/slow?s=1")
+    waiting, _ = await post(client, "/slow?s=0")
+    await asyncio.sleep(0.05)  # ages are shown in ms
+    first = await oldest_age(client, queue_name)
+    await asyncio.sleep(0.3)
+    later = await oldest_age(client, queue_name)
+    assert 0 < first < later
+    await job_when(client, waiting["id"], {"succeeded"})
+    assert await oldest_age(client, queue_name) == 0
+
+
 async def test_unknown_jobs_and_unfinished_results_are_404_json(node_for, queue_name):
     client = await node_for([queued("/slow", "slow", queue_name)])
     for path in ("/jobs/" + "0" * 32, "/jobs/nope", "/jobs/" + "0" * 32 + "/result"):
