@@ -11,6 +11,8 @@ from typing import Any
 
 MAX_SERIES = 64  # per-node or per-upstream series kept in one point
 SCALARS = ("rps", "p50", "p95", "p99", "error_pct", "cpu_percent", "nodes_live")
+# Totals that miss a late member's share: a gap on the chart, not a dip that never happened.
+PARTIAL_GAPS = ("rps", "error_pct", "cpu_percent")
 
 
 class History:
@@ -18,9 +20,14 @@ class History:
         self.points: deque[dict[str, Any]] = deque(maxlen=capacity)
 
     def append(self, t: float, rows: list[dict[str, Any]], cluster: dict[str, Any]) -> None:
+        partial = cluster.get("partial", False)
         point = {
             "t": round(t, 3),
-            **{key: cluster.get(key) for key in SCALARS if key != "nodes_live"},
+            **{
+                key: None if partial and key in PARTIAL_GAPS else cluster.get(key)
+                for key in SCALARS
+                if key != "nodes_live"
+            },
             "nodes_live": cluster.get("healthy", 0),
             "nodes": {r["name"]: r["rps"] for r in rows if r["reporting"]}
             if len(rows) <= MAX_SERIES

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dashboard.aggregate import SkewTracker, aggregate
 from dashboard.history import History
+from dashboard.membership import MembershipLog
 from dashboard.replicas import Recommendation, ReplicaPolicy, recommend
 from node.cluster.registry import NodeRegistry
 from node.errors import BackendUnavailable
@@ -74,6 +75,7 @@ class FeedHub:
         self.queue_frames = queue_frames
         self.history = History(max(2, math.ceil(HISTORY_SECONDS / interval)))
         self.skew = SkewTracker()
+        self.membership = MembershipLog()
         self.viewers: set[Viewer] = set()
         self.frame: dict[str, Any] | None = None
         self.recommendation: Recommendation | None = None
@@ -94,11 +96,13 @@ class FeedHub:
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
     async def records(self) -> tuple[list[dict[str, Any]], str]:
-        """Every live node's record, or only this node's (and why) when Redis is away."""
+        """Every member's record (live, silent or departed), or only this node's (and why)
+        when Redis is away."""
         try:
-            return await self.registry.nodes(), ""
+            return await self.registry.members(), ""
         except BackendUnavailable as exc:
-            return [orjson.loads(self.registry.record())], f"{exc}; showing this node only"
+            record = {**orjson.loads(self.registry.record()), "age": 0.0}
+            return [record], f"{exc}; showing this node only"
 
     async def tick(self) -> None:
         """One aggregation: the frame, its history point, and its bytes to every viewer."""
@@ -106,6 +110,10 @@ class FeedHub:
         now = time.time()
         rows, cluster = aggregate(records, now)
         self.skew.update(rows, cluster["rps"])
+        if not problem:  # without the registry every other node would seem to vanish
+            self.membership.update(rows, now)
+        if problem:
+            cluster["partial"] = True
         self.recommendation = recommend(
             max(cluster["healthy"], 1),
             cluster["cpu_percent"],
@@ -127,6 +135,7 @@ class FeedHub:
             "interval": self.interval,
             "nodes": rows,
             "cluster": cluster,
+            "events": self.membership.recent(),
         }
         encoded = self.encode(full=False)
         for viewer in list(self.viewers):

@@ -7,6 +7,7 @@ families only when /metrics is read.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -19,8 +20,32 @@ from prometheus_client.core import (
     Metric,
 )
 
-# Upper bounds in seconds; the last bucket is +Inf.
-LATENCY_BOUNDS = (
+
+def log_linear_bounds(lowest: float, highest: float) -> tuple[float, ...]:
+    """Upper bounds from `lowest` to `highest` seconds, log-linear: each decade
+    [10^k, 10^k+1) in linear steps of 0.1, 0.25 and 0.5 x 10^k (from 1, 2 and 5 on), so a
+    bucket is at most 12.5 % wide and 1, 2.5 and 5 x 10^k are all bounds."""
+    steps = [1 + i / 10 for i in range(10)] + [2 + i / 4 for i in range(12)]
+    steps += [5 + i / 2 for i in range(10)]
+    bounds = []
+    exponent = math.floor(math.log10(lowest))
+    while True:
+        for step in steps:
+            bound = float(f"{step}e{exponent}")  # decimal: 0.0025, not 0.0025000000000000005
+            if bound > highest * (1 + 1e-9):
+                return tuple(bounds)
+            if bound >= lowest * (1 - 1e-9):
+                bounds.append(bound)
+        exponent += 1
+
+
+# The histogram every route keeps (and heartbeats merge across nodes): 50 us to 60 s, fine
+# enough that a sub-millisecond node's quantiles are not all "the first bucket"; the last
+# bucket is +Inf.
+LATENCY_BOUNDS = log_linear_bounds(50e-6, 60.0)
+# What /metrics exports: the classic Prometheus-style bounds, each one also a fine bound,
+# so folding the fine buckets into these is exact (and a scrape stays small).
+EXPORT_BOUNDS = (
     0.0005,
     0.001,
     0.0025,
@@ -36,6 +61,17 @@ LATENCY_BOUNDS = (
     5.0,
     10.0,
 )
+EXPORT_EDGES = tuple(LATENCY_BOUNDS.index(bound) for bound in EXPORT_BOUNDS)
+
+
+def fold(buckets: Sequence[int]) -> list[int]:
+    """Fine buckets (per LATENCY_BOUNDS, +Inf last) summed into EXPORT_BOUNDS' (+Inf last)."""
+    out, start = [], 0
+    for edge in EXPORT_EDGES:
+        out.append(sum(buckets[start : edge + 1]))
+        start = edge + 1
+    out.append(sum(buckets[start:]))
+    return out
 
 
 MEMBER_COUNTERS = {
@@ -142,7 +178,8 @@ class NodeCollector:
             for status, count in sorted(route.statuses.items()):
                 requests.add_metric([*key, str(status)], count)
             cumulative, running = [], 0
-            for bound, count in zip((*LATENCY_BOUNDS, float("inf")), route.buckets, strict=True):
+            exported = fold(route.buckets)
+            for bound, count in zip((*EXPORT_BOUNDS, float("inf")), exported, strict=True):
                 running += count
                 cumulative.append((repr(bound) if bound != float("inf") else "+Inf", running))
             latency.add_metric(key, cumulative, route.latency_sum)

@@ -52,7 +52,14 @@ class Resources:
         url = settings.backends.redis
         redis = None if scheme_of(url) == MEMORY else RedisConnection(url)
         node = settings.node
-        registry = NodeRegistry(node.name, role, f"{node.host}:{node.port}", redis, version=VERSION)
+        registry = NodeRegistry(
+            node.name,
+            role,
+            f"{node.host}:{node.port}",
+            redis,
+            retention=node.down_retention,
+            version=VERSION,
+        )
         trusted = TrustedProxies(node.trusted_proxies)
         made = cls(settings, redis, registry, trusted, ClusterBus(redis))
         made.runs_jobs = WORKER in ROLE_COMPONENTS[role]

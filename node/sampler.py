@@ -12,8 +12,8 @@ import os
 import resource
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from node.metrics import LATENCY_BOUNDS, NodeStats, quantile
@@ -22,7 +22,10 @@ from node.metrics import LATENCY_BOUNDS, NodeStats, quantile
 POOL_COUNTERS = ("retries", "budget_exhausted", "rerouted", "rejected")
 WINDOW = 10.0  # seconds of readings kept: the "last 10 s" of every rate
 MIN_INTERVAL = 0.04  # seconds; a second caller within this gets the cached snapshot
-MAX_READINGS = 256  # bounds the ring whatever the callers' pace (10 s at 0.05 s apart)
+# Readings closer than this to the one before replace it (the newest is always current), so
+# the ring holds about 2 per second of WINDOW whatever the callers' pace.
+MIN_SPACING = 0.5
+MAX_READINGS = 64
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -37,6 +40,28 @@ class Reading:
     statuses: tuple[int, ...]  # per STATUS_CLASSES
     buckets: tuple[int, ...]  # per LATENCY_BOUNDS, +Inf last
     counters: dict[str, float]  # "plugin|route|counter", "pool|url|requests", "pool||retries"...
+    latency_sum: float = 0.0  # seconds spent answering, all routes
+    routes: dict[str, RouteTally] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTally:
+    """One route's cumulative counters at one instant."""
+
+    statuses: tuple[int, ...]  # per STATUS_CLASSES
+    buckets: tuple[int, ...]
+
+
+def status_classes(statuses: dict[int, int]) -> list[int]:
+    out = [0] * len(STATUS_CLASSES)
+    for status, count in list(statuses.items()):
+        out[min(max(status // 100, 1), 5) - 1] += count
+    return out
+
+
+def sparse(buckets: Sequence[int]) -> dict[str, int]:
+    """The non-empty buckets as {index: count}: a route's window holds few of the 196."""
+    return {str(i): count for i, count in enumerate(buckets) if count}
 
 
 def rss_bytes() -> int:
@@ -72,11 +97,14 @@ class NodeSampler:
     def read(self) -> tuple[Reading, list[dict[str, Any]], dict[str, dict[str, Any]]]:
         statuses = [0] * len(STATUS_CLASSES)
         buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+        routes: dict[str, RouteTally] = {}
+        latency_sum = 0.0
         for route in list(self.stats.routes.values()):
-            for status, count in list(route.statuses.items()):
-                statuses[min(max(status // 100, 1), 5) - 1] += count
-            for i, count in enumerate(route.buckets):
-                buckets[i] += count
+            tally = RouteTally(tuple(status_classes(route.statuses)), tuple(route.buckets))
+            routes[route.label] = tally
+            statuses = [a + b for a, b in zip(statuses, tally.statuses, strict=True)]
+            buckets = [a + b for a, b in zip(buckets, tally.buckets, strict=True)]
+            latency_sum += route.latency_sum
         counters: dict[str, float] = {}
         plugins = []
         for route_label, plugin in self.stats.plugins:
@@ -93,7 +121,14 @@ class NodeSampler:
                 counters[prefix + "requests"] = member.get("requests", 0)
                 counters[prefix + "errors"] = member.get("failures", 0) + member.get("timeouts", 0)
         reading = Reading(
-            self.clock(), self.cpu_clock(), sum(statuses), tuple(statuses), tuple(buckets), counters
+            self.clock(),
+            self.cpu_clock(),
+            sum(statuses),
+            tuple(statuses),
+            tuple(buckets),
+            counters,
+            latency_sum,
+            routes,
         )
         return reading, plugins, pools
 
@@ -103,6 +138,8 @@ class NodeSampler:
             return self._cached
         now, plugins, pools = self.read()
         ring = self._ring
+        if len(ring) >= 2 and ring[-1].t - ring[-2].t < MIN_SPACING:
+            ring.pop()
         ring.append(now)
         while len(ring) > 2 and ring[1].t <= now.t - WINDOW:
             ring.popleft()  # the oldest kept is the last one at least WINDOW old
@@ -125,9 +162,14 @@ class NodeSampler:
             "p95": ms(quantile(0.95, window_buckets)),
             "p99": ms(quantile(0.99, window_buckets)),
             "in_flight": self.stats.in_flight(),
+            # Little's law: requests in the node on average = seconds spent answering per
+            # second. A handler that never awaits is never "in flight" when this code runs,
+            # so the instantaneous count reads 0 under any load; this one does not.
+            "in_flight_avg": rate(now.latency_sum, first.latency_sum, span),
             "rss_bytes": rss_bytes(),
             "cpu_percent": 100.0 * rate(now.cpu, first.cpu, span) if span > 0 else 0.0,
         }
+        metrics["routes"] = route_windows(now, first, span)
         for entry in plugins:
             entry["rates"] = {
                 key: rate(
@@ -152,6 +194,24 @@ class NodeSampler:
                 }
         self._cached = {"metrics": metrics, "plugins": plugins, "upstreams": pools}
         return self._cached
+
+
+def route_windows(now: Reading, first: Reading, span: float) -> dict[str, dict[str, Any]]:
+    """Per route over the window: req/s, status classes and latency buckets (sparse), the
+    parts a cluster merges exactly."""
+    out = {}
+    empty = RouteTally((0,) * len(STATUS_CLASSES), (0,) * (len(LATENCY_BOUNDS) + 1))
+    for label, tally in now.routes.items():
+        before = first.routes.get(label, empty)
+        status = [a - b for a, b in zip(tally.statuses, before.statuses, strict=True)]
+        out[label] = {
+            "rps_10s": rate(sum(status), 0, span),
+            "status_10s": dict(zip(STATUS_CLASSES, status, strict=True)),
+            "buckets_10s": sparse(
+                [a - b for a, b in zip(tally.buckets, before.buckets, strict=True)]
+            ),
+        }
+    return out
 
 
 def ms(seconds: float | None) -> float | None:

@@ -4,11 +4,15 @@
 (() => {
   const body = document.body;
   const $ = (id) => document.getElementById(id);
-  const PALETTE = ["#7aa2f7", "#e0af68", "#9ece6a", "#f7768e", "#bb9af7", "#2ac3de",
-                   "#ff9e64", "#73daca", "#c0caf5", "#db4b4b", "#41a6b5", "#d4b26b"];
+  // Nodes take colours from PALETTE only; other kinds of series have colours of their own
+  // that no node ever gets, so a line's colour says what it is on every chart.
+  const PALETTE = ["#56b4e9", "#009e73", "#e69f00", "#cc79a7", "#0072b2", "#d55e00",
+                   "#8c6bb1", "#999933", "#44aa99", "#882255", "#6699cc", "#117733"];
+  const QUANT = { p50: "#f0e442", p95: "#b5f5ec", p99: "#ff5370" };
+  const TOTAL = "#e6e9ee";
   const state = {
     frame: null, hist: null, paused: false, behind: 0, windowS: 300, received: 0,
-    sort: { key: "name", asc: true }, colors: new Map(), charts: {}, seriesKey: "",
+    sort: { key: "name", asc: true }, routeSort: { key: "rps", asc: false }, colors: new Map(), charts: {}, seriesKey: "",
     ws: null, retry: 0, retryAt: 0,
   };
   try {
@@ -17,10 +21,15 @@
   } catch (e) { /* private mode: defaults */ }
 
   // ---- formatting: fixed decimals and a unit on every number --------------------------
-  const dash = "–";
+  const dash = "—";
   const fix = (x, d) => (x == null || !isFinite(x) ? dash : x.toFixed(d));
   const fmtRate = (x) => (x == null ? dash : x >= 1000 ? (x / 1000).toFixed(2) + "k" : x.toFixed(1));
-  const fmtMs = (x) => (x == null ? dash : x >= 100 ? x.toFixed(0) : x.toFixed(1));
+  // Three significant digits down to 0.01 ms: a fast node's 0.12 ms is not "0.1".
+  const fmtMs = (x) => (x == null ? dash : x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+  const fmtMsU = (x) => (x == null ? dash : fmtMs(x) + " ms");
+  const fmtPct = (x, d) => (x == null || !isFinite(x) ? dash : x.toFixed(d) + " %");
+  const two = (n) => String(n).padStart(2, "0");
+  const hms = (t) => { const d = new Date(t * 1000); return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds()); };
   function fmtBytes(b) {
     if (b == null) return dash;
     const units = ["B", "KiB", "MiB", "GiB"];
@@ -110,57 +119,98 @@
     ctx.globalAlpha = 0.12; ctx.fillStyle = color; ctx.fill();
   }
 
-  // ---- uPlot charts -------------------------------------------------------------------
+  // ---- uPlot charts, with a legend of their own that always shows the latest values ----
   const css = (v) => getComputedStyle(document.documentElement).getPropertyValue(v).trim();
+  // Decimals a tick step needs (0.25 -> 2, 5 -> 0): every label of an axis gets the same.
+  function decimals(step) {
+    let d = 0;
+    while (d < 6 && Math.abs(step * 10 ** d - Math.round(step * 10 ** d)) > 1e-6) d++;
+    return d;
+  }
   function axes(unit) {
     const grid = { stroke: css("--line"), width: 1 };
     return [
-      { stroke: css("--muted"), grid, ticks: grid, values: (u, ticks) => ticks.map(clock) },
-      { stroke: css("--muted"), grid, ticks: grid, size: 56, values: (u, vals) => vals.map((v) => v + unit) },
+      // At least 90 px per time label: "23:09:52" never collides, at 800 px either.
+      { stroke: css("--muted"), grid, ticks: grid, space: 90, values: (u, ticks) => ticks.map(clock) },
+      { stroke: css("--muted"), grid, ticks: grid, size: 50, label: unit, labelSize: 18,
+        values: (u, vals, axis, space, step) => vals.map((v) => v.toFixed(decimals(step))) },
     ];
   }
-  const two = (n) => String(n).padStart(2, "0");
   function clock(t) {
     const d = new Date(t * 1000);
     const hm = two(d.getHours()) + ":" + two(d.getMinutes());
     return state.windowS > 300 ? hm : hm + ":" + two(d.getSeconds());
   }
+  function lastValue(values) {
+    return values.length ? values[values.length - 1] : null;
+  }
+  // The legend: each series' value at the cursor, or its newest one when not hovering.
+  function renderLegend(u, idx) {
+    const box = u.legendBox;
+    if (!box || !u.spec) return;  // uPlot calls before the chart is fully made
+    const items = u.spec.map((s, i) => {
+      const values = u.data[i + 1] || [];
+      const v = idx == null ? lastValue(values) : values[idx];
+      return `<span class="li" data-series="${esc(s.label)}"><i style="background:${s.stroke}"></i>${esc(s.label)} <b class="num">${s.fmt(v)}</b></span>`;
+    });
+    const when = idx == null ? "now" : clock(u.data[0][idx]);
+    box.innerHTML = `<span class="li when num">${when}</span>` + items.join("");
+  }
   function makeChart(el, series, unit, key) {
     if (state.charts[key]) state.charts[key].destroy();
+    el.innerHTML = "";
     const opts = {
-      width: el.clientWidth || 600, height: 200, series: [{}, ...series], axes: axes(unit),
+      width: el.clientWidth || 600, height: 200,
+      series: [{}, ...series.map(({ fmt, ...s }) => s)], axes: axes(unit),
       scales: {
         // The whole chosen window, filling from the right as history arrives.
         x: { time: true, range: (u, min, max) => [max - state.windowS, max] },
-        y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] },
+        y: { range: (u, min, max) => [0, Math.max(max * 1.15, unit === "ms" ? 0.1 : 1)] },
       },
-      legend: { live: true }, cursor: { drag: { x: false, y: false } },
+      legend: { show: false }, cursor: { drag: { x: false, y: false } },
+      hooks: { setCursor: [(u) => renderLegend(u, u.cursor.idx)] },
     };
-    state.charts[key] = new uPlot(opts, [[], ...series.map(() => [])], el);
-    return state.charts[key];
+    const chart = new uPlot(opts, [[], ...series.map(() => [])], el);
+    chart.spec = series;
+    chart.legendBox = document.createElement("div");
+    chart.legendBox.className = "legend";
+    el.appendChild(chart.legendBox);
+    state.charts[key] = chart;
+    return chart;
   }
   function renderCharts() {
     const H = state.hist;
     if (!H) return;
-    const names = Object.keys(H.nodes).sort();
+    const t = windowSlice(H.t);
+    // Only nodes with data in the window: a node gone for longer leaves chart and legend.
+    const members = new Map((state.frame ? state.frame.nodes : []).map((n) => [n.name, n]));
+    const names = Object.keys(H.nodes).sort()
+      .filter((n) => members.has(n) && windowSlice(H.nodes[n]).some((v) => v != null));
+    // A member out of the totals says why in the legend, rather than a number or a blank.
+    const nodeFmt = (name) => (v) => {
+      const m = state.frame && state.frame.nodes.find((n) => n.name === name);
+      return m && !m.reporting ? (m.state || "stale") : rate(null, v);
+    };
     const key = names.join("|");
+    const rate = (u, v) => (v == null ? dash : fmtRate(v) + " req/s");
     if (key !== state.seriesKey || !state.charts.rps) {
       state.seriesKey = key;
       makeChart($("chart-rps"), [
-        { label: "cluster", stroke: css("--text"), width: 2, value: (u, v) => fmtRate(v) + " req/s" },
-        ...names.map((n) => ({ label: n, stroke: colorOf(n), width: 1.5, value: (u, v) => fmtRate(v) + " req/s" })),
-      ], "", "rps");
+        { label: "cluster", stroke: TOTAL, width: 2, fmt: (v) => rate(null, v) },
+        ...names.map((n) => ({ label: n, stroke: colorOf(n), width: 1.5, fmt: nodeFmt(n) })),
+      ], "req/s", "rps");
     }
     if (!state.charts.latency) {
+      const lat = (v) => (v == null ? dash : fmtMs(v) + " ms");
       makeChart($("chart-latency"), [
-        { label: "p50", stroke: "#9ece6a", width: 1.5, value: (u, v) => fmtMs(v) + " ms" },
-        { label: "p95", stroke: "#e0af68", width: 1.5, value: (u, v) => fmtMs(v) + " ms" },
-        { label: "p99", stroke: "#f7768e", width: 2, value: (u, v) => fmtMs(v) + " ms" },
-      ], " ms", "latency");
+        { label: "p50", stroke: QUANT.p50, width: 1.5, fmt: lat },
+        { label: "p95", stroke: QUANT.p95, width: 1.5, dash: [6, 4], fmt: lat },
+        { label: "p99", stroke: QUANT.p99, width: 2, fmt: lat },
+      ], "ms", "latency");
     }
-    const t = windowSlice(H.t);
     state.charts.rps.setData([t, windowSlice(H.rps), ...names.map((n) => windowSlice(H.nodes[n]))]);
     state.charts.latency.setData([t, windowSlice(H.p50), windowSlice(H.p95), windowSlice(H.p99)]);
+    for (const chart of [state.charts.rps, state.charts.latency]) renderLegend(chart, chart.cursor.idx);
   }
 
   // ---- tiles --------------------------------------------------------------------------
@@ -169,10 +219,15 @@
   function renderTiles(f) {
     const c = f.cluster;
     $("served-by").textContent = f.served_by;
-    $("instance-count").textContent = String(c.nodes);
-    $("healthy-count").textContent = String(c.healthy);
-    $("reporting").textContent = `${c.reporting}/${c.nodes} nodes reporting`;
-    document.querySelectorAll("[data-agg]").forEach((el) => { el.textContent = `cluster + per node · ${c.reporting}/${c.nodes} nodes`; });
+    const st = c.states || { up: [], stale: [], down: [], left: [] };
+    $("instance-count").textContent = String(st.up.length + st.stale.length);
+    $("healthy-count").textContent = [`${c.healthy} healthy`, st.stale.length ? `${st.stale.length} stale` : "",
+      st.down.length ? `${st.down.length} down` : ""].filter(Boolean).join(" · ");
+    // Who the totals leave out, and why: a late node is not a node that left.
+    const out = [...st.stale.map((n) => `${n} stale`), ...st.down.map((n) => `${n} down`)];
+    $("reporting").textContent = `${c.reporting}/${c.nodes} reporting` + (out.length ? ` · left out of totals: ${out.join(", ")}` : "");
+    $("reporting").className = st.stale.length || st.down.length ? "state-warn" : "";
+    document.querySelectorAll("[data-agg]").forEach((el) => { el.textContent = `cluster + per node · ${c.reporting}/${c.nodes} reporting`; });
     $("rps").textContent = fmtRate(c.rps);
     $("errors").textContent = fix(c.error_pct, 2);
     $("errors").className = "num " + level(c.error_pct, 1, 5);
@@ -180,7 +235,7 @@
     $("p95").textContent = fmtMs(c.p95);
     $("p95").className = "num " + level(c.p95, 0.8 * c.replicas.p95_target_ms, c.replicas.p95_target_ms);
     $("p99").textContent = fmtMs(c.p99);
-    $("inflight").textContent = String(c.in_flight);
+    $("inflight").textContent = fix(c.in_flight, c.in_flight < 1 ? 2 : 1);
     $("cpu").textContent = fix(c.cpu_percent, 1);
     $("cpu").className = "num " + level(c.cpu_percent, 0.8 * c.replicas.scale_up_cpu, c.replicas.scale_up_cpu);
     $("interval").textContent = String(f.interval);
@@ -197,51 +252,90 @@
   }
 
   // ---- nodes table and load distribution -----------------------------------------------
+  const STATE_ORDER = { up: 0, stale: 1, down: 2, left: 3 };
   function nodeState(n) {
-    if (n.stale) return ["■", "state-bad", "stale " + n.age.toFixed(0) + " s"];
+    const state = n.state || (n.stale ? "stale" : "up");
+    if (state === "left") return ["◆", "state-left", "left", "at " + hms(n.last_seen)];
+    if (state === "down") return ["■", "state-bad", "down", "last seen " + hms(n.last_seen)];
+    if (state === "stale") return ["◌", "state-stale", `stale ${n.age.toFixed(0)} s`, "out of totals"];
     if (n.skewed) return ["▲", "state-warn", "skewed"];
     return ["●", "state-ok", "up"];
   }
+  function renderEvents(f) {
+    const words = { joined: "joined", down: "down", left: "left", back: "back", restarted: "restarted" };
+    const events = (f.events || []).slice(0, 6).map((e) =>
+      `<span class="ev ev-${e.kind}">${esc(e.node)} ${words[e.kind] || esc(e.kind)} at ${hms(e.t)}</span>`);
+    $("events").innerHTML = events.length ? events.join('<span class="sep">·</span>') : '<span class="muted">no membership changes seen</span>';
+  }
   function renderNodes(f) {
     const { key, asc } = state.sort;
+    const rank = (n) => STATE_ORDER[n.state || "up"] * 2 + (n.skewed ? 1 : 0);
     const rows = [...f.nodes].sort((a, b) => {
-      const va = key === "state" ? (a.stale ? 2 : a.skewed ? 1 : 0) : a[key];
-      const vb = key === "state" ? (b.stale ? 2 : b.skewed ? 1 : 0) : b[key];
+      const va = key === "state" ? rank(a) : a[key];
+      const vb = key === "state" ? rank(b) : b[key];
       const cmp = typeof va === "string" ? va.localeCompare(vb) : (va ?? -1) - (vb ?? -1);
       return asc ? cmp : -cmp;
     });
     $("nodes").querySelector("tbody").innerHTML = rows.map((n) => {
-      const [icon, cls, text] = nodeState(n);
+      const [icon, cls, text, more] = nodeState(n);
       const color = colorOf(n.name);
-      const share = n.share * 100, fair = n.fair * 100;
+      const live = n.reporting;
+      const share = n.share == null ? null : n.share * 100, fair = (n.fair || 0) * 100;
       const self = n.name === f.served_by ? ' <span class="badge">this node</span>' : "";
-      return `<tr class="${n.stale ? "stale" : ""} ${n.skewed ? "skewed" : ""}">
-        <td class="${cls}">${icon} ${esc(text)}</td>
+      const v = (x) => (live ? x : dash);  // a node out of the totals shows no numbers
+      return `<tr class="st-${esc(n.state || "up")} ${n.skewed ? "skewed" : ""}" data-node="${esc(n.name)}">
+        <td class="${cls} state">${icon} ${esc(text)}${more ? `<small>${esc(more)}</small>` : ""}</td>
         <td><span class="swatch" style="background:${color}"></span>${esc(n.name)}${self}</td>
-        <td>${esc(n.role)}</td>
-        <td class="r">${fmtDur(n.uptime)}</td>
-        <td class="r">${fmtRate(n.rps)}</td>
-        <td><span class="share"><i style="width:${Math.min(share, 100).toFixed(1)}%;background:${color}"></i><b style="left:${fair.toFixed(1)}%"></b></span><span class="share-pct num">${fix(share, 1)} %</span></td>
-        <td class="r">${fmtMs(n.p99)} ms</td>
-        <td class="r">${fix(n.error_pct, 2)} %</td>
-        <td class="r">${n.in_flight}</td>
-        <td class="r">${fix(n.cpu_percent, 1)} %</td>
-        <td class="r">${fmtBytes(n.rss_bytes)}</td>
-        <td class="r">${fix(n.age, 1)} s</td></tr>`;
+        <td class="opt">${esc(n.role)}</td>
+        <td class="r opt">${fmtDur(n.uptime)}</td>
+        <td class="r">${v(fmtRate(n.rps))}</td>
+        <td>${share == null ? `<span class="share-pct num">${dash}</span>` : `<span class="share"><i style="width:${Math.min(share, 100).toFixed(1)}%;background:${color}"></i><b style="left:${fair.toFixed(1)}%"></b></span><span class="share-pct num">${fix(share, 1)} %</span>`}</td>
+        <td class="r">${v(fmtMsU(n.p99))}</td>
+        <td class="r">${v(fmtPct(n.error_pct, 2))}</td>
+        <td class="r">${v(fix(n.in_flight, n.in_flight < 1 ? 2 : 1))}</td>
+        <td class="r opt">${v(fix(n.cpu_percent, 1) + " %")}</td>
+        <td class="r opt">${v(fmtBytes(n.rss_bytes))}</td>
+        <td class="r">${n.age < 60 ? fix(n.age, 1) + " s" : fmtDur(n.age)}</td></tr>`;
     }).join("");
+    renderEvents(f);
     document.querySelectorAll("#nodes th").forEach((th) => {
       th.classList.toggle("sorted", th.dataset.sort === key);
       th.classList.toggle("asc", th.dataset.sort === key && asc);
     });
     const live = f.nodes.filter((n) => n.reporting);
     $("distribution").innerHTML = live.length ? live.map((n) => {
-      const share = n.share * 100;
+      const share = (n.share || 0) * 100;
       const flag = n.skewed ? ' <span class="state-warn">▲</span>' : "";
       return `<div class="dist-row"><span class="name"><span class="swatch" style="background:${colorOf(n.name)}"></span>${esc(n.name)}${flag}</span>
         <span class="dist-bar"><i style="width:${Math.min(share, 100).toFixed(1)}%;background:${colorOf(n.name)}"></i><b style="left:${(n.fair * 100).toFixed(1)}%"></b></span>
-        <span class="r num">${fix(share, 1)} %</span></div>`;
+        <span class="r num">${n.share == null ? dash : fix(share, 1) + " %"}</span></div>`;
     }).join("") + `<div class="sub">fair share ${fix(100 / live.length, 1)} % each · flagged ▲ when a share stays outside 0.5–1.5× fair</div>`
       : '<div class="empty">No node reporting yet.</div>';
+  }
+
+  // ---- routes: per route over the reporting nodes, sortable ------------------------------
+  function renderRoutes(f) {
+    const { key, asc } = state.routeSort;
+    const routes = [...(f.cluster.routes || [])].sort((a, b) => {
+      const va = a[key], vb = b[key];
+      const cmp = typeof va === "string" ? va.localeCompare(vb) : (va ?? -1) - (vb ?? -1);
+      return asc ? cmp : -cmp;
+    });
+    const classes = (r) => ["2xx", "3xx", "4xx", "5xx"].filter((k) => r.status_rps[k] > 0)
+      .map((k) => `<span class="sc sc-${k}">${k} ${fmtRate(r.status_rps[k])}</span>`).join(" ") || dash;
+    $("routes").querySelector("tbody").innerHTML = routes.map((r) => `<tr>
+        <td class="route" title="${esc(r.route)}">${esc(r.route)}</td>
+        <td class="r">${fmtRate(r.rps)}</td>
+        <td class="r">${r.share == null ? dash : fix(r.share * 100, 1) + " %"}</td>
+        <td class="r">${fmtMsU(r.p50)}</td><td class="r">${fmtMsU(r.p99)}</td>
+        <td class="r ${level(r.client_error_pct, 5, 25)}">${fmtPct(r.client_error_pct, 1)}</td>
+        <td class="r ${level(r.error_pct, 1, 5)}">${fmtPct(r.error_pct, 1)}</td>
+        <td class="classes">${classes(r)}</td></tr>`).join("")
+      || `<tr><td colspan="8" class="empty">No route answered on a reporting node in the last 10 s.</td></tr>`;
+    document.querySelectorAll("#routes th").forEach((th) => {
+      th.classList.toggle("sorted", th.dataset.sort === key);
+      th.classList.toggle("asc", th.dataset.sort === key && asc);
+    });
   }
 
   // ---- plugins: a specific card for ratelimit, cache and queue, a generic one for the rest
@@ -259,14 +353,17 @@
   }
   function cacheCard(p, nodes) {
     const r = p.rates, c = p.counters, g = p.gauges;
-    const useRates = ["hits_l1", "hits_l2", "misses"].some((k) => (r[k] || 0) > 0);
-    const src = useRates ? r : c;
+    // One time base, stated once in the caption: rates over the last 10 s (no lookups in
+    // that time: the ratios are "—", not a stale since-start figure).
+    const src = r;
     // The plugin counts every lookup (coalesced waiters, stale and bypass included), so the
     // ratios here match its own hit_ratio; the sum is for snapshots without that counter.
     const lookups = src.lookups != null ? src.lookups
       : (src.hits_l1 || 0) + (src.hits_l2 || 0) + (src.misses || 0) + (src.stale || 0);
-    return `<div class="card"><h4>Cache <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes · ${useRates ? "last 10 s" : "since start"}</span></h4>
-      <div class="big2"><div><span>L1 hit ratio</span>${pct(src.hits_l1 || 0, lookups)}<small class="hint">%</small></div>
+    const hits = (src.hits_l1 || 0) + (src.hits_l2 || 0);
+    return `<div class="card"><h4>Cache <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes · last 10 s</span></h4>
+      <div class="big2"><div><span>hits</span>${fmtRate(hits)}<small class="hint">/s</small></div>
+      <div><span>L1 hit ratio</span>${pct(src.hits_l1 || 0, lookups)}<small class="hint">%</small></div>
       <div><span>L2 hit ratio</span>${pct(src.hits_l2 || 0, lookups)}<small class="hint">%</small></div>
       <div><span>misses</span>${fmtRate(r.misses || 0)}<small class="hint">/s</small></div></div>
       <div class="kv">${kvRows([["stale served", fmtRate(r.stale || 0), "/s"], ["bypass", fmtRate(r.bypass || 0), "/s"],
@@ -274,15 +371,36 @@
         ["L1 entries", (g.l1_entries || 0).toLocaleString(), ""], ["L1 size", fmtBytes(g.l1_bytes || 0), ""]])}</div></div>`;
   }
   function queueCard(p, nodes) {
-    // Depth, consumers and dead jobs are the broker's: counted once per queue, not per node.
+    // Depth, consumers, dead jobs and the oldest job's age are read from the broker and the
+    // shared job state: counted once per queue, not per node.
     const r = p.rates, g = p.cluster_gauges || {};
-    return `<div class="card"><h4>Queue <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
+    const oldest = g.oldest_job_age_seconds;
+    return `<div class="card"><h4>Queue ${esc(p.card || "")} <span class="hint">${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
       <div class="big2"><div><span>waiting</span>${(g.depth || 0).toLocaleString()}</div>
       <div><span>published</span>${fmtRate(r.published || 0)}<small class="hint">/s</small></div>
       <div><span>done</span>${fmtRate((r.completed || 0) + (r.failed || 0))}<small class="hint">/s</small></div></div>
-      <div class="kv">${kvRows([["retries", fmtRate(r.retried || 0), "/s"], ["failed (4xx)", fmtRate(r.failed || 0), "/s"],
+      <div class="kv">${kvRows([["oldest job waiting", oldest == null ? dash : oldest > 0 ? fmtDur(oldest) : "none", ""],
+        ["retries", fmtRate(r.retried || 0), "/s"], ["failed (4xx)", fmtRate(r.failed || 0), "/s"],
         ["refused (503)", fmtRate(r.refused || 0), "/s"], ["dead", (g.dead_jobs || 0).toLocaleString(), "jobs"],
         ["consumers", (g.consumers || 0).toLocaleString(), ""], ["unacked", (g.unacked || 0).toLocaleString(), ""]])}</div></div>`;
+  }
+  function shardSetCard(p, nodes) {
+    // Per member: this cluster's req/s and fallbacks (rates summed over nodes), and what the
+    // busiest node reads of the member (p99, its pool, replica lag, buckets in its map).
+    const r = p.rates, g = p.cluster_gauges || {};
+    const members = Object.keys(g).filter((k) => k.endsWith("_buckets")).map((k) => k.slice(0, -8)).sort();
+    const rows = members.map((m) => {
+      const rps = (r[m + "_reads"] || 0) + (r[m + "_writes"] || 0);
+      const pool = g[m + "_pool_max"] != null ? `${g[m + "_pool_in_use"] || 0} / ${g[m + "_pool_max"]}` : dash;
+      const lag = g[m + "_replica_lag_bytes"] != null ? fmtBytes(g[m + "_replica_lag_bytes"]) : dash;
+      const down = (r[m + "_unavailable"] || 0) > 0 ? "state-bad" : "";
+      return `<tr class="${down}"><td>${esc(m)}</td><td class="r">${fmtRate(rps)}</td><td class="r">${fmtMsU(g[m + "_p99_ms"])}</td>
+        <td class="r">${pool}</td><td class="r">${lag}</td><td class="r">${fmtRate(r[m + "_fallbacks"] || 0)}</td>
+        <td class="r">${(g[m + "_buckets"] || 0).toLocaleString()}</td></tr>`;
+    }).join("");
+    return `<div class="card"><h4>Shard set ${esc(p.card || "")} <span class="hint">map v${g.map_version || 0} · ${Object.keys(p.routes).length} route(s) · ${p.nodes}/${nodes} nodes</span></h4>
+      <table class="grid"><thead><tr><th>member</th><th class="r">req/s</th><th class="r">p99</th><th class="r">pool</th>
+      <th class="r">replica lag</th><th class="r">fallbacks/s</th><th class="r">buckets</th></tr></thead><tbody>${rows}</tbody></table></div>`;
   }
   function genericCard(name, p, nodes) {
     const rows = Object.keys(p.counters).sort().map((k) => [k.replace(/_/g, " "), `${fmtRate(p.rates[k] || 0)} /s`, `${(p.counters[k] || 0).toLocaleString()} total`]);
@@ -297,7 +415,8 @@
     const cards = Object.keys(plugins).sort().map((name) => {
       if (name === "ratelimit") return ratelimitCard(plugins[name], f.cluster.reporting);
       if (name === "cache") return cacheCard(plugins[name], f.cluster.reporting);
-      if (name === "queue") return queueCard(plugins[name], f.cluster.reporting);
+      if (plugins[name].name === "queue") return queueCard(plugins[name], f.cluster.reporting);
+      if (plugins[name].name === "store") return shardSetCard(plugins[name], f.cluster.reporting);
       return genericCard(name, plugins[name], f.cluster.reporting);
     });
     $("plugins").innerHTML = cards.join("") || '<div class="card empty">No plugin on any route of the reporting nodes.</div>';
@@ -361,6 +480,7 @@
     renderTiles(f);
     renderCharts();
     renderNodes(f);
+    renderRoutes(f);
     renderPlugins(f);
     renderUpstreams(f);
   }
@@ -439,6 +559,11 @@
     const key = th.dataset.sort;
     state.sort = { key, asc: state.sort.key === key ? !state.sort.asc : key === "name" || key === "role" };
     if (state.frame) renderNodes(state.frame);
+  }));
+  document.querySelectorAll("#routes th").forEach((th) => th.addEventListener("click", () => {
+    const key = th.dataset.sort;
+    state.routeSort = { key, asc: state.routeSort.key === key ? !state.routeSort.asc : key === "route" };
+    if (state.frame) renderRoutes(state.frame);
   }));
   window.addEventListener("resize", () => {
     for (const [key, chart] of Object.entries(state.charts)) {

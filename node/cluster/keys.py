@@ -6,4 +6,5 @@ checks no two overlap, and its own keys stay under "sn:{nodes}:".
 """
 
 NODES_INDEX = "sn:{nodes}:index"  # sorted set: node name → last heartbeat (Redis time, ms)
-NODE_INFO = "sn:{nodes}:node:"  # + node name: its heartbeat record, expiring with a TTL
+NODE_INFO = "sn:{nodes}:node:"  # + node name: its heartbeat record, kept for the retention
+NODES_GONE = "sn:{nodes}:gone"  # sorted set: node name → when it left (SIGTERM), Redis ms

@@ -43,12 +43,13 @@ OUTAGE_ERRORS = (
 )
 
 
-def make_client(url: str) -> Any:
+def make_client(url: str, timeout: float = COMMAND_TIMEOUT, pool_size: int = POOL_SIZE) -> Any:
+    """A client of `url` whose commands fail after `timeout` s, with `pool_size` connections."""
     # No retries: the outage latch below decides. The asyncio client takes the asyncio
     # Retry; redis-py 8.2 warns when handed redis.retry.Retry (the synchronous one).
     options: dict[str, Any] = {
-        "socket_timeout": COMMAND_TIMEOUT,
-        "socket_connect_timeout": COMMAND_TIMEOUT,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         # RESP2, as the auto-pipeline speaks. redis-py 8 defaults to RESP3 and with it to
         # "maintenance notifications": two more round trips per new connection, and on a
         # server that announces maintenance, a 10 s relaxed timeout in place of ours.
@@ -62,8 +63,8 @@ def make_client(url: str) -> Any:
     # of failing as if Redis were down.
     pool = redis.BlockingConnectionPool.from_url(
         url,
-        max_connections=POOL_SIZE,
-        timeout=COMMAND_TIMEOUT,
+        max_connections=pool_size,
+        timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         **options,
     )

@@ -11,13 +11,21 @@ REPO_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def cluster_config(
-    name: str, redis_url: str, upstream_port: int, dead_port: int | None = None
+    name: str,
+    redis_url: str,
+    upstream_port: int,
+    dead_port: int | None = None,
+    interval: float | None = None,
 ) -> str:
     """A node with a rate-limited handler route, an upstream pool behind a breaker and a cached
     route (so every tile has data); with `dead_port`, also a hash pool `shop` whose second
-    member never answers, behind `/shop/` (its card shows retries, a trip and the ring)."""
-    return _base_config(name, redis_url, upstream_port) + (
-        "" if dead_port is None else _shop_config(upstream_port, dead_port)
+    member never answers, behind `/shop/` (its card shows retries, a trip and the ring);
+    with `interval`, that dashboard.interval."""
+    dashboard = "" if interval is None else f"\n[dashboard]\ninterval = {interval}\n"
+    return (
+        _base_config(name, redis_url, upstream_port)
+        + ("" if dead_port is None else _shop_config(upstream_port, dead_port))
+        + dashboard
     )
 
 

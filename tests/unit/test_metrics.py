@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.metrics import LATENCY_BOUNDS, NodeCollector, NodeStats, RouteStats, make_registry
+from node.metrics import (
+    EXPORT_BOUNDS,
+    LATENCY_BOUNDS,
+    NodeCollector,
+    NodeStats,
+    RouteStats,
+    fold,
+    make_registry,
+    quantile,
+)
 
 UPSTREAMS = {
     "users": {
@@ -43,15 +56,44 @@ def test_record_counts_statuses():
 
 
 @pytest.mark.parametrize(
-    ("seconds", "bucket"),
-    [(0.0, 0), (0.0004, 0), (0.0005, 0), (0.0006, 1), (0.3, 9), (10.0, 13), (10.5, 14)],
+    ("seconds", "bound"),
+    [
+        (0.0, 50e-6),
+        (0.00005, 50e-6),
+        (0.000051, 55e-6),
+        (0.0004, 0.0004),
+        (0.00061, 0.00065),
+        (0.3, 0.3),
+        (10.0, 10.0),
+        (59.9, 60.0),
+        (60.5, None),
+    ],
 )
-def test_record_puts_latency_in_its_bucket(seconds, bucket):
-    """A latency lands in the first bucket whose upper bound is >= it; beyond 10 s in +Inf."""
+def test_record_puts_latency_in_its_bucket(seconds, bound):
+    """A latency lands in the first bucket whose upper bound is >= it; beyond 60 s in +Inf."""
     stats = RouteStats("/a")
     stats.record(200, seconds)
-    assert stats.buckets.index(1) == bucket
+    index = stats.buckets.index(1)
+    assert (LATENCY_BOUNDS[index] if index < len(LATENCY_BOUNDS) else None) == bound
     assert sum(stats.buckets) == 1
+
+
+def test_buckets_are_log_linear_and_at_most_12_5_percent_wide():
+    """From 50 us to 60 s, each bucket at most 12.5 % wider than the one below it."""
+    assert (LATENCY_BOUNDS[0], LATENCY_BOUNDS[-1]) == (50e-6, 60.0)
+    ratios = [b / a for a, b in itertools.pairwise(LATENCY_BOUNDS)]
+    assert max(ratios) <= 1.125 + 1e-9
+    assert set(EXPORT_BOUNDS) <= set(LATENCY_BOUNDS)
+
+
+def test_fold_sums_fine_buckets_into_the_exported_ones():
+    """Every fine bucket lands in the exported bucket whose bound covers it, none twice."""
+    fine = list(range(len(LATENCY_BOUNDS) + 1))
+    folded = fold(fine)
+    assert len(folded) == len(EXPORT_BOUNDS) + 1
+    assert sum(folded) == sum(fine)
+    below_1ms = sum(c for b, c in zip(LATENCY_BOUNDS, fine, strict=False) if b <= 0.001)
+    assert sum(folded[:2]) == below_1ms
 
 
 def test_record_sums_latency():
@@ -104,12 +146,12 @@ def test_histogram_buckets_are_cumulative():
 
 
 def test_histogram_exposes_every_bound():
-    """The histogram has a bucket per bound plus +Inf, even for an idle route."""
+    """The histogram has a bucket per exported bound plus +Inf, even for an idle route."""
     stats = NodeStats()
     stats.route("/idle")
     samples = scrape(stats)
     les = {dict(key)["le"] for name, key in samples if name.endswith("_bucket")}
-    assert les == {repr(bound) for bound in LATENCY_BOUNDS} | {"+Inf"}
+    assert les == {repr(bound) for bound in EXPORT_BOUNDS} | {"+Inf"}
 
 
 def test_in_flight_gauge():
@@ -176,3 +218,34 @@ def test_resilience_series_per_member_and_pool():
     pool_key = labels(upstream="users")
     assert samples["scalenode_upstream_pool_budget_exhausted_total", pool_key] == 4
     assert samples["scalenode_upstream_pool_unavailable_total", pool_key] == 5
+
+
+@pytest.mark.parametrize("median_ms", [0.08, 0.3, 1.0, 7.0, 120.0])
+def test_quantiles_match_the_exact_ones_of_known_samples(median_ms):
+    """p50/p95/p99 of 20 000 log-normal latencies, from the buckets, are within 3 % of the
+    exact order statistics, from a fast node's tenths of a millisecond to slow ones."""
+    rng = random.Random(17)
+    samples = sorted(rng.lognormvariate(math.log(median_ms / 1000), 0.6) for _ in range(20_000))
+    route = RouteStats("/a")
+    for seconds in samples:
+        route.record(200, seconds)
+    for q in (0.50, 0.95, 0.99):
+        exact = samples[math.ceil(q * len(samples)) - 1]
+        assert quantile(q, route.buckets) == pytest.approx(exact, rel=0.03), q
+
+
+def test_quantiles_of_merged_nodes_are_those_of_all_their_samples():
+    """Two nodes' buckets summed give the quantiles of the pooled samples (merged exactly)."""
+    rng = random.Random(3)
+    fast = [rng.uniform(0.0002, 0.0006) for _ in range(9_000)]
+    slow = [rng.uniform(0.004, 0.02) for _ in range(1_000)]
+    a, b = RouteStats("/a"), RouteStats("/a")
+    for seconds in fast:
+        a.record(200, seconds)
+    for seconds in slow:
+        b.record(200, seconds)
+    merged = [x + y for x, y in zip(a.buckets, b.buckets, strict=True)]
+    pooled = sorted(fast + slow)
+    for q in (0.50, 0.95, 0.99):
+        exact = pooled[math.ceil(q * len(pooled)) - 1]
+        assert quantile(q, merged) == pytest.approx(exact, rel=0.03), q

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard.aggregate import (
+    DOWN_AFTER,
     STALE_AFTER,
     SkewTracker,
     aggregate,
@@ -18,11 +19,11 @@ NOW = 1_000_000.0
 EMPTY = [0] * (len(LATENCY_BOUNDS) + 1)
 
 
-def buckets(**counts: int) -> list[int]:
-    """A histogram with `counts` keyed by bound index: buckets(b3=10) puts 10 in bucket 3."""
+def buckets(*pairs: tuple[float | None, int]) -> list[int]:
+    """A histogram of (upper bound in seconds, count) pairs; bound None is the +Inf bucket."""
     out = list(EMPTY)
-    for key, count in counts.items():
-        out[int(key[1:])] = count
+    for bound, count in pairs:
+        out[len(LATENCY_BOUNDS) if bound is None else LATENCY_BOUNDS.index(bound)] = count
     return out
 
 
@@ -47,9 +48,9 @@ def record(name: str, *, rps: float = 0.0, hist=None, status=None, age: float = 
 
 
 def test_quantile_interpolates_inside_the_bucket():
-    """Half of 10 observations in (1 ms, 2.5 ms] puts p50 at the bucket's lower edge + half."""
-    hist = buckets(b2=10)  # (0.001, 0.0025]
-    assert quantile(0.5, hist) == pytest.approx(0.001 + 0.0015 * 0.5)
+    """Half of 10 observations in (2.25 ms, 2.5 ms] puts p50 at the bucket's lower edge + half."""
+    hist = buckets((0.0025, 10))
+    assert quantile(0.5, hist) == pytest.approx(0.00225 + 0.00025 * 0.5)
     assert quantile(1.0, hist) == pytest.approx(0.0025)
 
 
@@ -60,13 +61,13 @@ def test_quantile_of_nothing_is_none():
 
 def test_quantile_in_the_inf_bucket_is_the_largest_bound():
     """Observations beyond the last bound report that bound, never infinity."""
-    assert quantile(0.99, buckets(b14=5)) == LATENCY_BOUNDS[-1]
+    assert quantile(0.99, buckets((None, 5))) == LATENCY_BOUNDS[-1]
 
 
 def test_cluster_p99_comes_from_merged_buckets_not_averaged_p99s():
     """A fast busy node and a slow quiet one: the merged p99 follows the requests."""
-    fast = buckets(b1=990)  # 990 requests at <= 1 ms
-    slow = buckets(b9=10)  # 10 requests at (250, 500] ms
+    fast = buckets((0.001, 990))  # 990 requests at (0.95, 1] ms
+    slow = buckets((0.5, 10))  # 10 requests at (450, 500] ms
     _, cluster = aggregate([record("a", rps=99, hist=fast), record("b", rps=1, hist=slow)], NOW)
     merged = merge_buckets([fast, slow])
     assert cluster["p99"] == pytest.approx(quantile(0.99, merged) * 1000)
@@ -203,3 +204,104 @@ def test_cluster_gauges_count_each_queue_once_however_many_nodes_and_routes_read
     merged = merge_plugins([record(10, 5), record(12, 5)])["queue"]
     assert merged["cluster_gauges"] == {"depth": 17}  # the freshest reading of a, plus b
     assert merged["counters"] == {"published": 6}  # counters are each node's own: summed
+
+
+def test_each_queue_has_its_own_card_and_ages_are_the_oldest_not_a_sum():
+    def entry(queue: str, route: str, depth: int, age: float) -> dict:
+        gauges = {"depth": depth, "oldest_job_age_seconds": age}
+        return {
+            "name": "queue",
+            "route": route,
+            "scope": queue,
+            "card": queue,
+            "counters": {"published": 1},
+            "cluster_gauges": gauges,
+        }
+
+    a = {"plugins": [entry("reports", "/r", 3, 40.0), entry("mail", "/m", 2, 5.0)]}
+    b = {"plugins": [entry("reports", "/r", 3, 41.0), entry("mail", "/m", 2, 6.0)]}
+    merged = merge_plugins([a, b])
+    assert set(merged) == {"queue:reports", "queue:mail"}
+    reports = merged["queue:reports"]
+    assert (reports["name"], reports["card"]) == ("queue", "reports")
+    assert reports["cluster_gauges"] == {"depth": 3, "oldest_job_age_seconds": 41.0}
+    assert reports["counters"] == {"published": 2}
+    assert merged["queue:mail"]["cluster_gauges"]["oldest_job_age_seconds"] == 6.0
+
+    one_node = merge_plugins(
+        [
+            {
+                "plugins": [
+                    {**entry("q", "/a", 1, 30.0), "scope": "q1", "card": None},
+                    {**entry("q", "/b", 1, 10.0), "scope": "q2", "card": None},
+                ]
+            }
+        ]
+    )["queue"]
+    assert one_node["cluster_gauges"] == {"depth": 2, "oldest_job_age_seconds": 30.0}
+
+
+def test_a_node_goes_stale_then_down_and_stays_listed():
+    """Silent past STALE_AFTER: stale; past DOWN_AFTER: down, last seen when it last beat."""
+    records = [
+        record("a", rps=5),
+        record("b", rps=50, age=STALE_AFTER + 0.5),
+        record("c", rps=9, age=DOWN_AFTER + 60),
+        record("d", rps=9, age=30, left=True),
+    ]
+    rows, cluster = aggregate(records, NOW)
+    assert [r["state"] for r in rows] == ["up", "stale", "down", "left"]
+    assert rows[2]["last_seen"] == pytest.approx(NOW - DOWN_AFTER - 60)
+    assert cluster["states"] == {"up": ["a"], "stale": ["b"], "down": ["c"], "left": ["d"]}
+    assert (cluster["nodes"], cluster["reporting"], cluster["rps"]) == (3, 1, 5)
+    assert cluster["partial"] is True  # b is late: the total misses its share
+
+
+def test_the_registry_age_wins_over_the_node_clock():
+    """A node whose wall clock is off still counts as up when its beat is fresh in Redis."""
+    skewed = {**record("a", rps=1, age=120), "age": 0.4}
+    (row,), _ = aggregate([skewed], NOW)
+    assert row["state"] == "up"
+
+
+def test_an_idle_cluster_has_no_shares_or_error_rate():
+    """No traffic: shares and error % are unknown (None, shown as "—"), not 0 %."""
+    rows, cluster = aggregate([record("a"), record("b")], NOW)
+    assert [r["share"] for r in rows] == [None, None]
+    assert cluster["error_pct"] is None
+
+
+def test_routes_are_summed_across_nodes_with_merged_quantiles():
+    """Per route: req/s and statuses add up, p99 from the merged buckets, 4xx/5xx %."""
+    index = str(LATENCY_BOUNDS.index(0.001))
+    slow = str(LATENCY_BOUNDS.index(0.2))
+
+    def routes(rps, ok, bad, buckets):
+        return {
+            "/x": {"rps_10s": rps, "status_10s": {"2xx": ok, "4xx": bad}, "buckets_10s": buckets}
+        }
+
+    a = record("a", rps=10)
+    a["metrics"]["routes"] = routes(10.0, 95, 5, {index: 100})
+    b = record("b", rps=30)
+    b["metrics"]["routes"] = {
+        **routes(20.0, 200, 0, {index: 199, slow: 1}),
+        "/y": {"rps_10s": 10.0, "status_10s": {"5xx": 100}, "buckets_10s": {index: 100}},
+    }
+    _, cluster = aggregate([a, b], NOW)
+    x, y = cluster["routes"]
+    assert (x["route"], x["rps"], x["nodes"], x["share"]) == ("/x", 30.0, 2, 0.75)
+    assert x["client_error_pct"] == pytest.approx(100 * 5 / 300)
+    assert x["error_pct"] == 0.0
+    assert 0.95 <= x["p50"] <= 1.0  # (0.95, 1] ms: the bucket of all but one
+    assert 0.95 <= x["p99"] <= 1.0  # 1 slow request in 300 stays above p99
+    assert x["status_rps"]["4xx"] == pytest.approx(0.5)
+    assert (y["error_pct"], y["client_error_pct"]) == (100.0, 0.0)
+
+
+def test_in_flight_is_the_mean_over_the_window():
+    """The nodes' mean in-flight (seconds spent answering per second) adds up."""
+    a, b = record("a", rps=1), record("b", rps=1)
+    a["metrics"]["in_flight_avg"], b["metrics"]["in_flight_avg"] = 2.5, 4.0
+    _, cluster = aggregate([a, b], NOW)
+    assert cluster["in_flight"] == 6.5

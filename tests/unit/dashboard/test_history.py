@@ -38,3 +38,14 @@ def test_rps_ago_reads_the_trend_point():
         history.append(float(t), [], cluster(float(t)))
     assert history.rps_ago(60) == 20.0
     assert History(5).rps_ago(60) == 0.0
+
+
+def test_partial_totals_are_gaps_not_dips():
+    """While a member is stale the cluster total is None (a gap), and its own series too."""
+    history = History(10)
+    history.append(1.0, [row("a", 5), row("b", 5)], cluster(10))
+    late = {"name": "b", "rps": 5, "reporting": False}
+    history.append(2.0, [row("a", 5), late], {**cluster(5), "partial": True})
+    columns = history.columns()
+    assert columns["rps"] == [10, None]
+    assert columns["nodes"] == {"a": [5, 5], "b": [5, None]}
