@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -102,3 +104,67 @@ def watch_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> async
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     return skip
+
+
+async def stop_listening(runner: web.AppRunner) -> list[socket.socket]:
+    """Close the node's listening sockets without resetting connections the kernel has
+    already accepted for them: on Linux, closing a listener resets every connection still
+    in its accept queue, and a balancer that had sent a POST on one (nginx, which learns
+    of a stop only from failures) answers 502, as it cannot retry what it sent. So the
+    queue is emptied right before each listener closes, with nothing in between that
+    could let the loop run; the connections taken are returned, to be served."""
+    taken: list[socket.socket] = []
+    for site in list(runner.sites):
+        server = getattr(site, "_server", None)  # asyncio.Server; None if never started
+        for listener in getattr(server, "sockets", None) or ():
+            taken += accept_queued(listener.fileno())
+        if server is not None:
+            server.close()  # synchronous: stops accepting before anything else runs
+        await site.stop()
+    return taken
+
+
+def accept_queued(fileno: int) -> list[socket.socket]:
+    """The connections waiting in a listening socket's accept queue (a duplicate of its
+    descriptor, non-blocking, so the loop's own listener is untouched)."""
+    listener = socket.socket(fileno=os.dup(fileno))
+    taken = []
+    try:
+        listener.setblocking(False)
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return taken
+            except OSError:  # the queue cannot be read: what is in it is lost, as before
+                return taken
+            taken.append(connection)
+    finally:
+        listener.close()
+
+
+def close_idle(server: web.Server) -> None:
+    """Close the kept-alive connections once their current request (if any) is answered.
+    A connection that has not had a whole request yet is left open: its request is on its
+    way (a balancer sends right after connecting) and is answered with Connection: close."""
+    for connection in server.connections:
+        if connection._request_count:
+            connection.close()
+
+
+async def adopt(server: web.Server, connections: list[socket.socket]) -> None:
+    """Serve connections taken from a closed listener's queue like any other."""
+    loop = asyncio.get_running_loop()
+    for connection in connections:
+        try:
+            await loop.connect_accepted_socket(server, connection)
+        except OSError:  # the client left meanwhile
+            connection.close()
+
+
+def awaiting_first_request(server: web.Server | None) -> bool:
+    """Whether a connection is open that has not had a whole request yet."""
+    return server is not None and any(
+        connection.transport is not None and not connection._request_count
+        for connection in server.connections
+    )

@@ -12,7 +12,15 @@ from aiohttp import web
 from node.agent import start_agent
 from node.app import STATS, build_app
 from node.config import NodeSettings, Settings
-from node.drain import NODE_STATE, announce_drain, watch_signals
+from node.drain import (
+    NODE_STATE,
+    adopt,
+    announce_drain,
+    awaiting_first_request,
+    close_idle,
+    stop_listening,
+    watch_signals,
+)
 from node.edge import EdgeRunner
 from node.edge_stats import EDGE
 from node.metrics import NodeStats
@@ -22,6 +30,9 @@ from node.trace import AccessLogger
 log = logging.getLogger("scalenode")
 
 DRAIN_POLL = 0.05  # seconds between checks of the in-flight count while draining
+# Seconds the drain waits for the first request of connections accepted just before the
+# port closed (a balancer sends right after connecting); silent ones are then closed.
+FIRST_REQUEST_GRACE = 1.0
 CANCEL_GRACE = 0.1  # seconds aiohttp gives leftovers after our drain (twice), then cancels
 
 
@@ -85,17 +96,27 @@ async def drain(
     seconds: float,
     hooks: Sequence[Callable[[float], Awaitable[None]]] = (),
 ) -> None:
-    """Stop accepting, ask keep-alive connections to close after their current request,
-    and wait until no request is in flight or `seconds` have passed. Plugins' drains (a
-    worker's jobs) run alongside, within the same `seconds`."""
-    for site in list(runner.sites):
-        await site.stop()
-    if runner.server is not None:
-        runner.server.pre_shutdown()
+    """Stop accepting (serving what the kernel had already accepted), ask keep-alive
+    connections to close after their current request, and wait until no request is in
+    flight or `seconds` have passed. Plugins' drains (a worker's jobs) run alongside,
+    within the same `seconds`."""
+    queued = await stop_listening(runner)
+    server = runner.server
+    if server is not None:
+        close_idle(server)
+        await adopt(server, queued)
     draining = asyncio.gather(*(hook(seconds) for hook in hooks))
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
+    first_requests_by = start + min(FIRST_REQUEST_GRACE, seconds)
+
+    def busy() -> bool:
+        if stats.in_flight():
+            return True
+        return time.monotonic() < first_requests_by and awaiting_first_request(server)
+
     # Polled: an Event set by the last request out would cost every request a check.
-    while stats.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110
+    while busy() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(DRAIN_POLL)
     if stats.in_flight():
         log.warning("drain timeout: cancelling %d request(s) still in flight", stats.in_flight())

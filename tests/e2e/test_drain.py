@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -113,3 +114,34 @@ def test_sigint_skips_the_delay(start_node, write_config) -> None:
     node.proc.send_signal(signal.SIGINT)
     assert node.proc.wait(timeout=10.0) == 0
     assert time.monotonic() - signalled < DELAY
+
+
+def test_connections_queued_when_the_port_closes_are_served(start_node, write_config) -> None:
+    """Connections the kernel accepted but the node had not (its loop busy, here stopped)
+    when SIGTERM came are served, not reset: closing a listener resets its accept queue,
+    and a balancer that had sent a POST there cannot retry it (nginx answers 502)."""
+    node = start_node("--config", str(write_config(CONFIG)))  # drain_delay 0: the harness's
+    assert request(node.port, "/ready").status == 200
+    post = b"POST /slow?seconds=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+    node.proc.send_signal(signal.SIGSTOP)
+    clients = []
+    try:
+        for _ in range(20):
+            client = socket.create_connection(("127.0.0.1", node.port), timeout=10.0)
+            client.sendall(post)  # into the node's receive buffer: the node is stopped
+            clients.append(client)
+        node.proc.send_signal(signal.SIGTERM)
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+    statuses = []
+    for client in clients:
+        with client:
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = client.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            statuses.append(reply.split(b" ", 2)[1].decode() if reply else "reset/closed")
+    assert statuses == ["200"] * 20
+    assert node.proc.wait(timeout=10.0) == 0
