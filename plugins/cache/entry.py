@@ -5,12 +5,13 @@ A hit copies the headers and sets `X-Cache` and `Age`: nothing else is built per
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import orjson
 from multidict import CIMultiDict, istr
 
-from node.call import Reply
+from node.call import Reply, wire_bytes
 from plugins.cache.freshness import header, normalised
 
 X_CACHE = istr("X-Cache")  # istr: aiohttp skips case-folding these names
@@ -115,6 +116,17 @@ class Entry:
         """The request's selecting headers match those it was stored for (section 4.1)."""
         return all(normalised(headers, name) == value for name, value in self.selects)
 
+    def variant_for(self, key: str, headers: Mapping[str, str]) -> str:
+        """The key under which the variant a request with `headers` selects is stored,
+        by the names this entry's Vary gave (RFC 9111 section 4.1: a cache may keep
+        several variants). Each variant is stored under its own key and, the latest one,
+        under `key` too, where a request learns which names select."""
+        return variant_key(key, [normalised(headers, name) for name, _ in self.selects])
+
+    def own_variant(self, key: str) -> str:
+        """The key of this entry's own variant."""
+        return variant_key(key, [value for _, value in self.selects])
+
     def reply(self, label: str, now: float) -> Reply:
         headers = self.headers.copy()
         headers[X_CACHE] = label
@@ -163,6 +175,15 @@ class Entry:
             headers = CIMultiDict((istr(k), v) for k, v in pairs)
         selecting = tuple(map(tuple, selects)) if selects else ()
         return cls(status, body, headers, content_type, path, tuple(tags), times, selecting, strict)
+
+
+VARIANT = "\x1fv:"  # between a key and its variant's digest (\x1f: see policy.SEP)
+
+
+def variant_key(key: str, values: list[str | None]) -> str:
+    """`key` and a digest of the selecting values (None, a header absent, differs from "")."""
+    text = "\x00".join("\x01" if value is None else value for value in values)
+    return key + VARIANT + hashlib.blake2b(wire_bytes(text), digest_size=8).hexdigest()
 
 
 def decoded(blob: bytes | None) -> Entry | None:

@@ -30,6 +30,7 @@ from plugins.cache.entry import (
     MISS,
     REVALIDATED,
     STALE,
+    VARIANT,
     X_CACHE,
     Entry,
     decoded,
@@ -140,7 +141,21 @@ class ResponseCache(Plugin):
                 if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
                     return shaped(call, entry.hit(now))
                 return entry.hit(now)
-            reply = await self.lookup(call, next, key, self.l1.get(key, now))
+            stale = self.l1.get(key, now)
+            if entry is not None and entry.selects and not entry.fits(call.headers):
+                # Another variant is the latest under `key`: this request's may be stored
+                # under its own (section 4.1).
+                key = entry.variant_for(key, call.headers)
+                variant = self.entries.get(key)
+                if variant is not None and now < variant.hit_until and variant.fits(call.headers):
+                    self.entries.move_to_end(key)
+                    self.hits_l1 += 1
+                    headers = call.headers
+                    if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
+                        return shaped(call, variant.hit(now))
+                    return variant.hit(now)
+                stale = self.l1.get(key, now)
+            reply = await self.lookup(call, next, key, stale)
             headers = call.headers
             if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
                 return shaped(call, reply)
@@ -186,10 +201,14 @@ class ResponseCache(Plugin):
         self, call: Call, next: Handler, key: str, stale: Entry | None
     ) -> tuple[Reply, Entry | None, str]:
         found, l2_up = await self.read_l2(key)
-        now = self.clock()
         headers = call.headers
         if found is not None and found.selects and not found.fits(headers):  # section 4.1
-            found = None  # another variant
+            # Another variant is the latest under `key`; this request's has its own key.
+            key = found.variant_for(key, headers)
+            found, l2_up = await self.read_l2(key)
+            if found is not None and not found.fits(headers):
+                found = None
+        now = self.clock()
         if stale is not None and stale.selects and not stale.fits(headers):
             stale = None
         if found is not None and now < found.fresh_until:
@@ -252,9 +271,19 @@ class ResponseCache(Plugin):
         entry = self.admit(call, reply, request_time, now) if storing else None
         if entry is None:
             return labelled(untargeted(reply), label), None, label
-        self.l1.put(key, entry, now)
-        await self.filler.store(key, entry, now)
+        await self.keep(key, entry, now)
         return entry.reply(label, now), entry, label
+
+    async def keep(self, key: str, entry: Entry, now: float) -> None:
+        """In L1 and L2 under `key`; a variant (its reply had Vary) also under its own key,
+        so that several variants stay stored side by side (RFC 9111 section 4.1)."""
+        primary = key.partition(VARIANT)[0]
+        self.l1.put(primary, entry, now)
+        await self.filler.store(primary, entry, now)
+        if entry.selects:
+            variant = entry.own_variant(primary)
+            self.l1.put(variant, entry, now)
+            await self.filler.store(variant, entry, now)
 
     def admit(self, call: Call, reply: Reply, request_time: float, now: float) -> Entry | None:
         """The entry to store for `reply`, or None when it must not be stored."""

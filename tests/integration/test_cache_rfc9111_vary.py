@@ -78,3 +78,39 @@ async def test_another_nodes_variant_is_checked_too(shared: Cached) -> None:
     _, same, _ = await shared.get(b, shared.path(), headers={"Accept-Language": "en"})
     _, other, _ = await shared.get(b, shared.path(), headers={"Accept-Language": "de"})
     assert (same["X-Cache"], other["X-Cache"]) == ("HIT-L2", "MISS")
+
+
+async def test_several_variants_stay_stored_side_by_side(cached: Cached) -> None:
+    """Clients alternating between two languages hit both stored variants: each reply is
+    fetched once, and each request gets its own variant's body (section 4.1)."""
+    for body in (b"en", b"fr"):
+        cached.origin.script(cached.path(), headers=[("Vary", "Accept-Language")], body=body)
+    node = await cached.node()
+    seen = []
+    for language in ("en", "fr", "en", "fr", "en"):
+        _, headers, body = await cached.get(
+            node, cached.path(), headers={"Accept-Language": language}
+        )
+        seen.append((language, body, headers["X-Cache"]))
+    assert [(lang, body) for lang, body, _ in seen] == [
+        ("en", b"en"),
+        ("fr", b"fr"),
+        ("en", b"en"),
+        ("fr", b"fr"),
+        ("en", b"en"),
+    ]
+    assert [label for _, _, label in seen] == ["MISS", "MISS", "HIT-L1", "HIT-L1", "HIT-L1"]
+    assert cached.origin.count(cached.path()) == 2
+
+
+async def test_another_nodes_variants_are_found_in_l2(shared: Cached) -> None:
+    """A node that has seen neither variant finds each in L2 under its own key."""
+    for body in (b"en", b"fr"):
+        shared.origin.script(shared.path(), headers=[("Vary", "Accept-Language")], body=body)
+    a, b = await shared.node(), await shared.node()
+    await shared.get(a, shared.path(), headers={"Accept-Language": "en"})
+    await shared.get(a, shared.path(), headers={"Accept-Language": "fr"})
+    _, en, en_body = await shared.get(b, shared.path(), headers={"Accept-Language": "en"})
+    _, fr, fr_body = await shared.get(b, shared.path(), headers={"Accept-Language": "fr"})
+    assert (en["X-Cache"], en_body, fr["X-Cache"], fr_body) == ("HIT-L2", b"en", "HIT-L2", b"fr")
+    assert shared.origin.count(shared.path()) == 2
