@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 import orjson
@@ -71,13 +72,17 @@ class EdgeHandler(RequestHandler):
     in within node.header_timeout. That timer runs from connect and, when it fires, looks
     whether a head came (aiohttp's keep-alive timer works so too): nothing per request."""
 
-    __slots__ = ("admitted", "body_timer", "head_timer")
+    __slots__ = ("admitted", "arrived", "body_timer", "head_timer")
 
     _manager: EdgeServer | None
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.admitted = False
+        # perf_counter() when the bytes of the request not yet being answered came in: a
+        # request's latency counts from here, so time spent waiting for the loop (a busy
+        # node's queue) is in it, as the client sees it (node.http reads it).
+        self.arrived = 0.0
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: BodyTimer | None = None
 
@@ -93,6 +98,11 @@ class EdgeHandler(RequestHandler):
         loop = self._loop
         self.head_timer = loop.call_later(server.header_timeout, self.head_timed_out)
         self.body_timer = BodyTimer(loop, server.body_timeout, self.body_stalled)
+
+    def data_received(self, data: bytes) -> None:
+        if self._current_request is None and not self._messages:  # a new request begins
+            self.arrived = perf_counter()
+        super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.admitted:

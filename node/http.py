@@ -18,6 +18,7 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from node.call import JSON_TYPE, AddedHeaders, ByteStream, Call, Handler, Reply
+from node.edge import EdgeHandler
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
 from node.metrics import RouteStats
 from node.resources import RESOURCES, Resources
@@ -243,7 +244,9 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
             stats.record(400, 0.0)
             return to_response(BAD_PATH, node)
         stats.in_flight += 1
-        started = perf_counter()
+        # From the request's arrival (node.edge's handler), else now (a test server's).
+        protocol = request.protocol
+        started = protocol.arrived if type(protocol) is EdgeHandler else perf_counter()
         status = CLIENT_CLOSED
         try:
             try:
