@@ -4,7 +4,6 @@ members with read replicas, or embedded SQLite ones)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from pathlib import Path
@@ -15,8 +14,8 @@ import orjson
 from node.config import ShardMember, ShardSetSettings
 from node.errors import ConfigError
 from node.plugin import BuildContext, PluginSpec
-from plugins.shard.documents import DocumentShard, ShardUnavailable
-from plugins.shard.members import Member, ShardSet
+from plugins.shard.documents import DocumentShard, PlacedShard, ShardUnavailable
+from plugins.shard.members import MAP_CHANNEL, Member, ShardSet
 from plugins.shard.router import ShardRouter, ShardSettings, build_shard_router
 from plugins.shard.store import StoreTarget
 
@@ -41,7 +40,7 @@ def member_shards(set_name: str, settings: ShardSetSettings, member: ShardMember
 
     pool = settings.pool
 
-    def postgres(name: str, dsn: str, read_only: bool) -> DocumentShard:
+    def postgres(name: str, dsn: str, read_only: bool) -> PlacedShard:
         return PostgresShard(
             name,
             dsn,
@@ -68,8 +67,9 @@ def member_shards(set_name: str, settings: ShardSetSettings, member: ShardMember
 
 
 def layout_of(set_name: str, settings: ShardSetSettings, member: str) -> str:
-    """What a member records of the set it belongs to and its own place in it (the bucket
-    map's version 1): data written under one layout is misplaced under another."""
+    """What a member records of the set it belongs to and its own place in it: data written
+    under another set, bucket count or member name is misplaced under this one. `members`,
+    as first recorded, seeds the bucket map of a set that has none (members.ShardSet)."""
     members = [m.name for m in settings.members]
     layout = {"set": set_name, "buckets": settings.buckets, "members": members, "map": 1}
     return orjson.dumps({**layout, "member": member}).decode()
@@ -122,7 +122,7 @@ def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
     def make() -> ShardSet:
         members = [member_shards(set_name, settings, m) for m in settings.members]
         layouts = {m.name: layout_of(set_name, settings, m.name) for m in settings.members}
-        made = ShardSet(set_name, members, layouts)
+        made = ShardSet(set_name, members, layouts, settings.buckets)
 
         async def start() -> None:
             for member in members:
@@ -131,11 +131,11 @@ def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
                     await replica.start()
                 if member.lag is not None:
                     await member.lag.start()
-                with contextlib.suppress(ShardUnavailable):  # down: checked on first use
-                    await made.confirm(member)
+            await made.start()
             await check_budget(set_name, settings, members, ctx.resources.registry.live_count())
 
         async def stop() -> None:
+            await made.stop()
             for member in members:
                 if member.lag is not None:
                     await member.lag.close()
@@ -144,6 +144,8 @@ def shard_set(ctx: BuildContext, set_name: str, path: str) -> ShardSet:
 
         ctx.on_start(start)
         ctx.on_stop(stop)
+        channel = MAP_CHANNEL + set_name
+        ctx.resources.bus.subscribe(channel, made.announced, made.refresh)
         # A member that is down fails its own keys only: /ready says "degraded", naming it.
         for member in settings.members:
             if member.dsn:
@@ -164,7 +166,6 @@ def build_store_target(spec: str, path: str, ctx: BuildContext) -> StoreTarget:
     return StoreTarget(
         spec,
         shard_set(ctx, spec, path),
-        settings.buckets,
         placeholders[0] if placeholders else None,
         timeout=settings.timeout,
         fan_out=settings.fan_out,

@@ -7,27 +7,35 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import orjson
+
+from node.call import wire_bytes
 
 
 def bucket_of(key: str, buckets: int) -> int:
     """blake2b-64 of the key's UTF-8 bytes, big-endian, modulo `buckets`: the same on every
     node, process and Python version (never Python's salted hash())."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(wire_bytes(key), digest_size=8).digest()
     return int.from_bytes(digest, "big") % buckets
 
 
 @dataclass(frozen=True, slots=True)
 class BucketMap:
-    """Which member owns each bucket, at one version."""
+    """Which member owns each bucket, at one version. `members` names the members the
+    owners index (a stored map names them, so adding a member to the config moves nothing
+    until a rebalance writes a map that gives it buckets)."""
 
     version: int
     owners: tuple[int, ...]  # bucket -> member index
+    members: tuple[str, ...] = ()
 
     @classmethod
-    def even(cls, members: int, buckets: int) -> BucketMap:
+    def even(cls, members: int, buckets: int, names: Sequence[str] = ()) -> BucketMap:
         """Contiguous, equal ranges: member i owns buckets [i*B/N, (i+1)*B/N)."""
-        return cls(1, tuple(bucket * members // buckets for bucket in range(buckets)))
+        owners = tuple(bucket * members // buckets for bucket in range(buckets))
+        return cls(1, owners, tuple(names))
 
     def owner(self, bucket: int) -> int:
         return self.owners[bucket]
@@ -40,3 +48,26 @@ class BucketMap:
         for bucket, owner in enumerate(self.owners):
             owned[owner].append(bucket)
         return owned
+
+    def owner_name(self, bucket: int) -> str:
+        return self.members[self.owners[bucket]]
+
+    def with_owners(self, changes: dict[int, str], version: int) -> BucketMap:
+        """This map with `changes` (bucket -> member name) applied, at `version`."""
+        names = list(self.members)
+        owners = list(self.owners)
+        for bucket, name in changes.items():
+            if name not in names:
+                names.append(name)
+            owners[bucket] = names.index(name)
+        return replace(self, version=version, owners=tuple(owners), members=tuple(names))
+
+    def dumps(self) -> str:
+        return orjson.dumps(
+            {"version": self.version, "members": self.members, "owners": self.owners}
+        ).decode()
+
+    @classmethod
+    def loads(cls, text: str) -> BucketMap:
+        data = orjson.loads(text)
+        return cls(int(data["version"]), tuple(data["owners"]), tuple(data["members"]))

@@ -39,6 +39,11 @@ class NotFound(Exception):
     """The key has no document (DELETE, PATCH)."""
 
 
+class Fenced(Exception):
+    """The member does not own the bucket now (it is moving, or moved, or was never its):
+    the caller's map is stale; read the map again and ask the owner."""
+
+
 class ShardUnavailable(Exception):
     """The member (or the replica asked) does not answer; the driver's error is chained."""
 
@@ -91,6 +96,49 @@ class DocumentShard(Protocol):
         """Up to `limit` documents of the `buckets` given, in key order, with keys after
         `after` and starting with `prefix` (each as given; None: no bound)."""
         ...
+
+
+class BucketPlacement(Protocol):
+    """What the set and a rebalance ask of a member about buckets (plugins/shard/
+    postgres_placement.py, sqlite_placement.py): a state per bucket (owned, moving, moved,
+    absent; the member serves only `owned` ones and raises Fenced otherwise), the map's
+    versions as JSON, the move journal, and rows by bucket past the fence."""
+
+    async def bucket_states(self) -> dict[int, str]: ...
+
+    async def seed_states(self, states: dict[int, str]) -> None:
+        """Record every bucket's state unless the member has states already."""
+        ...
+
+    async def set_states(self, buckets: Sequence[int], state: str) -> None:
+        """Waits for the writes in flight to those buckets, then fences later ones."""
+        ...
+
+    async def read_map(self, newer_than: int = 0) -> str | None: ...
+
+    async def write_map(self, version: int, text: str) -> None: ...
+
+    async def export(self, buckets: Sequence[int]) -> list[tuple[int, str, str, str]]:
+        """Every row of `buckets`: (bucket, key, doc, etag), by bucket then key."""
+        ...
+
+    async def replace_rows(self, buckets: Sequence[int], rows: Sequence[Sequence[Any]]) -> None:
+        """Make `buckets` hold exactly `rows` (the mover's copy, past the fence)."""
+        ...
+
+    async def drop_rows(self, buckets: Sequence[int]) -> None: ...
+
+    async def bucket_sizes(self, buckets: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """bucket -> (rows, bytes), for the buckets that hold rows."""
+        ...
+
+    async def read_journal(self) -> str | None: ...
+
+    async def write_journal(self, text: str | None) -> None: ...
+
+
+class PlacedShard(DocumentShard, BucketPlacement, Protocol):
+    """A member's primary: its documents and its buckets."""
 
 
 def quote(identifier: str) -> str:

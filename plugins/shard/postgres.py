@@ -22,6 +22,7 @@ from asyncpg.exceptions import (
 from node.config import redact_url
 from plugins.shard.documents import (
     Document,
+    Fenced,
     NotFound,
     PreconditionFailed,
     ShardUnavailable,
@@ -31,6 +32,8 @@ from plugins.shard.documents import (
     quote,
 )
 from plugins.shard.merge_patch import merge_patch
+from plugins.shard.postgres_placement import FENCED_STATE, PostgresPlacement, placement_sql
+from plugins.shard.turns import Turns
 
 log = logging.getLogger("scalenode.shard")
 
@@ -72,6 +75,12 @@ READ_LAYOUT = "SELECT layout FROM {meta} WHERE id = 1"
 CREATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
 GET = "SELECT doc::text, etag FROM {t} WHERE bucket = $1 AND key = $2"
 LOCK = GET + " FOR UPDATE"
+# A read answers only from the bucket's owner: a node with a stale map must not read rows
+# a rebalance has copied elsewhere (and may have changed there since).
+GET_OWNED = """
+SELECT d.doc::text, d.etag, b.state FROM {b} b LEFT JOIN {t} d ON d.bucket = b.bucket AND d.key = $2
+WHERE b.bucket = $1
+"""
 # An inserted row has xmax 0; a row the ON CONFLICT branch updated carries our xid there.
 UPSERT = """
 INSERT INTO {t} (bucket, key, doc, etag) VALUES ($1, $2, $3::jsonb, $4)
@@ -99,22 +108,21 @@ ORDER BY key LIMIT $4
 CURRENT_LSN = "SELECT pg_current_wal_lsn()::text"
 REPLAY_LSN = "SELECT pg_last_wal_replay_lsn()::text"
 MAX_CONNECTIONS = "SELECT current_setting('max_connections')::int"
-SERVER_SETTINGS = {
-    # Plan every statement for its values. The best SCAN plan depends on them: a few buckets
-    # read their rows by the primary key and sort them, many walk the key index and stop
-    # after `limit` rows, and only known values turn "$n IS NULL OR ..." and the LIKE prefix
-    # into index ranges. After five runs PostgreSQL may keep a generic plan for good (it did
-    # at 5k rows), which reads every row of the buckets and sorts: at 50k rows and 512
-    # buckets 9.7 ms, against 0.05 ms plus 0.4 ms of planning (EXPLAIN ANALYZE, PG 15).
-    "plan_cache_mode": "force_custom_plan",
-}
+# Plan a list's SCAN for its values, every time. Its best plan depends on them: a few
+# buckets read their rows by the primary key and sort them, many walk the key index and stop
+# after `limit` rows, and only known values turn "$n IS NULL OR ..." and the LIKE prefix into
+# index ranges. After five runs PostgreSQL may keep a generic plan for good (it did at 5k
+# rows), which reads every row of the buckets and sorts: at 50k rows and 512 buckets 9.7 ms,
+# against 0.05 ms plus 0.4 ms of planning (EXPLAIN ANALYZE, PG 15). Only for SCAN: the point
+# statements' generic plans are as good, and planning each one cost ~60 us a call.
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 async def no_reset(connection: asyncpg.Connection) -> None:
     """A pooled connection needs no reset between the store's calls."""
 
 
-class PostgresShard:
+class PostgresShard(PostgresPlacement):
     """A member whose documents live in `table` of the database at `dsn`.
 
     `pool_min`/`pool_max`: the pool's connections; `timeout`: seconds any one call may take,
@@ -151,7 +159,7 @@ class PostgresShard:
             ),
             "claim_layout": CLAIM_LAYOUT.format(meta=quote(f"{table}_meta")),
             "read_layout": READ_LAYOUT.format(meta=quote(f"{table}_meta")),
-            "get": GET.format(t=t),
+            "get": GET_OWNED.format(t=t, b=quote(f"{table}_buckets")),
             "lock": LOCK.format(t=t),
             "upsert": UPSERT.format(t=t),
             "insert_new": INSERT_NEW.format(t=t),
@@ -159,12 +167,13 @@ class PostgresShard:
             "delete": DELETE.format(t=t),
             "scan": SCAN.format(t=t),
         }
+        self.place = placement_sql(table)
         self._pool: asyncpg.Pool | None = None
         # Callers wait their turn here, first come first served, so the pool always has a
         # free connection: its own queue lets a woken waiter lose to a newcomer and go to
         # the back, which put some requests seconds behind (p99 1.8 s at 64 clients, 10 s
         # of connections; the timeout then failed them).
-        self._turns = asyncio.Semaphore(pool_max)
+        self._turns = Turns(pool_max)
         self._opening = asyncio.Lock()
         self._next_attempt = 0.0
         self._last_error: BaseException | None = None
@@ -215,9 +224,11 @@ class PostgresShard:
             return await conn.fetchval(self.sql["read_layout"]) or layout
 
     async def get(self, bucket: int, key: str) -> Document | None:
-        async with self._connection() as conn:
-            row = await conn.fetchrow(self.sql["get"], bucket, key)
-        return None if row is None else Document(key, row[0].encode(), row[1])
+        row = await self._fetchrow(self.sql["get"], bucket, key)
+        if row is None or row[2] != "owned":
+            state = None if row is None else row[2]
+            raise Fenced(f"bucket {bucket} not owned by {self.name} (state {state})")
+        return None if row[0] is None else Document(key, row[0].encode(), row[1])
 
     async def put(
         self,
@@ -231,6 +242,9 @@ class PostgresShard:
         if if_match is not None and if_none_match:
             raise PreconditionFailed(key)  # a document to match is one that exists
         etag, text = new_etag(), body.decode()
+        if if_match is None and not if_none_match and not self.write_tokens and not self.read_only:
+            stored, created = await self._fetchrow(self.sql["upsert"], bucket, key, text, etag)
+            return Written(Document(key, stored.encode(), etag), created, None)
         async with self._writing() as conn:
             if if_match is not None:
                 stored = await conn.fetchval(
@@ -242,9 +256,10 @@ class PostgresShard:
                 created = True
             else:
                 stored, created = await conn.fetchrow(self.sql["upsert"], bucket, key, text, etag)
-            if stored is None:
-                raise PreconditionFailed(key)
-            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens else None
+            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens and stored else None
+        if stored is None:
+            await self.fenced_unless_owned(bucket)  # nothing written: only the owner's answer
+            raise PreconditionFailed(key)
         return Written(Document(key, stored.encode(), etag), created, lsn)
 
     async def patch(
@@ -255,8 +270,12 @@ class PostgresShard:
             async with conn.transaction():
                 row = await conn.fetchrow(self.sql["lock"], bucket, key)
                 if row is None:
+                    if await conn.fetchval(self.place["state"], bucket) != "owned":
+                        raise Fenced(f"bucket {bucket} not owned by {self.name}")
                     raise NotFound(key)
                 if if_match is not None and row[1] != if_match:
+                    if await conn.fetchval(self.place["state"], bucket) != "owned":
+                        raise Fenced(f"bucket {bucket} not owned by {self.name}")
                     raise PreconditionFailed(key)
                 text = json.dumps(merge_patch(json.loads(row[0]), merge), ensure_ascii=False)
                 stored = await conn.fetchval(
@@ -267,19 +286,21 @@ class PostgresShard:
 
     async def delete(self, bucket: int, key: str, *, if_match: str | None = None) -> Written:
         async with self._writing() as conn:
-            if not await conn.fetchval(self.sql["delete"], bucket, key, if_match):
-                # Which condition failed, for the reply only: nothing was written.
-                if await conn.fetchrow(self.sql["get"], bucket, key) is None:
-                    raise NotFound(key)
-                raise PreconditionFailed(key)
-            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens else None
+            deleted = await conn.fetchval(self.sql["delete"], bucket, key, if_match)
+            lsn = await conn.fetchval(CURRENT_LSN) if self.write_tokens and deleted else None
+        if not deleted:
+            # Which condition failed, for the reply only: nothing was written.
+            if await self.get(bucket, key) is None:  # Fenced unless the owner
+                raise NotFound(key)
+            raise PreconditionFailed(key)
         return Written(None, False, lsn)
 
     async def scan(
         self, buckets: Sequence[int], *, after: str | None, prefix: str | None, limit: int
     ) -> list[Document]:
         pattern = None if prefix is None else like_prefix(prefix)
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(CUSTOM_PLANS)
             rows = await conn.fetch(self.sql["scan"], list(buckets), after, pattern, limit)
         return [Document(row[0], row[1].encode(), row[2]) for row in rows]
 
@@ -288,20 +309,66 @@ class PostgresShard:
             raise ShardUnavailable(f"shard {self.name} is a read-only replica")
         return self._connection()
 
+    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One statement's row: the store's hot path, without a context manager or a
+        per-call asyncio.timeout. While the pool is open, a turn is waited for until
+        `timeout` (Turns); the pool then has an idle or a new connection (its connect
+        timeout bounds that) and `command_timeout` bounds the statement: about `timeout`
+        in all, twice at most. Opening the pool goes by the bounded `_connection`."""
+        pool = self._pool
+        if pool is None:
+            async with self._connection() as conn:
+                return await conn.fetchrow(sql, *args)
+        turns = self._turns
+        try:
+            await turns.take(asyncio.get_running_loop().time() + self.timeout)
+            try:
+                conn = await pool.acquire()
+                try:
+                    row = await conn.fetchrow(sql, *args)
+                finally:
+                    await pool.release(conn)
+            finally:
+                turns.give()
+            if not self._up:
+                self._came_back()
+            return row
+        except BaseException as exc:
+            mapped = self._failure(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for one call, all of it within `timeout`."""
+        turns = self._turns
         try:
             async with asyncio.timeout(self.timeout):
                 pool = self._pool or await self._open()
-                async with self._turns, pool.acquire() as conn:
-                    self._came_back()
-                    yield conn
-        except OUTAGE_ERRORS as exc:
+                await turns.take(asyncio.get_running_loop().time() + self.timeout)
+                try:
+                    async with pool.acquire() as conn:
+                        self._came_back()
+                        yield conn
+                finally:
+                    turns.give()
+        except BaseException as exc:
+            mapped = self._failure(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """What the store raises for a driver's error (the error itself for any other)."""
+        if isinstance(exc, OUTAGE_ERRORS):
             self._went_down(exc)
-            raise ShardUnavailable(f"shard {self.name} unreachable: {describe(exc)}") from exc
-        except asyncpg.PostgresError as exc:
-            raise ShardUnavailable(f"shard {self.name} refused the statement: {exc}") from exc
+            return ShardUnavailable(f"shard {self.name} unreachable: {describe(exc)}")
+        if isinstance(exc, asyncpg.PostgresError):
+            if exc.sqlstate == FENCED_STATE:
+                return Fenced(f"shard {self.name}: {exc}")
+            return ShardUnavailable(f"shard {self.name} refused the statement: {exc}")
+        return exc
 
     async def _open(self) -> asyncpg.Pool:
         """Make the pool (and the table), at most once every RECONNECT_INTERVAL."""
@@ -322,7 +389,6 @@ class PostgresShard:
                 max_size=self.pool_max,
                 timeout=self.timeout,  # to connect
                 command_timeout=self.timeout,
-                server_settings=SERVER_SETTINGS,
                 # asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
                 # is a round trip per release; the store keeps no session state (its lock is
                 # transaction-scoped) and asyncpg still rolls back an open transaction.
@@ -344,6 +410,7 @@ class PostgresShard:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(CREATE_LOCK, f"scalenode.shard:{self.table}")
             await conn.execute(self.sql["create"])
+            await conn.execute(self.place["placement"])
 
     def _went_down(self, exc: BaseException) -> None:
         self._last_error = exc

@@ -17,6 +17,7 @@ import aiosqlite
 
 from plugins.shard.documents import (
     Document,
+    Fenced,
     NotFound,
     PreconditionFailed,
     ShardUnavailable,
@@ -26,6 +27,7 @@ from plugins.shard.documents import (
     quote,
 )
 from plugins.shard.merge_patch import merge_patch
+from plugins.shard.sqlite_placement import SqlitePlacement, placement_sql
 
 log = logging.getLogger("scalenode.shard")
 
@@ -50,6 +52,11 @@ CREATE TABLE IF NOT EXISTS {{meta}} (id INTEGER PRIMARY KEY CHECK (id = 1), layo
 CLAIM_LAYOUT = "INSERT INTO {meta} (id, layout) VALUES (1, ?) ON CONFLICT (id) DO NOTHING"
 READ_LAYOUT = "SELECT layout FROM {meta} WHERE id = 1"
 GET = "SELECT doc, etag FROM {t} WHERE bucket = ? AND key = ?"
+# Only the bucket's owner answers a read (see plugins/shard/postgres.py GET_OWNED).
+GET_OWNED = """
+SELECT d.doc, d.etag, b.state FROM {b} b LEFT JOIN {t} d ON d.bucket = b.bucket AND d.key = ?2
+WHERE b.bucket = ?1
+"""
 WRITE = f"""
 INSERT INTO {{t}} (bucket, key, doc, etag) VALUES (?, ?, ?, ?)
 ON CONFLICT (bucket, key) DO UPDATE SET doc = excluded.doc, etag = excluded.etag, updated = {NOW}
@@ -75,7 +82,7 @@ def check(current: str | None, if_match: str | None, if_none_match: bool, key: s
         raise PreconditionFailed(key)
 
 
-class SqliteShard:
+class SqliteShard(SqlitePlacement):
     """A member whose documents live in `table` of the SQLite file at `path` (its parent
     directories are made on start)."""
 
@@ -91,10 +98,12 @@ class SqliteShard:
             "claim_layout": CLAIM_LAYOUT.format(meta=quote(f"{table}_meta")),
             "read_layout": READ_LAYOUT.format(meta=quote(f"{table}_meta")),
             "get": GET.format(t=t),
+            "get_owned": GET_OWNED.format(t=t, b=quote(f"{table}_buckets")),
             "write": WRITE.format(t=t),
             "delete": DELETE.format(t=t),
             "scan": SCAN.format(t=t),
         }
+        self.place = placement_sql(table)
         self._db: aiosqlite.Connection | None = None
         # One connection: a transaction must not take in another call's statements.
         self._lock = asyncio.Lock()
@@ -122,9 +131,15 @@ class SqliteShard:
         return row[0] if row is not None else layout
 
     async def get(self, bucket: int, key: str) -> Document | None:
-        async with self._connection() as db:
-            row = await self._current(db, bucket, key)
-        return None if row is None else Document(key, row[0].encode(), row[1])
+        async with (
+            self._connection() as db,
+            db.execute(self.sql["get_owned"], (bucket, key)) as cursor,
+        ):
+            row = await cursor.fetchone()
+        if row is None or row[2] != "owned":
+            state = None if row is None else row[2]
+            raise Fenced(f"bucket {bucket} not owned by {self.name} (state {state})")
+        return None if row[0] is None else Document(key, row[0].encode(), row[1])
 
     async def put(
         self,
@@ -136,6 +151,7 @@ class SqliteShard:
         if_none_match: bool = False,
     ) -> Written:
         async def write(db: aiosqlite.Connection) -> Written:
+            await self.check_owned(db, bucket)
             current = await self._current(db, bucket, key)
             check(None if current is None else current[1], if_match, if_none_match, key)
             document = Document(key, body, new_etag())
@@ -148,6 +164,7 @@ class SqliteShard:
         self, bucket: int, key: str, merge: Any, *, if_match: str | None = None
     ) -> Written:
         async def write(db: aiosqlite.Connection) -> Written:
+            await self.check_owned(db, bucket)
             current = await self._current(db, bucket, key)
             if current is None:
                 raise NotFound(key)
@@ -162,6 +179,7 @@ class SqliteShard:
 
     async def delete(self, bucket: int, key: str, *, if_match: str | None = None) -> Written:
         async def write(db: aiosqlite.Connection) -> Written:
+            await self.check_owned(db, bucket)
             current = await self._current(db, bucket, key)
             if current is None:
                 raise NotFound(key)
@@ -224,6 +242,7 @@ class SqliteShard:
             for pragma in PRAGMAS:
                 await db.execute(pragma)
             await db.executescript(self.sql["create"])
+            await db.executescript(self.place["placement"])
         except BaseException as exc:
             if db is not None:
                 await db.close()

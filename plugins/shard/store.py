@@ -23,15 +23,17 @@ import orjson
 
 from node.call import JSON_TYPE, Call, Reply
 from node.errors import Rejected, ServiceUnavailable
-from plugins.shard.buckets import BucketMap, bucket_of
+from plugins.shard.buckets import bucket_of
 from plugins.shard.documents import (
     Document,
+    Fenced,
     NotFound,
     PreconditionFailed,
     ShardUnavailable,
     Written,
 )
 from plugins.shard.members import Member, MemberStats, ShardSet
+from plugins.shard.store_stats import store_snapshot
 
 MAX_KEY = 512  # bytes of a key (UTF-8)
 MAX_LIMIT = 1000  # documents in one page of a list
@@ -39,6 +41,12 @@ DEFAULT_LIMIT = 100
 RETRY_AFTER = "5"  # seconds, when a member does not answer
 TOKEN = "X-Consistency-Token"
 MERGE_PATCH = ("application/merge-patch+json", "application/json")
+# A call that meets a bucket being moved waits for the move's switch and goes to the new
+# owner (or back to the old one, if the move is rolled back): for at most FENCE_WAIT
+# seconds (Vitess buffers as long, `buffer_window`), asking the members for the map every
+# FENCE_RETRY seconds. A batch of 16 buckets switches in milliseconds to a second.
+FENCE_WAIT = 10.0
+FENCE_RETRY = 0.02
 
 
 def etag_header(etag: str) -> str:
@@ -65,7 +73,6 @@ class StoreTarget:
         self,
         set_name: str,
         shard_set: ShardSet,
-        buckets: int,
         key_param: str | None,
         *,
         timeout: float,
@@ -76,8 +83,7 @@ class StoreTarget:
         self.members = shard_set.members
         # This route's own counts per member (the members, and their pools, are the set's).
         self.stats = {member.name: MemberStats() for member in self.members}
-        self.buckets = buckets
-        self.map = BucketMap.even(len(self.members), buckets)
+        self.buckets = shard_set.buckets
         self.key_param = key_param  # None: the route is the collection (a list)
         self.timeout = timeout
         self.fan_out = asyncio.Semaphore(fan_out)
@@ -100,12 +106,42 @@ class StoreTarget:
         if not key or len(key.encode()) > MAX_KEY:
             raise Rejected(f"the key must be 1 to {MAX_KEY} bytes", code="bad_key")
         bucket = bucket_of(key, self.buckets)
-        member = self.members[self.map.owner(bucket)]
         started = time.perf_counter()
+        deadline = 0.0
+        while True:
+            member = self.shard_set.owner(bucket)
+            if member is None:
+                raise ServiceUnavailable(
+                    f"shard set {self.set_name}: the bucket map is not known yet",
+                    code="shard_unavailable",
+                    headers={"Retry-After": RETRY_AFTER},
+                )
+            try:
+                reply = await self.at_member(call, member, bucket, key)
+                break
+            except Fenced:
+                # A rebalance moves this bucket (or has moved it): read the map again.
+                self.stats[member.name].fenced += 1
+                now = time.perf_counter()
+                deadline = deadline or now + FENCE_WAIT
+                if now > deadline:
+                    raise ServiceUnavailable(
+                        f"bucket {bucket} of {self.set_name} is being moved",
+                        code="shard_moving",
+                        headers={"Retry-After": "1", "X-Shard": member.name},
+                    ) from None
+                await self.shard_set.refresh()
+                if self.shard_set.owner(bucket) is member:
+                    await asyncio.sleep(FENCE_RETRY)
+        self.shard_set.timings[member.name].took(time.perf_counter() - started)
+        reply.headers["X-Shard"] = member.name  # type: ignore[index]
+        return reply
+
+    async def at_member(self, call: Call, member: Member, bucket: int, key: str) -> Reply:
         try:
             if member.name not in self.shard_set.confirmed:
                 await self.confirmed(member)
-            reply = await self.by_key(call, member, bucket, key)
+            return await self.by_key(call, member, bucket, key)
         except Rejected as exc:
             exc.headers.setdefault("X-Shard", member.name)
             raise
@@ -116,9 +152,6 @@ class StoreTarget:
                 code="shard_unavailable",
                 headers={"Retry-After": RETRY_AFTER, "X-Shard": member.name},
             ) from None
-        self.stats[member.name].took(time.perf_counter() - started)
-        reply.headers["X-Shard"] = member.name  # type: ignore[index]
-        return reply
 
     async def confirmed(self, member: Member) -> None:
         """A member down at start is checked on its first call, before any data moves."""
@@ -216,11 +249,13 @@ class StoreTarget:
         if lag is None:
             return await member.primary.get(bucket, key)
         choice = await lag.pick(token_lsn(call, member.name))
-        if choice is not None:
+        if choice is None:
+            self.stats[member.name].fallbacks += 1
+        else:
             try:
                 document = await member.replicas[choice].get(bucket, key)
-            except ShardUnavailable:
-                pass  # the primary answers instead
+            except (ShardUnavailable, Fenced):
+                pass  # the primary answers instead (a replica behind a move's switch too)
             else:
                 self.stats[member.name].replica_reads += 1
                 return document
@@ -232,7 +267,7 @@ class StoreTarget:
                     break  # but never for a read that asked to see its write
                 try:
                     return await replica.get(bucket, key)
-                except ShardUnavailable:
+                except (ShardUnavailable, Fenced):
                     continue
             raise
 
@@ -246,11 +281,12 @@ class StoreTarget:
             raise Rejected(f"limit must be 1 to {MAX_LIMIT}", code="bad_limit")
         after, prefix = query.get("after"), query.get("prefix")
         partial_ok = query.get("partial", "").lower() in ("1", "true", "yes")
-        owned = self.map.by_member(len(self.members))
+        # One map version for every member, so no bucket is listed twice or missed.
+        owned = self.shard_set.owned()
         tasks = [
-            self.scan_member(member, owned[i], after, prefix, limit)
-            for i, member in enumerate(self.members)
-            if owned[i]
+            self.scan_member(member, owned[member.name], after, prefix, limit)
+            for member in self.members
+            if owned[member.name]
         ]
         results = await asyncio.gather(*tasks)
         pages = [page for _, page in results if page is not None]
@@ -302,39 +338,7 @@ class StoreTarget:
         return member.name, page
 
     def snapshot(self) -> dict[str, Any]:
-        by_member = {}
-        for i, member in enumerate(self.members):
-            stats = self.stats[member.name]
-            gauges: dict[str, float] = {
-                "p99_ms": stats.p99_ms(),
-                "buckets": len(self.map.owned(i)),
-            }
-            pool_stats = getattr(member.primary, "pool_stats", None)
-            if pool_stats is not None:
-                pool = pool_stats()
-                gauges["pool_in_use"] = pool.get("in_use", 0)
-                gauges["pool_max"] = pool.get("max", 0)
-            if member.lag is not None:
-                lag = member.lag.snapshot()
-                lags = [r["lag_bytes"] for r in lag["replicas"] if r["lag_bytes"] is not None]
-                gauges["replica_lag_bytes"] = max(lags, default=0)
-                gauges["replicas_healthy"] = sum(r["healthy"] for r in lag["replicas"])
-                gauges["replica_fallbacks"] = lag["counters"]["fallbacks"]
-            by_member[member.name] = {
-                "counters": {
-                    "reads": stats.reads,
-                    "writes": stats.writes,
-                    "unavailable": stats.unavailable,
-                    "replica_reads": stats.replica_reads,
-                },
-                "gauges": gauges,
-            }
-        totals = {
-            key: sum(m["counters"][key] for m in by_member.values())
-            for key in ("reads", "writes", "unavailable", "replica_reads")
-        }
-        totals["partial_lists"] = self.partial_lists
-        return {"set": self.set_name, "counters": totals, "by_member": by_member}
+        return store_snapshot(self.set_name, self.shard_set, self.stats, self.partial_lists)
 
 
 def parse_json(body: bytes) -> tuple[Any, bytes]:

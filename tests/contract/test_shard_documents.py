@@ -28,6 +28,7 @@ from plugins.shard import postgres
 from plugins.shard.documents import (
     Document,
     DocumentShard,
+    Fenced,
     NotFound,
     PreconditionFailed,
     ShardUnavailable,
@@ -37,6 +38,13 @@ from plugins.shard.replica_choice import parse_lsn
 from plugins.shard.sqlite import SqliteShard
 
 ALL_BUCKETS = list(range(8))
+
+
+async def owning(shard: Any, buckets: int = 8) -> Any:
+    """`shard`, started, owning `buckets` (its bucket states recorded, as a set does)."""
+    await shard.start()
+    await shard.seed_states({bucket: "owned" for bucket in range(buckets)})
+    return shard
 
 
 def as_body(value: Any) -> bytes:
@@ -68,8 +76,7 @@ def database() -> Iterator[str]:
 
 @pytest.fixture
 async def pg(database: str) -> AsyncIterator[PostgresShard]:
-    shard = PostgresShard("pg", database, table=fresh_table())
-    await shard.start()
+    shard = await owning(PostgresShard("pg", database, table=fresh_table()))
     yield shard
     await shard.close()
 
@@ -82,7 +89,7 @@ async def shard(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         made = PostgresShard("pg", request.getfixturevalue("database"), table=fresh_table())
     else:
         made = SqliteShard("lite", tmp_path / "data" / "set" / "s0.sqlite3", table="sn_docs_t")
-    await made.start()
+    await owning(made)
     yield made
     await made.close()
 
@@ -294,6 +301,58 @@ async def test_postgres_writes_answer_a_growing_lsn(pg: PostgresShard) -> None:
     assert await pg.replay_lsn() is None  # a primary
 
 
+async def test_a_member_serves_only_the_buckets_it_owns(shard: Any) -> None:
+    """A bucket not `owned` (moving, moved, absent) refuses reads and writes with Fenced,
+    whatever their outcome would be; the mover's copy passes; owning it again serves it."""
+    await shard.put(1, "a", as_body({"v": 1}))
+    await shard.set_states([1], "moving")
+    calls = [
+        lambda: shard.get(1, "a"),
+        lambda: shard.get(1, "missing"),
+        lambda: shard.put(1, "a", as_body({"v": 2})),
+        lambda: shard.put(1, "b", as_body({}), if_none_match=True),
+        lambda: shard.put(1, "a", as_body({}), if_match="not-the-etag"),
+        lambda: shard.patch(1, "a", {"v": 3}),
+        lambda: shard.patch(1, "missing", {"v": 3}),
+        lambda: shard.delete(1, "a"),
+        lambda: shard.delete(1, "missing"),
+    ]
+    for call in calls:
+        with pytest.raises(Fenced):
+            await call()
+    rows = await shard.export([1])
+    assert [(b, k, json.loads(d)) for b, k, d, _ in rows] == [(1, "a", {"v": 1})]
+    await shard.replace_rows([1], [(1, "c", '{"v": 9}', "e9")])
+    await shard.set_states([1], "owned")
+    assert await shard.get(1, "a") is None
+    assert parsed(await shard.get(1, "c")) == {"v": 9}
+    assert (await shard.bucket_sizes([1, 2]))[1][0] == 1
+
+
+async def test_a_fence_waits_for_the_writes_in_flight(pg: PostgresShard) -> None:
+    """set_states to 'moving' waits for a write transaction already past the fence (it
+    holds the bucket's state FOR SHARE), so a copy taken after it has that write."""
+    other = await asyncpg.connect(pg.dsn)
+    try:
+        writing = other.transaction()
+        await writing.start()
+        await other.execute(
+            f"INSERT INTO \"{pg.table}\" (bucket, key, doc, etag) VALUES (2, 'w', '{{}}', 'e')"
+        )
+        fencing = asyncio.create_task(pg.set_states([2], "moving"))
+        await asyncio.sleep(0.2)
+        assert not fencing.done()  # waiting for the write in flight
+        await writing.commit()
+        await asyncio.wait_for(fencing, 2)
+        assert [row[1] for row in await pg.export([2])] == ["w"]
+        with pytest.raises(asyncpg.PostgresError, match="not owned here"):
+            await other.execute(
+                f"INSERT INTO \"{pg.table}\" (bucket, key, doc, etag) VALUES (2, 'x', '{{}}', 'e')"
+            )
+    finally:
+        await other.close()
+
+
 async def test_postgres_pool_stats(pg: PostgresShard) -> None:
     """pool_stats shows the pool's size, connections in use and maximum."""
     await pg.get(1, "a")
@@ -309,7 +368,7 @@ async def test_a_read_only_member_reads_the_primarys_table(database: str) -> Non
     try:
         with pytest.raises(ShardUnavailable):
             await replica.get(1, "a")  # no table yet
-        await primary.start()
+        await owning(primary)
         written = await primary.put(1, "a", as_body({"v": 1}))
         assert await replica.get(1, "a") == written.document
         with pytest.raises(ShardUnavailable):
@@ -404,6 +463,7 @@ async def test_a_member_that_comes_back_is_used_again() -> None:
         deadline = time.monotonic() + postgres.RECONNECT_INTERVAL + 2.0
         while True:
             try:
+                await shard.seed_states({1: "owned"})
                 written = await shard.put(1, "a", as_body({"v": 1}))
                 break
             except ShardUnavailable:

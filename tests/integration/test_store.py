@@ -189,9 +189,9 @@ async def test_a_write_gives_no_token_without_replicas_to_read(store_for, member
 
 
 async def test_members_holding_another_layouts_data_refuse_rather_than_misplace(store_for, members):
-    """Data written with members [s0, s1]; the config then swaps their databases (or adds a
-    member): every call is a 503 naming the layout, never a read or write on the wrong
-    member."""
+    """Data written with members [s0, s1]; the config then swaps their databases (or changes
+    the bucket count): every call is a 503 naming the layout, never a read or write on the
+    wrong member."""
     first = await store_for(members)
     assert (await first.put("/users/ada", json={"v": 1})).status == 201
     await first.close()
@@ -199,13 +199,28 @@ async def test_members_holding_another_layouts_data_refuse_rather_than_misplace(
         {"name": "s0", "dsn": members[1]["dsn"]},
         {"name": "s1", "dsn": members[0]["dsn"]},
     ]
-    if not members[0]["dsn"]:  # files: a third member changes the layout instead
-        swapped = [*members, {"name": "s2", "dsn": ""}]
-    second = await store_for(swapped)
+    options = {}
+    if not members[0]["dsn"]:  # files are named by member: other buckets change the layout
+        swapped, options = members, {"buckets": 512}
+    second = await store_for(swapped, **options)
     for reply in (await second.get("/users/ada"), await second.put("/users/bob", json={})):
         body = await reply.json()
         assert (reply.status, body["error"]) == (503, "shard_layout_changed"), body
         assert "layout" in body["detail"]
+
+
+@pytest.mark.parametrize("members", ["embedded"], indirect=True)
+async def test_a_member_added_to_the_config_owns_nothing_until_a_rebalance(store_for, members):
+    """The bucket map lives on the members: a third member in the config takes no keys
+    (the keys written before are all still found) until a rebalance gives it buckets."""
+    first = await store_for(members)
+    for i in range(40):
+        assert (await first.put(f"/users/k{i}", json={"i": i})).status == 201
+    await first.close()
+    second = await store_for([*members, {"name": "s2", "dsn": ""}])
+    replies = [await second.get(f"/users/k{i}") for i in range(40)]
+    assert {r.status for r in replies} == {200}
+    assert {r.headers["X-Shard"] for r in replies} == {"s0", "s1"}
 
 
 @pytest.mark.parametrize("members", ["postgres"], indirect=True)
@@ -278,3 +293,31 @@ async def test_a_member_down_at_start_has_its_layout_checked_on_first_use(store_
         await client.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{late}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_set_reports_per_member_values_for_its_dashboard_card(store_for, members):
+    """The store's snapshot follows the plugin conventions: a card per set, per member
+    request counts (so rates), and what each member reads (p99, buckets, the map's
+    version, pools on PostgreSQL) counted once per set; /metrics names each member."""
+    from dashboard.aggregate import merge_plugins
+    from node.app import STATS
+
+    client = await store_for(members)
+    for i in range(20):
+        await client.put(f"/users/k{i}", json={})
+        await client.get(f"/users/k{i}")
+    entries = [
+        {"name": reporter.name, "route": label, **reporter.snapshot()}
+        for label, reporter in client.app[STATS].plugins
+        if reporter.name == "store"
+    ]
+    merged = merge_plugins([{"plugins": entries}])["store:users"]
+    counters, shared = merged["counters"], merged["cluster_gauges"]
+    assert counters["s0_reads"] + counters["s1_reads"] == 20
+    assert counters["s0_writes"] + counters["s1_writes"] == 20
+    assert (shared["s0_buckets"], shared["s1_buckets"], shared["map_version"]) == (512, 512, 1)
+    assert shared["s0_p99_ms"] > 0
+    if members[0]["dsn"]:
+        assert shared["s0_pool_max"] == 10
+    metrics = await (await client.get("/metrics")).text()
+    assert 'scalenode_store_member_buckets{member="s1",node="store-node",route="/users"}' in metrics
