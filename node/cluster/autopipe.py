@@ -30,6 +30,34 @@ class ReplyError(ResponseError):
     """Redis answered the command with an error (NOSCRIPT, WRONGTYPE, ...)."""
 
 
+class Replies(asyncio.Protocol):
+    """The connection's reading side: replies parsed by hiredis as their bytes arrive, each
+    settling the oldest caller owed one, in the transport's callback (no reader task, no
+    stream in between: a task wake-up less per batch)."""
+
+    def __init__(self, pipeline: AutoPipeline) -> None:
+        self.pipeline = pipeline
+        self.parser = hiredis.Reader()
+
+    def data_received(self, data: bytes) -> None:
+        parser, pipeline = self.parser, self.pipeline
+        parser.feed(data)
+        reply = parser.gets()
+        while reply is not False:
+            pipeline._received += 1
+            future = pipeline._waiting.popleft()
+            if not future.done():
+                future.set_result(reply)
+            reply = parser.gets()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            error = ConnectionError("redis closed the connection")
+        else:
+            error = ConnectionError(f"redis connection failed: {type(exc).__name__}")
+        self.pipeline._lost(self, error)
+
+
 class AutoPipeline:
     def __init__(self, url: str, timeout: float) -> None:
         options = parse_url(url)
@@ -43,13 +71,15 @@ class AutoPipeline:
         if options.get("db"):
             self.handshake.append(pack(b"SELECT", str(options["db"]).encode()))
         self.timeout = timeout
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: asyncio.Transport | None = None  # set once the handshake is done
+        self._replies: Replies | None = None  # the open connection's reading side
         self._connecting: asyncio.Future[None] | None = None
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._batch: list[bytes] = []
-        self._reader_task: asyncio.Task[None] | None = None
         self._received = 0  # replies so far, for the watchdog
         self._watchdog: asyncio.TimerHandle | None = None
+        # Bound on first use: asyncio.get_running_loop() costs a getpid() system call (3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(self, command: bytes) -> Any:
         """Send one packed command; its reply (an error reply raises ReplyError)."""
@@ -64,17 +94,25 @@ class AutoPipeline:
     def connected(self) -> bool:
         return self._writer is not None
 
-    def submit(self, command: bytes) -> asyncio.Future[Any]:
+    def submit(self, command: bytes, *, now: bool = False) -> asyncio.Future[Any]:
         """Queue one packed command on the open connection (see `connected`) for this tick's
-        write; the future of its reply, where an error reply is a hiredis.ReplyError result.
-        For callers that settle replies in callbacks: no coroutine, no task."""
-        loop = asyncio.get_running_loop()
+        write (with `now`, written at once with what is queued); the future of its reply,
+        where an error reply is a hiredis.ReplyError result. For callers that settle replies
+        in callbacks: no coroutine, no task."""
+        loop = self._loop or self._bind_loop()
         future = loop.create_future()
         self._waiting.append(future)
-        if not self._batch:
-            loop.call_soon(self.flush)
+        first = not self._batch
         self._batch.append(command)
+        if now:
+            self.flush()
+        elif first:
+            loop.call_soon(self.flush)
         return future
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def flush(self) -> None:
         """Write what is queued now (it is written at the end of the tick anyway)."""
@@ -90,9 +128,8 @@ class AutoPipeline:
             self._fail(ConnectionError(f"redis connection lost: {type(exc).__name__}"))
             return
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(
-                self.timeout, self._watch, self._received
-            )
+            loop = self._loop or self._bind_loop()
+            self._watchdog = loop.call_later(self.timeout, self._watch, self._received)
 
     def _watch(self, received_before: int) -> None:
         """Replies are owed: a connection that gave none for `timeout` seconds is dead."""
@@ -117,45 +154,29 @@ class AutoPipeline:
                 self._connecting = None
 
     async def _open(self) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self.timeout
+        loop = asyncio.get_running_loop()
+        transport, replies = await asyncio.wait_for(
+            loop.create_connection(lambda: Replies(self), self.host, self.port), self.timeout
         )
-        parser = hiredis.Reader()
-        for command in self.handshake:
-            writer.write(command)
-            reply = False
-            while reply is False:
-                data = await asyncio.wait_for(reader.read(4096), self.timeout)
-                if not data:
-                    raise ConnectionError("redis closed the connection during the handshake")
-                parser.feed(data)
-                reply = parser.gets()
-            if isinstance(reply, hiredis.ReplyError):
-                writer.close()
-                raise ConnectionError(f"redis refused the handshake: {reply}")
-        self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read(reader, parser, writer))
-
-    async def _read(
-        self, reader: asyncio.StreamReader, parser: hiredis.Reader, writer: asyncio.StreamWriter
-    ) -> None:
-        error: Exception = ConnectionError("redis closed the connection")
+        self._replies = replies
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                parser.feed(data)
-                reply = parser.gets()
-                while reply is not False:
-                    self._received += 1
-                    future = self._waiting.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-                    reply = parser.gets()
-        except OSError as exc:
-            error = ConnectionError(f"redis connection failed: {type(exc).__name__}")
-        if self._writer is writer:  # not a newer connection made since this one failed
+            for command in self.handshake:  # answered through the same reading side
+                future = loop.create_future()
+                self._waiting.append(future)
+                transport.write(command)
+                reply = await asyncio.wait_for(future, self.timeout)
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ConnectionError(f"redis refused the handshake: {reply}")
+        except BaseException:
+            self._replies = None
+            transport.close()
+            raise
+        self._writer = transport
+
+    def _lost(self, replies: Replies, error: Exception) -> None:
+        """A connection closed: if it is the current one, its callers learn why."""
+        if replies is self._replies:  # not an older connection, closed after a newer opened
+            self._replies = None
             self._fail(error)
 
     def _fail(self, error: Exception) -> None:
@@ -163,6 +184,7 @@ class AutoPipeline:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._replies = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -173,7 +195,4 @@ class AutoPipeline:
                 future.set_exception(error)
 
     async def close(self) -> None:
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            await asyncio.gather(self._reader_task, return_exceptions=True)
         self._fail(ConnectionError("closed"))

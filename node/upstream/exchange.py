@@ -33,7 +33,10 @@ log = logging.getLogger("scalenode.upstream")
 class Exchange(asyncio.Protocol):
     """One keep-alive connection to one member; one request/reply at a time."""
 
-    def __init__(self, url: str, timeout: float, pool: FastClient) -> None:
+    def __init__(
+        self, url: str, timeout: float, pool: FastClient, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.loop = loop
         self.url = url
         self.timeout = timeout
         self.pool = pool
@@ -220,7 +223,7 @@ class Exchange(asyncio.Protocol):
         self.fail(GatewayTimeout(f"upstream {self.url} timed out"))
 
     def send(self, head: bytes, body: bytes, head_only: bool) -> None:
-        self.head = asyncio.get_running_loop().create_future()
+        self.head = self.loop.create_future()
         self.status, self.headers, self.body = 0, [], []
         self.stream, self.complete, self.keep_alive = None, False, False
         self.head_only = head_only
@@ -289,7 +292,7 @@ class ReplyStream:
             elif self.ended:
                 return
             else:
-                self.waiter = asyncio.get_running_loop().create_future()
+                self.waiter = self.exchange.loop.create_future()
                 try:
                     await asyncio.wait_for(self.waiter, self.timeout)
                 except TimeoutError:

@@ -39,15 +39,19 @@ class FastClient:
         # slot to connect with.
         self.waiters: deque[tuple[str, asyncio.Future[Exchange | None], bool]] = deque()
         self.hosts: dict[str, str] = {}  # url -> its Host line
+        # The loop it serves on, bound on first use: asyncio.get_running_loop() costs a
+        # getpid() system call in Python 3.11, three of them a request here (strace).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def send(
         self, member: object, method: str, path: str, headers: CIMultiDict[str], body: bytes
     ) -> Reply:
         url: str = member.url  # type: ignore[attr-defined]
         head = self.request_head(url, method, path, headers, body)
+        loop = self.loop or self._bind_loop()
         # `timeout` bounds it all: the wait for a slot, connecting, the retry, the reply head.
-        deadline = asyncio.get_running_loop().time() + self.settings.timeout
-        exchange = await self.acquire(url, deadline)
+        deadline = loop.time() + self.settings.timeout
+        exchange = self.take_idle(url) or await self.acquire(url, deadline)
         reused = exchange.served > 0
         try:
             return await self.exchange(exchange, method, head, body, deadline)
@@ -59,6 +63,10 @@ class FastClient:
                 raise
         exchange = await self.acquire(url, deadline, fresh=True)
         return await self.exchange(exchange, method, head, body, deadline)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self.loop = asyncio.get_running_loop()
+        return self.loop
 
     def request_head(
         self, url: str, method: str, path: str, headers: CIMultiDict[str], body: bytes
@@ -85,7 +93,7 @@ class FastClient:
     async def exchange(
         self, exchange: Exchange, method: str, head: bytes, body: bytes, deadline: float
     ) -> Reply:
-        timer = asyncio.get_running_loop().call_at(deadline, exchange.time_out)
+        timer = exchange.loop.call_at(deadline, exchange.time_out)
         try:
             exchange.send(head, body, method == "HEAD")
             await exchange.head  # type: ignore[misc]
@@ -96,7 +104,7 @@ class FastClient:
         finally:
             timer.cancel()
         reply_headers = end_to_end(
-            CIMultiDict(exchange.headers), HEAD_REPLY_DROP if method == "HEAD" else REPLY_DROP
+            exchange.headers, HEAD_REPLY_DROP if method == "HEAD" else REPLY_DROP
         )
         stream = exchange.stream
         if stream is not None:
@@ -109,13 +117,20 @@ class FastClient:
         exchange.done()
         return Reply(exchange.status, b"".join(exchange.body), reply_headers)
 
-    async def acquire(self, url: str, deadline: float, fresh: bool = False) -> Exchange:
-        idle = None if fresh else self.idle.get(url)
+    def take_idle(self, url: str) -> Exchange | None:
+        """A kept-alive connection to url, if one is idle (no coroutine: the common case)."""
+        idle = self.idle.get(url)
         while idle:
             exchange = idle.pop()
             if not exchange.closed:
                 return exchange
             self._forget(exchange)  # its connection died while idle
+        return None
+
+    async def acquire(self, url: str, deadline: float, fresh: bool = False) -> Exchange:
+        exchange = None if fresh else self.take_idle(url)
+        if exchange is not None:
+            return exchange
         if not self.free:
             self._evict()  # at the cap: an idle connection (to any member) makes room
         if self.free:
@@ -179,7 +194,7 @@ class FastClient:
         loop = asyncio.get_running_loop()
         try:
             _, exchange = await asyncio.wait_for(
-                loop.create_connection(lambda: Exchange(url, timeout, self), host, port),
+                loop.create_connection(lambda: Exchange(url, timeout, self, loop), host, port),
                 min(self.settings.connect_timeout, deadline - loop.time()),
             )
         except TimeoutError:

@@ -125,6 +125,7 @@ class RedisCounter:
         self._batch: Batch = []
         self._loading: asyncio.Future[Any] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def request_args(self, algorithm: str, limits: Sequence[Limit], cost: int) -> list[str | int]:
         """One request's part of ARGV: its limit count, algorithm, cost and limits."""
@@ -180,12 +181,17 @@ class RedisCounter:
         retry_us per limit]. Raises BackendUnavailable while Redis is marked down."""
         if not self.connection.available:
             raise BackendUnavailable("redis is unreachable; reconnecting")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._batch.append((keys, packed, count, future))
         if len(self._batch) == 1:
             loop.call_soon(self._flush, self.connection.pipeline)
         return future
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        # Bound on first use: asyncio.get_running_loop() costs a getpid() system call (3.11).
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _flush(self, pipeline: AutoPipeline) -> None:
         """The tick's checks as one script call. On the open connection the reply is
@@ -196,8 +202,7 @@ class RedisCounter:
         if not pipeline.connected or loading:
             self._spawn(self._send(pipeline, batch))
             return
-        reply = pipeline.submit(self._command(batch))
-        pipeline.flush()
+        reply = pipeline.submit(self._command(batch), now=True)
         reply.add_done_callback(functools.partial(self._settle, pipeline, batch))
 
     def _settle(self, pipeline: AutoPipeline, batch: Batch, reply: asyncio.Future[Any]) -> None:

@@ -62,7 +62,7 @@ class Process:
 
     name: str
     popen: subprocess.Popen[bytes]
-    cpu: int
+    cpu: int | str
     log: Path
 
     @property
@@ -81,7 +81,7 @@ def start(
     name: str,
     argv: Sequence[str],
     *,
-    cpu: int,
+    cpu: int | str,
     log_dir: Path,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,

@@ -48,6 +48,8 @@ CACHE_CASES = [
     ("cache L2 hit (Redis)", "node-redis", "/cached-l2/hello", "bare aiohttp hello"),
     ("proxy route (Redis node)", "node-redis", "/proxy/hello", None),
     ("cache miss (Redis proxy)", "node-redis", "/cached-miss/hello", "proxy route (Redis node)"),
+    # The full gateway (issue #20): Redis rate limit, cache hit and breaker on a proxied route.
+    ("gateway, Redis", "node-redis", "/gateway/hello", "proxy route (Redis node)"),
 ]
 
 

@@ -13,6 +13,7 @@ The routes, scenarios and ratios are in scenarios.py.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -26,11 +27,12 @@ import report
 import servers
 import wrk
 from harness import BenchError, Process
-from report import Row
+from report import Ratio, Row
 from scenarios import NODE_ROUTES, RATIOS, REDIS_BACKENDS, SCENARIOS, Scenario
-from servers import Server
+from servers import UPSTREAM_BODY, Server
 
 ORIGIN = "upstream-nginx"  # the name servers.upstream_nginx gives its Server
+PROCESSES_NODE = "node-processes"  # the node of --processes N
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 Running = dict[str, tuple[Server, Process]]  # by Server.name, what main() started
 
@@ -64,6 +66,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="measure every scenario this many times, interleaved, and keep each one's median"
         " (this VM's speed drifts by 20 %% over minutes; interleaving cancels that out)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also measure the proxy route on a node of this many processes (--processes N),"
+        " spread over all CPUs (wrk and the origin's too), against the one-process node; the"
+        " CPU each side spent per request is printed with it (issue #16)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument(
         "--project",
@@ -77,6 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))} (known: {keys})")
     if not (args.project / "run.py").is_file():
         parser.error(f"--project: no run.py in {args.project}")
+    if args.processes < 1:
+        parser.error("--processes: must be >= 1")
     if args.connections < args.threads or args.duration < 1:
         parser.error("need --connections >= --threads and --duration >= 1")
     return args
@@ -96,6 +108,7 @@ def build_servers(args: argparse.Namespace, nginx: str, root: Path) -> list[Serv
         servers.node(root, harness.free_port(), sut, up, NODE_ROUTES, args.project.resolve()),
         servers.bare_proxy(harness.free_port(), sut, up),
         servers.proxy_nginx(nginx, root, harness.free_port(), sut, up, args.connections * 2),
+        servers.gateway_nginx(nginx, root, harness.free_port(), sut, up, args.connections * 2),
         servers.node(
             root,
             harness.free_port(),
@@ -106,7 +119,44 @@ def build_servers(args: argparse.Namespace, nginx: str, root: Path) -> list[Serv
             name="node-redis",
             backends=backends,
         ),
+        servers.node(
+            root,
+            harness.free_port(),
+            ",".join(str(c) for c in sorted(os.sched_getaffinity(0))),
+            up,
+            NODE_ROUTES,
+            args.project.resolve(),
+            name=PROCESSES_NODE,
+            processes=args.processes,
+        ),
     ]
+
+
+def processes_scenario(processes: int) -> Scenario:
+    """The proxy route on the node of `processes` processes, against the one-process node."""
+    label = f"node proxy route, {processes} processes on all CPUs"
+    return Scenario(
+        "node_proxy_processes", label, PROCESSES_NODE, "/proxy/hello", UPSTREAM_BODY, "node_proxy"
+    )
+
+
+def cpu_lines(rows: dict[str, Row], keys: tuple[str, ...]) -> list[str]:
+    """Per row: req/s and the CPU microseconds a request cost the system under test and the
+    load side (wrk, the origin), which share the machine's CPUs when a node spreads over all."""
+    lines = []
+    for key in keys:
+        if key not in rows:
+            continue
+        row = rows[key]
+        requests = max(row.result.requests, 1)
+        spent = row.cpu.process_s
+        sut = 1e6 * spent.get("sut", 0.0) / requests
+        load = 1e6 * (spent.get("wrk", 0.0) + spent.get("origin", 0.0)) / requests
+        lines.append(
+            f"{row.label}: {row.result.requests_per_sec:,.0f} req/s, SUT {sut:.0f} us CPU a"
+            f" request, wrk + origin {load:.0f} us"
+        )
+    return lines
 
 
 def measure(scenario: Scenario, running: Running, args: argparse.Namespace) -> Row:
@@ -158,6 +208,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     selected = {k for k in args.only.split(",") if k} or {s.key for s in SCENARIOS}
     scenarios = [s for s in SCENARIOS if s.key in selected]
+    if args.processes > 1:
+        scenarios.append(processes_scenario(args.processes))
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         tools = {name: harness.require_tool(name) for name in ("wrk", "nginx", "taskset")}
@@ -235,7 +287,12 @@ def main(argv: list[str]) -> int:
     print(f"\n{args.duration:g} s per system, {args.connections} connections, wrk -t{args.threads}")
     print(f"wrk + origin nginx on CPU {args.load_cpu}, systems under test on CPU {args.sut_cpu}\n")
     print(report.markdown_table(rows, args.load_cpu, args.sut_cpu))
-    print("\n" + "\n".join(report.ratio_lines(rows, RATIOS)))
+    ratios = RATIOS
+    if args.processes > 1:
+        label = f"{args.processes} processes / one process, proxy route"
+        ratios = [*RATIOS, Ratio("node_proxy_processes", "node_proxy", label)]
+        print("\n" + "\n".join(cpu_lines(rows, ("node_proxy", "node_proxy_processes"))))
+    print("\n" + "\n".join(report.ratio_lines(rows, ratios)))
     if meta["anomalies"]:
         print("\nnotes:\n" + "\n".join(f"- {note}" for note in meta["anomalies"]))
     print(f"\nresults: {args.output}")

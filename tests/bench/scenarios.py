@@ -107,13 +107,17 @@ SCENARIOS = [
 RATIOS = [
     Ratio("node_handler", "bare_hello", "handler route / bare hello"),
     Ratio("node_proxy", "bare_proxy", "node proxy / bare proxy"),
-    Ratio("node_proxy", "nginx_proxy", "node proxy / nginx proxy (reference)"),
+    Ratio("node_proxy", "nginx_proxy", "node proxy / nginx proxy (reference, target >= 0.3)"),
     Ratio("node_limited", "node_handler", "rate limit (embedded) / same route without it"),
     Ratio(
         "node_limited_proxy", "node_proxy", "rate limit (embedded) / same proxy route without it"
     ),
     Ratio("node_breaker", "node_proxy", "breaker on / same proxy route without it"),
-    Ratio("redis_limited", "redis_node_hello", "rate limit (Redis) / same route without it"),
+    Ratio(
+        "redis_limited",
+        "redis_node_hello",
+        "rate limit (Redis) / same route without it (target >= 0.8)",
+    ),
 ]
 
 
@@ -169,4 +173,47 @@ RATIOS += [
     Ratio("cache_l1", "bare_hello", "cache L1 hit / bare hello (target >= 0.9)"),
     Ratio("cache_l2", "bare_hello", "cache L2 hit / bare hello (target >= 0.6)"),
     Ratio("cache_miss", "redis_node_proxy", "cache miss / same proxy route without the plugin"),
+]
+
+
+# --- The full gateway (issue #20): a proxied route behind all three plugins, answered from
+# the cache (L1 hits), on the Redis node: a Redis rate limit counted on every request, a
+# breaker on the route's own pool. Its reference is nginx doing the same job: limit_req
+# (a limit it never reaches) and proxy_cache hits (servers.gateway_nginx).
+GATEWAY_ROUTES = """
+[[routes]]
+path = "/gateway/{tail:.*}"
+target = "upstream:gateway"
+strip_prefix = "/gateway"
+ratelimit = { limit = 1000000000, window = 60, key = "ip" }
+cache = { ttl = 3600 }
+breaker = { open_seconds = 5 }
+
+[upstreams.gateway]
+targets = ["http://127.0.0.1:$upstream_port"]
+timeout = 5.0
+"""
+NODE_ROUTES += GATEWAY_ROUTES
+
+SCENARIOS += [
+    Scenario(
+        "nginx_gateway",
+        "nginx limit_req + proxy_cache (reference)",
+        "gateway-nginx",
+        "/hello",
+        UPSTREAM_BODY,
+    ),
+    Scenario(
+        "node_gateway",
+        "gateway: Redis rate limit + cache hit + breaker",
+        "node-redis",
+        "/gateway/hello",
+        UPSTREAM_BODY,
+        "nginx_gateway",
+    ),
+]
+RATIOS += [
+    Ratio(
+        "node_gateway", "nginx_gateway", "gateway / nginx limit_req + proxy_cache (target >= 0.3)"
+    ),
 ]

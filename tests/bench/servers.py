@@ -24,7 +24,7 @@ HELLO_BODY = b'{"message":"hello from scalenode"}'  # node.demo:hello and bare_h
 class Server:
     name: str
     argv: list[str]
-    cpu: int
+    cpu: int | str  # taskset's CPU list: one CPU, or "0,1" for a server spread over both
     port: int
     ready_path: str | None = "/hello"  # answers 200 once up; None: wait for the port only
     cwd: Path | None = None
@@ -112,6 +112,37 @@ def proxy_nginx(
     return nginx("proxy-nginx", nginx_bin, root, port, cpu, http, PROXY_LOCATIONS)
 
 
+# The gateway's reference: the same proxy behind a rate limit it never reaches (limit_req
+# counts every request in its shared zone) and a cache that answers every request after
+# the first (proxy_cache hits; the origin's reply declares no freshness, so an hour is given).
+GATEWAY_HTTP = Template("""\
+    limit_req_zone $$binary_remote_addr zone=perip:10m rate=100000000r/s;
+    proxy_cache_path $prefix/cache levels=1:2 keys_zone=hot:10m max_size=64m inactive=1h;
+""")
+
+GATEWAY_LOCATIONS = """\
+        location / {
+            limit_req zone=perip burst=100000000 nodelay;
+            proxy_cache hot;
+            proxy_cache_valid 200 1h;
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+"""
+
+
+def gateway_nginx(
+    nginx_bin: str, root: Path, port: int, cpu: int, upstream_port: int, keepalive: int = 256
+) -> Server:
+    """nginx as the reference gateway: proxy_nginx's proxy with limit_req and proxy_cache."""
+    prefix = root / "gateway-nginx"
+    http = GATEWAY_HTTP.substitute(prefix=prefix) + PROXY_HTTP.substitute(
+        upstream_port=upstream_port, keepalive=keepalive
+    )
+    return nginx("gateway-nginx", nginx_bin, root, port, cpu, http, GATEWAY_LOCATIONS)
+
+
 def nginx_counters(server: Server) -> dict[str, int]:
     """The origin's stub_status counters: connections accepted and requests served so far."""
     text = fetch(server.url("/nginx_status")).body.decode()
@@ -156,9 +187,10 @@ def node(
     *,
     name: str = "node",
     backends: str = "",
+    processes: int = 1,
 ) -> Server:
     """`python run.py` of `project` on a generated config; `routes` is TOML ($$upstream_port),
-    `backends` an optional [backends] table."""
+    `backends` an optional [backends] table, `processes` its --processes."""
     directory = root / name
     directory.mkdir()
     config = directory / "bench.toml"
@@ -169,6 +201,8 @@ def node(
     config.write_text(text)
     argv = [sys.executable, str(project / "run.py"), "--config", str(config)]
     argv += ["--port", str(port), "--name", "bench"]
+    if processes > 1:
+        argv += ["--processes", str(processes)]
     return Server(name, argv, cpu, port, "/health", project, clean_env(), {"config": str(config)})
 
 

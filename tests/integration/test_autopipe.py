@@ -125,7 +125,7 @@ def test_a_connection_closed_under_a_write_fails_its_callers() -> None:
         pipe = AutoPipeline(URL, timeout=5.0)
         try:
             assert await pipe.execute(pack(b"PING")) == b"PONG"
-            pipe._writer.transport.close()  # type: ignore[union-attr]
+            pipe._writer.close()  # type: ignore[union-attr]
             await asyncio.sleep(0)  # uvloop has closed the handle; the reader has not seen it
             reply = pipe.submit(pack(b"PING"))
             pipe.flush()
