@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
 from node.errors import ConfigError
 from node.plugin import PluginSpec, TargetFactory
+from node.roles import ROLES
 from node.schema import join
 
 ENTRY_POINT_GROUP = "scalenode.plugins"
@@ -31,11 +32,16 @@ class Catalogue:
         self.by_name = {spec.name: spec for spec in self.specs}
         self.rank = {spec.name: i for i, spec in enumerate(self.specs)}
         self.targets: dict[str, TargetFactory] = {}
+        self.commands: dict[str, Callable[[list[str]], int]] = {}
         for spec in self.specs:
             for kind, factory in spec.targets.items():
                 if kind in self.targets:
                     raise ConfigError(f"plugins: two plugins provide the {kind}: target")
                 self.targets[kind] = factory
+            for name, command in spec.commands.items():
+                if name in self.commands or name in ROLES:
+                    raise ConfigError(f"plugins: the command {name!r} is taken")
+                self.commands[name] = command
 
     @property
     def names(self) -> list[str]:

@@ -26,7 +26,11 @@ class ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="run.py", description="Start a Scalenode node.")
     parser.add_argument(
-        "--role", choices=ROLES, default="all", help="components to start (default: all)"
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="components to start (default: all); a plugin's command (rebalance) takes "
+        "the other arguments instead",
     )
     parser.add_argument(
         "--config", type=Path, default=None, help=f"TOML config file (default: {DEFAULT_CONFIG})"
@@ -107,7 +111,31 @@ def check_host(host: str, port: int) -> None:
         raise ConfigError(f"node.host: cannot resolve {host!r}: {reason}") from None
 
 
+def plugin_command(argv: list[str]) -> tuple[str, list[str]] | None:
+    """`--role NAME` naming a plugin's command (not a node's role): (NAME, the rest)."""
+    for i, arg in enumerate(argv):
+        if arg == "--role" and i + 1 < len(argv):
+            name, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+        elif arg.startswith("--role="):
+            name, rest = arg.partition("=")[2], argv[:i] + argv[i + 1 :]
+        else:
+            continue
+        return (name, rest) if name not in ROLES else None
+    return None
+
+
 def main(argv: list[str]) -> int:
+    command = plugin_command(argv)
+    if command is not None:
+        name, rest = command
+        try:
+            commands = catalogue().commands
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        if name in commands:
+            return commands[name](rest)
+        # else argparse names the roles and says the value is not one
     args = parse_args(argv)
     try:
         settings = resolve_settings(args)

@@ -88,6 +88,9 @@ class PluginSpec:
     summary: str = ""  # one line for --check-config and the docs
     # Target kinds the plugin provides besides its route step ("store" for store:NAME).
     targets: Mapping[str, TargetFactory] = field(default_factory=dict)
+    # One-off commands run as `run.py --role NAME ...` instead of a node: the command gets
+    # the other arguments and returns the exit code ("rebalance" for shard sets).
+    commands: Mapping[str, Callable[[list[str]], int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,6 +172,13 @@ def build_store_target(spec: str, path: str, ctx: BuildContext) -> StoreTarget:
     )
 
 
+def rebalance(argv: list[str]) -> int:
+    """`run.py --role rebalance ...` (plugins/shard/rebalance_command.py), imported only then."""
+    from plugins.shard.rebalance_command import main
+
+    return main(argv)
+
+
 PLUGIN = PluginSpec(
     name="shard",
     build=build_shard_router,
@@ -179,6 +186,7 @@ PLUGIN = PluginSpec(
     before=("breaker",),
     summary="the shard key that picks a member of a hash pool (X-Shard); the store: target",
     targets={"store": build_store_target},
+    commands={"rebalance": rebalance},
 )
 
 __all__ = ["PLUGIN", "ShardRouter", "ShardSettings", "StoreTarget"]

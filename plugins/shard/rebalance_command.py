@@ -151,7 +151,7 @@ def run_rebalance(settings: Settings, mode: str, set_name: str | None) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m plugins.shard.rebalance_command",
+        prog="run.py --role rebalance",
         description="Move shard sets' buckets onto their configured members (a dry run "
         "unless --apply).",
     )

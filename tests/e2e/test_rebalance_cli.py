@@ -38,7 +38,7 @@ def put(port: int, key: str, body: dict) -> int:
 
 def rebalance(path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "plugins.shard.rebalance_command", "--config", str(path), *flags],
+        [sys.executable, "run.py", "--role", "rebalance", "--config", str(path), *flags],
         cwd=REPO,
         env=node_env(),
         capture_output=True,

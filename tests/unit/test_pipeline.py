@@ -143,6 +143,39 @@ def test_a_cycle_of_places_is_a_config_error():
         Catalogue(specs)
 
 
+def test_a_plugin_command_may_not_take_a_role_or_another_plugins_name():
+    def command(argv: list[str]) -> int:
+        return 0
+
+    def factory(table, context):  # pragma: no cover - never built
+        raise AssertionError
+
+    with pytest.raises(ConfigError, match="'gateway' is taken"):
+        Catalogue([PluginSpec("a", factory, commands={"gateway": command})])
+    with pytest.raises(ConfigError, match="'tidy' is taken"):
+        Catalogue(
+            [
+                PluginSpec("a", factory, commands={"tidy": command}),
+                PluginSpec("b", factory, commands={"tidy": command}),
+            ]
+        )
+
+
+def test_run_py_role_names_a_plugins_command(capsys):
+    """`run.py --role rebalance` runs the shard plugin's command with the other arguments
+    (here: none, so its own usage error, exit 2); an unknown role is still refused."""
+    from node.cli import main
+
+    assert "rebalance" in catalogue().commands
+    with pytest.raises(SystemExit) as exited:
+        main(["--role", "rebalance"])
+    assert exited.value.code == 2
+    assert "run.py --role rebalance" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["--role", "nonsense"])
+    assert refused.value.code == 2
+
+
 def test_overlapping_key_prefixes_are_a_config_error():
     """Each plugin owns its Redis keys: a prefix inside another's is refused."""
     make = lambda table, path, ctx: None  # noqa: E731
