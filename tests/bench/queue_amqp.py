@@ -63,3 +63,19 @@ async def _delete(url: str, queues: list[str]) -> list[str]:
 def delete_queues(url: str, queues: Iterable[str]) -> list[str]:
     """Delete those of `queues` that exist (with their messages); the names deleted."""
     return asyncio.run(_delete(url, list(queues)))
+
+
+async def _purge(url: str, queue: str) -> int:
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "queue_bench"})
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        declared = await channel.declare_queue(queue, passive=True)
+        purged = await declared.purge()
+        return purged.message_count or 0
+    finally:
+        await connection.close()
+
+
+def purge(url: str, queue: str) -> int:
+    """Drop the ready messages of `queue`; how many there were."""
+    return asyncio.run(_purge(url, queue))

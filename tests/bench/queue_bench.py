@@ -53,6 +53,7 @@ import queue_amqp
 import queue_profile
 import redis
 import servers
+import wrk
 from harness import BenchError, Process
 
 from plugins.queue.jobs import FINISHED, SUCCEEDED
@@ -84,6 +85,17 @@ amqp = "$amqp"
 """
 
 
+# queue_bench's enqueue under wrk: the POST queue_load.py's aiohttp client sends.
+ENQUEUE_LUA = """
+wrk.method = "POST"
+wrk.body = '{"bench":true}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "*/*"
+wrk.headers["Accept-Encoding"] = "gzip, deflate"
+wrk.headers["User-Agent"] = "Python/3.11 aiohttp/3.14.5"
+"""
+
+
 @dataclass
 class Row:
     phase: str  # enqueue | drain
@@ -110,6 +122,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="enqueuers in flight (C)")
     parser.add_argument("--only", choices=("enqueue", "drain"), help="one of the two phases")
     parser.add_argument("--warmup", type=int, default=500, help="enqueues before measuring")
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "aiohttp"),
+        default="wrk",
+        help="the enqueue's HTTP load generator: wrk (C, ~10 us a request, as every other "
+        "HTTP bench here) or queue_load.py's aiohttp client (~95 us a request, on the load "
+        "CPU, which then limits the node before the node's own CPU does)",
+    )
+    parser.add_argument(
+        "--enqueue-seconds",
+        type=float,
+        default=5.0,
+        help="wrk's run for the enqueue (--client wrk)",
+    )
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--load-cpu", type=int, default=0, help="CPU of the client and Redis")
     parser.add_argument("--sut-cpu", type=int, default=1, help="CPU of the systems under test")
@@ -368,6 +394,43 @@ class Bench:
             )
         return result
 
+    def post_wrk(self) -> dict:
+        """The enqueue under wrk for --enqueue-seconds (its Lua script POSTs what
+        queue_load.py's client sends, headers included, so the job messages are alike)."""
+        assert self.gateway is not None
+        script = self.logs / "enqueue.lua"
+        script.write_text(ENQUEUE_LUA)
+        spent = cpu.waited_children_seconds()
+        result = wrk.run(
+            self.gateway.url("/work"),
+            duration=self.args.enqueue_seconds,
+            connections=self.args.concurrency,
+            cpu=self.args.load_cpu,
+            script=script,
+        )
+        if result.errors:
+            assert self.gateway_proc is not None
+            raise BenchError(
+                f"the gateway refused {result.errors} jobs under wrk "
+                f"({result.non_2xx} non-2xx, sockets {result.socket_errors}):\n"
+                f"{self.gateway_proc.log_tail()}"
+            )
+        return {
+            "jobs": result.requests,
+            "seconds": result.duration_s,
+            "errors": 0,
+            "p50_ms": result.p50_ms,
+            "p99_ms": result.p99_ms,
+            "cpu_s": cpu.waited_children_seconds() - spent,
+        }
+
+    def refill(self) -> None:
+        """After a wrk enqueue (whose job ids nobody kept): the queue emptied, then
+        filled with --jobs jobs whose ids are kept, for the drain."""
+        queue_amqp.purge(self.args.amqp, main_name(self.queue))
+        self.ids_file.write_text("")
+        self.post(self.args.jobs)
+
     def pids(self, **ours: int) -> dict[str, int]:
         assert self.redis_proc is not None
         return {**ours, "redis": self.redis_proc.pid, **beam_pids()}
@@ -410,9 +473,10 @@ class Bench:
         meter = cpu.Meter(self.pids(node=self.gateway_proc.pid))
         calls = redis_calls(self.redis_port)
         meter.start()
-        result = self.post(args.jobs)
+        result = self.post_wrk() if args.client == "wrk" else self.post(args.jobs)
         usage = meter.stop()
-        redis_note = per_job(calls, redis_calls(self.redis_port), args.jobs, {"info": 1})
+        jobs = result["jobs"]
+        redis_note = per_job(calls, redis_calls(self.redis_port), jobs, {"info": 1})
         self.unspy(spy, "node")
         harness.check_alive(self.gateway_proc)
         self.rows.append(
@@ -420,7 +484,7 @@ class Bench:
                 "enqueue",
                 "node",
                 "node gateway: POST /work -> 202",
-                args.jobs,
+                jobs,
                 result["seconds"],
                 result["errors"],
                 result["p50_ms"],
@@ -430,8 +494,8 @@ class Bench:
                 usage,
                 [
                     redis_note,
-                    f"HTTP client on CPU{args.load_cpu}: "
-                    f"{1e6 * result['cpu_s'] / args.jobs:.0f} us/job",
+                    f"HTTP client ({args.client}) on CPU{args.load_cpu}: "
+                    f"{1e6 * result['cpu_s'] / jobs:.0f} us/job",
                     f"background before: {background:.0f} % of a CPU",
                 ],
             )
@@ -635,6 +699,9 @@ class Bench:
         if args.only == "drain":
             print(f"bench: filling the node's queue with {args.jobs} jobs ...", file=sys.stderr)
             self.post(args.jobs)
+        elif args.client == "wrk":
+            print(f"bench: refilling the node's queue with {args.jobs} jobs ...", file=sys.stderr)
+            self.refill()
         assert self.gateway_proc is not None
         self.stop(self.gateway_proc)  # CPU 1 is the worker's alone
         print("bench: drain: node worker ...", file=sys.stderr)
