@@ -133,9 +133,13 @@ def add_plugin_values(
     values: dict[str, Any],
     labels: dict[str, str],
 ) -> None:
-    """Add one snapshot part's counters and gauges to their metric families."""
+    """Add one snapshot part's counters and gauges to their metric families, but those its
+    `dashboard_only` names (per member copies for a card, which `by_member` labels here)."""
+    left_out = values.get("dashboard_only", ())
     for kind, family_type in PLUGIN_VALUE_KINDS:
         for key, value in values.get(kind, {}).items():
+            if key in left_out:
+                continue
             name = f"scalenode_{plugin}_{prefix}{key}"
             family = families.get(name)
             if family is None:
@@ -194,7 +198,7 @@ class NodeCollector:
         and route, and by the snapshot's `labels` (the same keys on every route of a plugin:
         the queue's `queue`). A cluster gauge reads the same on every node: take its max.
         `by_member` (a store's shards) gives `scalenode_<plugin>_member_<name>` with a
-        `member` label."""
+        `member` label; `dashboard_only` names values left out (the card's copies of those)."""
         families: dict[str, Metric] = {}
         for route, plugin in self.stats.plugins:
             snapshot = plugin.snapshot()

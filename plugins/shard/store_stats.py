@@ -4,8 +4,9 @@ what the set's members report (pools, replica lag, buckets owned, the map's vers
 Plugin snapshot conventions (plugins/queue/plugin.py): `counters` are this route's (summed
 over routes and nodes, with rates), `cluster_gauges` read the same on every route of the
 set (`scope`: counted once per node, the largest node's shown), `card`: one dashboard card
-per set. Per member values are flattened as `<member>_<name>` for the dashboard's card;
-`by_member` gives /metrics its `member` label."""
+per set. Per member values are flattened as `<member>_<name>` for the dashboard's card (so
+the dashboard's rates and merge apply to them) and named in `dashboard_only`: /metrics has
+them once, from `by_member`, with a `member` label."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def store_snapshot(
     set_name: str, shard_set: ShardSet, stats: dict[str, MemberStats], partial_lists: int
 ) -> dict[str, Any]:
     by_member: dict[str, Any] = {}
+    flattened: list[str] = []
     counters: dict[str, float] = {}
     shared: dict[str, float] = {}
     owned = shard_set.owned()
@@ -50,6 +52,7 @@ def store_snapshot(
         flat = UNSAFE.sub("_", member.name)
         counters.update({f"{flat}_{key}": value for key, value in counts.items()})
         shared.update({f"{flat}_{key}": value for key, value in gauges.items()})
+        flattened += [f"{flat}_{key}" for key in (*counts, *gauges)]
     totals = {key: sum(m["counters"][key] for m in by_member.values()) for key in COUNTERS}
     totals["partial_lists"] = partial_lists
     shared["map_version"] = 0 if shard_set.map is None else shard_set.map.version
@@ -61,4 +64,5 @@ def store_snapshot(
         "counters": {**totals, **counters},
         "cluster_gauges": shared,
         "by_member": by_member,
+        "dashboard_only": flattened,
     }

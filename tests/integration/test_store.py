@@ -321,3 +321,6 @@ async def test_a_set_reports_per_member_values_for_its_dashboard_card(store_for,
         assert shared["s0_pool_max"] == 10
     metrics = await (await client.get("/metrics")).text()
     assert 'scalenode_store_member_buckets{member="s1",node="store-node",route="/users"}' in metrics
+    # The card's flattened copies stay out of /metrics: each value is there once, labelled.
+    assert "scalenode_store_s1_buckets" not in metrics
+    assert "scalenode_store_s0_reads_total" not in metrics
