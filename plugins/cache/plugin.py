@@ -130,32 +130,21 @@ class ResponseCache(Plugin):
             key = self.key.of(call)
             now = self.clock()
             entry = self.entries.get(key)
-            if (
-                entry is not None
-                and now < entry.hit_until
-                and (not entry.selects or entry.fits(call.headers))
-            ):
+            if entry is not None and entry.selects and not entry.fits(call.headers):
+                # Another variant is the latest under `key`: this request's may be stored
+                # under its own (section 4.1).
+                key = entry.variant_for(key, call.headers)
+                entry = self.entries.get(key)
+                if entry is not None and not entry.fits(call.headers):
+                    entry = None
+            if entry is not None and now < entry.hit_until:
                 self.entries.move_to_end(key)
                 self.hits_l1 += 1
                 headers = call.headers
                 if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
                     return shaped(call, entry.hit(now))
                 return entry.hit(now)
-            stale = self.l1.get(key, now)
-            if entry is not None and entry.selects and not entry.fits(call.headers):
-                # Another variant is the latest under `key`: this request's may be stored
-                # under its own (section 4.1).
-                key = entry.variant_for(key, call.headers)
-                variant = self.entries.get(key)
-                if variant is not None and now < variant.hit_until and variant.fits(call.headers):
-                    self.entries.move_to_end(key)
-                    self.hits_l1 += 1
-                    headers = call.headers
-                    if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
-                        return shaped(call, variant.hit(now))
-                    return variant.hit(now)
-                stale = self.l1.get(key, now)
-            reply = await self.lookup(call, next, key, stale)
+            reply = await self.lookup(call, next, key, self.l1.get(key, now))
             headers = call.headers
             if IF_NONE_MATCH in headers or IF_MODIFIED_SINCE in headers or RANGE in headers:
                 return shaped(call, reply)
