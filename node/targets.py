@@ -80,5 +80,5 @@ def build_target(
         return UpstreamProxy(pools[spec], trusted, strip_prefix)
     factory = (provided or {}).get(kind)
     if factory is None:
-        raise ConfigError(f"{path}: the {kind} target is not available in this version")
+        raise ConfigError(f"{path}: no loaded plugin provides the {kind}: target")
     return factory(spec, path)

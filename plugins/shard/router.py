@@ -19,14 +19,14 @@ KEY_KINDS = ("path", "header", "query", "ip")
 @dataclass(frozen=True, slots=True)
 class ShardSettings:
     key: str = ""  # path:NAME | header:NAME | query:NAME | ip
-    set: str | None = None  # a PostgreSQL shard set: a later version
+    set: str | None = None  # refused: a shard set is a route's target, `store:NAME`
 
     def check(self, path: str) -> None:
         require(
             self.set is None,
             join(path, "set"),
-            "shard sets are not available in this version (use an upstream pool with "
-            'balance = "hash")',
+            'a shard set ([shards.NAME]) is served by a route\'s target = "store:NAME"; '
+            "this table picks a member of a hash pool",
         )
         kind, _, name = self.key.partition(":")
         require(

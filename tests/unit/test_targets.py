@@ -146,8 +146,8 @@ def test_build_target_upstream_makes_a_proxy():
     assert (target.pool, target.strip_prefix) == (pool, "/u")
 
 
-def test_build_target_store_is_not_available_yet():
-    """store:NAME is refused as not available in this version, naming the path."""
+def test_build_target_of_a_kind_no_plugin_provides_is_refused():
+    """store:NAME without a plugin providing it (none passed here) is refused naming the path."""
     with pytest.raises(ConfigError) as caught:
         build_target("store:main", PATH, {}, TrustedProxies(()))
-    assert str(caught.value) == f"{PATH}: the store target is not available in this version"
+    assert str(caught.value) == f"{PATH}: no loaded plugin provides the store: target"

@@ -81,7 +81,11 @@ def settings(shard: dict[str, Any], balance: str = "hash", path: str = "/i/{key}
         ({"key": "ip:x"}, "hash", "routes[0].shard.key: must be"),
         ({"key": "path:id"}, "hash", "routes[0].shard.key: the route path '/i/{key}' has no {id}"),
         ({"key": "ip"}, "round_robin", "routes[0].shard: picks a member of a hash pool"),
-        ({"key": "ip", "set": "main"}, "hash", "routes[0].shard.set: shard sets are not available"),
+        (
+            {"key": "ip", "set": "main"},
+            "hash",
+            "routes[0].shard.set: a shard set ([shards.NAME]) is served by",
+        ),
     ],
 )
 def test_config_errors_name_the_key(shard: dict[str, Any], balance: str, message: str) -> None:
