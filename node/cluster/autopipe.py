@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -24,6 +24,16 @@ def pack(*parts: bytes) -> bytes:
     for part in parts:
         out.append(b"$%d\r\n%s\r\n" % (len(part), part))
     return b"".join(out)
+
+
+class Receiver(Protocol):
+    """What `AutoPipeline.submit_to` hands a reply to: the part of a future it uses."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, reply: Any) -> None: ...
+
+    def set_exception(self, error: BaseException) -> None: ...
 
 
 class ReplyError(ResponseError):
@@ -74,7 +84,7 @@ class AutoPipeline:
         self._writer: asyncio.Transport | None = None  # set once the handshake is done
         self._replies: Replies | None = None  # the open connection's reading side
         self._connecting: asyncio.Future[None] | None = None
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[Any] | Receiver] = collections.deque()
         self._batch: list[bytes] = []
         self._received = 0  # replies so far, for the watchdog
         self._watchdog: asyncio.TimerHandle | None = None
@@ -109,6 +119,14 @@ class AutoPipeline:
         elif first:
             loop.call_soon(self.flush)
         return future
+
+    def submit_to(self, command: bytes, receiver: Receiver) -> None:
+        """Write one packed command on the open connection at once (with what is queued);
+        `receiver` is handed its reply (or the connection's failure) as a future would be,
+        but called in the reading side's callback itself: no future, no call_soon hop."""
+        self._waiting.append(receiver)
+        self._batch.append(command)
+        self.flush()
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()

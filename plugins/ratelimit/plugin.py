@@ -329,12 +329,26 @@ class OneLimitRateLimiter(RateLimiter):
         packed, count = store.packed_args(self.algorithm, single, 1)
         keys_for, remembered, by_peer = self.keys_for, self._keys, self.peer_is_client
         reset_lines_made = len(RESET_LINES)
+        connection, enqueue, flush = store.connection, store.enqueue, store.flush
+        batch, key_parts, arg_parts = store.batch, store.key_parts, store.arg_parts
+        packed_keys, pipeline = store.packed_keys, store.connection.pipeline
 
         async def ratelimit_step(call: Call) -> Reply:
             # keys_for, its common case inlined: keys remembered by the peer.
             keys = (by_peer and remembered.get(call.peer)) or keys_for(call)
             try:
-                allowed, remaining, reset_us, retry_us = await store.enqueue(keys, packed, count)
+                packed_key = packed_keys.get(keys[0])
+                loop = store._loop
+                if packed_key is None or loop is None or not connection.available:
+                    future = enqueue(keys, packed, count)  # packs the key; raises if Redis is down
+                else:  # store.enqueue, inlined for its common case: the key packed already
+                    future = loop.create_future()
+                    if not batch:
+                        loop.call_soon(flush, pipeline)
+                    batch.append((future, 4))  # allowed, then the limit's three
+                    key_parts.append(packed_key)
+                    arg_parts.append(packed)
+                allowed, remaining, reset_us, retry_us = await future
             except BackendUnavailable:
                 return await self.without_backend(call, next, keys, single)
             seconds = -(-reset_us // 1_000_000)  # header_lines, inlined for its common case

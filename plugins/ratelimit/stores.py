@@ -7,7 +7,6 @@ and only then does any of them count the request.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,12 @@ from node.errors import BackendUnavailable
 from plugins.ratelimit.algorithms import Limit, State, Verdict, decide
 
 LUA = (Path(__file__).parent / "ratelimit.lua").read_text()
-# One tick's checks: each request's keys, its packed arguments and their count, its future.
-Batch = list[tuple[Sequence[str], bytes, int, "asyncio.Future[list[int]]"]]
+# One tick's checks: each request's future and its reply's width (1 + 3 per limit).
+Batch = list[tuple["asyncio.Future[list[int]]", int]]
 # The embedded store forgets the least recently used clients beyond this many keys.
 MEMORY_MAX_KEYS = 100_000
+KEYS_PACKED = 65536  # one-key requests whose key is kept packed as RESP
+FRAMINGS_KEPT = 4096  # batch shapes (keys, requests) whose EVALSHA framing is kept made
 
 
 @dataclass(slots=True)
@@ -122,7 +123,14 @@ class RedisCounter:
         self._sha = bulk(self.script.sha)
         self._args: dict[tuple[str, tuple[Limit, ...], int], list[str | int]] = {}
         self._packed: dict[tuple[str, tuple[Limit, ...], int], tuple[bytes, int]] = {}
-        self._batch: Batch = []
+        # This tick's batch: its requests, and their keys (one part each) and arguments,
+        # packed. The same lists for the store's life (emptied by each flush): the rate
+        # limit's one-limit step appends to them itself, as `enqueue` would.
+        self.batch: Batch = []
+        self.key_parts: list[bytes] = []
+        self.arg_parts: list[bytes] = []
+        self.packed_keys: dict[str, bytes] = {}  # a one-key request's key as RESP
+        self._framing: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # see `_frame`
         self._loading: asyncio.Future[Any] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,72 +184,73 @@ class RedisCounter:
         return Decision(bool(raw[0]), verdicts)
 
     def enqueue(self, keys: Sequence[str], packed: bytes, count: int) -> asyncio.Future[list[int]]:
-        """One request's check (arguments from `packed_args`) in this tick's batch on the
-        auto-pipeline: the future of its raw reply, [allowed, then remaining, reset_us,
-        retry_us per limit]. Raises BackendUnavailable while Redis is marked down."""
+        """One request's check (arguments from `packed_args`: `count` is 3 + 3 per key) in
+        this tick's batch on the auto-pipeline: the future of its raw reply, [allowed, then
+        remaining, reset_us, retry_us per limit]. Raises BackendUnavailable while Redis is
+        marked down."""
         if not self.connection.available:
             raise BackendUnavailable("redis is unreachable; reconnecting")
         loop = self._loop or self._bind_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._batch.append((keys, packed, count, future))
-        if len(self._batch) == 1:
-            loop.call_soon(self._flush, self.connection.pipeline)
+        batch = self.batch
+        if not batch:
+            loop.call_soon(self.flush, self.connection.pipeline)
+        batch.append((future, 1 + 3 * len(keys)))
+        if len(keys) == 1:  # the common case: its key packed once per client
+            self.key_parts.append(self.packed_key(keys[0]))
+        else:
+            self.key_parts += map(bulk, keys)
+        self.arg_parts.append(packed)
         return future
+
+    def packed_key(self, key: str) -> bytes:
+        """`key` as RESP, remembered for the clients seen lately."""
+        packed = self.packed_keys.get(key)
+        if packed is None:
+            if len(self.packed_keys) >= KEYS_PACKED:
+                self.packed_keys.clear()
+            packed = self.packed_keys[key] = bulk(key)
+        return packed
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # Bound on first use: asyncio.get_running_loop() costs a getpid() system call (3.11).
         self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _flush(self, pipeline: AutoPipeline) -> None:
+    def flush(self, pipeline: AutoPipeline) -> None:
         """The tick's checks as one script call. On the open connection the reply is
-        settled in a callback (`_settle`): no task, no coroutine per batch. Connecting, or
-        reloading the script, takes the coroutine path (`_send`), which waits for either."""
-        batch, self._batch = self._batch, []
+        settled as it is parsed (`Settle`): no task, no coroutine, no callback per batch.
+        Connecting, or reloading the script, takes the coroutine path (`_send`), which
+        waits for either."""
+        batch, key_parts, arg_parts = self.batch.copy(), self.key_parts, self.arg_parts
+        self.batch.clear()
+        shape = (len(key_parts), len(batch))
+        framing = self._framing.get(shape) or self._frame(*shape)
+        command = b"".join([framing[0], *key_parts, framing[1], *arg_parts])
+        key_parts.clear()
+        arg_parts.clear()
         loading = self._loading is not None and not self._loading.done()
         if not pipeline.connected or loading:
-            self._spawn(self._send(pipeline, batch))
+            self._spawn(self._send(pipeline, command, batch))
             return
-        reply = pipeline.submit(self._command(batch), now=True)
-        reply.add_done_callback(functools.partial(self._settle, pipeline, batch))
-
-    def _settle(self, pipeline: AutoPipeline, batch: Batch, reply: asyncio.Future[Any]) -> None:
-        if reply.cancelled():
-            fail(batch, BackendUnavailable("the redis command was cancelled"))
-            return
-        error = reply.exception()
-        if error is None:
-            raw = reply.result()
-            if not isinstance(raw, hiredis.ReplyError):
-                deliver(batch, raw)
-                return
-            if str(raw).startswith("NOSCRIPT"):
-                self._spawn(self._send(pipeline, batch))  # reloads the script, sends again
-                return
-            error = ReplyError(str(raw))
-        fail(batch, self.connection.failure(error))
+        pipeline.submit_to(command, Settle(self, pipeline, command, batch))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._sending.add(task)  # a task nobody references may be collected mid-flight
         task.add_done_callback(self._sending.discard)
 
-    def _command(self, batch: Batch) -> bytes:
-        keys = [key for request in batch for key in request[0]]
-        argc = 1 + sum(request[2] for request in batch)
-        return b"".join(
-            [
-                b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + argc),
-                self._sha,
-                bulk(len(keys)),
-                *(bulk(key) for key in keys),
-                bulk(len(batch)),
-                *(request[1] for request in batch),
-            ]
-        )
+    def _frame(self, keys: int, requests: int) -> tuple[bytes, bytes]:
+        """A batch's EVALSHA around its keys and arguments, by its shape (made once each):
+        the head up to the keys, and the request count between keys and arguments."""
+        if len(self._framing) >= FRAMINGS_KEPT:
+            self._framing.clear()
+        argc = 1 + 3 * requests + 3 * keys  # the request count, then 3 + 3 per key each
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (3 + keys + argc, self._sha, bulk(keys))
+        framing = self._framing[keys, requests] = (head, bulk(requests))
+        return framing
 
-    async def _send(self, pipeline: AutoPipeline, batch: Batch) -> None:
-        command = self._command(batch)
+    async def _send(self, pipeline: AutoPipeline, command: bytes, batch: Batch) -> None:
         try:
             raw = await self.connection.run(lambda _: self._evalsha(pipeline, command))
         except Exception as exc:  # every request of the batch learns why, none hangs
@@ -252,17 +261,50 @@ class RedisCounter:
         deliver(batch, raw)
 
 
+class Settle:
+    """The receiver of a batch's reply (AutoPipeline.submit_to): settles each request's
+    future as the reply is parsed, in the connection's callback."""
+
+    __slots__ = ("batch", "command", "counter", "pipeline")
+
+    def __init__(
+        self, counter: RedisCounter, pipeline: AutoPipeline, command: bytes, batch: Batch
+    ) -> None:
+        self.counter, self.pipeline, self.command, self.batch = counter, pipeline, command, batch
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, raw: Any) -> None:
+        if not isinstance(raw, hiredis.ReplyError):
+            at = 0  # deliver(self.batch, raw), inlined: a call less per batch
+            try:
+                for future, width in self.batch:
+                    if not future.done():
+                        future.set_result(raw[at : at + width])
+                    at += width
+            except Exception as exc:  # not the script's reply: no request of it may hang,
+                # and the connection's reading side, which called this, must go on
+                fail(self.batch, BackendUnavailable(f"unexpected reply from redis: {exc!r}"))
+        elif str(raw).startswith("NOSCRIPT"):  # reloads the script, sends again
+            self.counter._spawn(self.counter._send(self.pipeline, self.command, self.batch))
+        else:
+            self.set_exception(ReplyError(str(raw)))
+
+    def set_exception(self, error: BaseException) -> None:
+        fail(self.batch, self.counter.connection.failure(error))
+
+
 def deliver(batch: Batch, raw: list[int]) -> None:
     """Each request of the batch gets its slice of the script's reply."""
     at = 0
-    for request_keys, _, _, future in batch:
-        width = 1 + 3 * len(request_keys)
+    for future, width in batch:
         if not future.done():
             future.set_result(raw[at : at + width])
         at += width
 
 
 def fail(batch: Batch, error: BackendUnavailable) -> None:
-    for *_, future in batch:
+    for future, _ in batch:
         if not future.done():
             future.set_exception(error)

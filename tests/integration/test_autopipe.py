@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hiredis
 import pytest
 import redis.asyncio as redis
 import uvloop
@@ -136,3 +137,42 @@ def test_a_connection_closed_under_a_write_fails_its_callers() -> None:
             await pipe.close()
 
     uvloop.run(scenario())
+
+
+class Receiver:
+    """A submit_to receiver that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.results: list[object] = []
+        self.errors: list[BaseException] = []
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, reply: object) -> None:
+        self.results.append(reply)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.errors.append(error)
+
+
+async def test_submit_to_hands_replies_to_receivers_in_order(pipeline: AutoPipeline) -> None:
+    """Receivers get their own replies (an error reply as a result), in order with futures."""
+    assert await pipeline.execute(pack(b"PING")) == b"PONG"  # connected
+    first, second = Receiver(), Receiver()
+    pipeline.submit_to(pack(b"ECHO", b"one"), first)
+    between = pipeline.submit(pack(b"ECHO", b"two"))
+    pipeline.submit_to(pack(b"NOSUCHCOMMAND"), second)
+    assert await asyncio.wait_for(between, 1.0) == b"two"
+    await asyncio.wait_for(pipeline.execute(pack(b"PING")), 1.0)  # replies come in order
+    assert first.results == [b"one"] and not first.errors
+    assert len(second.results) == 1 and isinstance(second.results[0], hiredis.ReplyError)
+
+
+async def test_submit_to_receivers_learn_of_a_lost_connection(pipeline: AutoPipeline) -> None:
+    assert await pipeline.execute(pack(b"PING")) == b"PONG"
+    receiver = Receiver()
+    pipeline.submit_to(pack(b"BLPOP", uuid.uuid4().hex.encode(), b"5"), receiver)
+    await pipeline.close()
+    assert not receiver.results
+    assert [type(e) for e in receiver.errors] == [ConnectionError]

@@ -125,3 +125,28 @@ async def test_hits_survive_a_script_flush(flushable: str) -> None:
         await connection.client.delete(key)
     finally:
         await connection.close()
+
+
+async def test_one_tick_batch_of_mixed_requests_gets_each_its_own_verdicts() -> None:
+    """Checks of one tick travel as one script call: one-key and two-key requests mixed,
+    each client's key packed once and reused, each request gets its own slice of the reply."""
+    connection = RedisConnection("redis://127.0.0.1:6379/0")
+    counter = RedisCounter(connection)
+    tag = uuid.uuid4().hex
+    one, two = f"sn:rl:{{{tag}:a}}:fixed", [f"sn:rl:{{{tag}:b}}:w1", f"sn:rl:{{{tag}:b}}:w2"]
+    try:
+        for _ in range(2):  # the second round reuses the packed keys
+            decisions = await asyncio.gather(
+                counter.hit([one], FIXED_WINDOW, [limit_of(5)]),
+                counter.hit(two, FIXED_WINDOW, [limit_of(3), limit_of(10)]),
+                counter.hit([one], FIXED_WINDOW, [limit_of(5)]),
+            )
+        assert [d.allowed for d in decisions] == [True, True, True]
+        assert [v.remaining for v in decisions[0].verdicts] == [2]
+        assert [v.remaining for v in decisions[1].verdicts] == [1, 8]
+        assert [v.remaining for v in decisions[2].verdicts] == [1]
+        assert not counter.batch and not counter.key_parts and not counter.arg_parts
+        assert set(counter.packed_keys) == {one}
+        await connection.client.delete(one, *two)
+    finally:
+        await connection.close()
