@@ -44,6 +44,15 @@ class Fenced(Exception):
     the caller's map is stale; read the map again and ask the owner."""
 
 
+OWNED = "owned"  # a bucket's state on the member that serves it (the others: moving, moved)
+
+
+def require_owned(member: str, bucket: int, state: str | None) -> None:
+    """Raise Fenced unless `state` (the bucket's on `member`; None: no row) is owned."""
+    if state != OWNED:
+        raise Fenced(f"bucket {bucket} not owned by {member} (state {state})")
+
+
 class ShardUnavailable(Exception):
     """The member (or the replica asked) does not answer; the driver's error is chained."""
 

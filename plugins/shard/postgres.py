@@ -30,6 +30,7 @@ from plugins.shard.documents import (
     like_prefix,
     new_etag,
     quote,
+    require_owned,
 )
 from plugins.shard.merge_patch import merge_patch
 from plugins.shard.postgres_placement import FENCED_STATE, PostgresPlacement, placement_sql
@@ -225,9 +226,7 @@ class PostgresShard(PostgresPlacement):
 
     async def get(self, bucket: int, key: str) -> Document | None:
         row = await self._fetchrow(self.sql["get"], bucket, key)
-        if row is None or row[2] != "owned":
-            state = None if row is None else row[2]
-            raise Fenced(f"bucket {bucket} not owned by {self.name} (state {state})")
+        require_owned(self.name, bucket, None if row is None else row[2])
         return None if row[0] is None else Document(key, row[0].encode(), row[1])
 
     async def put(
@@ -270,12 +269,14 @@ class PostgresShard(PostgresPlacement):
             async with conn.transaction():
                 row = await conn.fetchrow(self.sql["lock"], bucket, key)
                 if row is None:
-                    if await conn.fetchval(self.place["state"], bucket) != "owned":
-                        raise Fenced(f"bucket {bucket} not owned by {self.name}")
+                    require_owned(
+                        self.name, bucket, await conn.fetchval(self.place["state"], bucket)
+                    )
                     raise NotFound(key)
                 if if_match is not None and row[1] != if_match:
-                    if await conn.fetchval(self.place["state"], bucket) != "owned":
-                        raise Fenced(f"bucket {bucket} not owned by {self.name}")
+                    require_owned(
+                        self.name, bucket, await conn.fetchval(self.place["state"], bucket)
+                    )
                     raise PreconditionFailed(key)
                 text = json.dumps(merge_patch(json.loads(row[0]), merge), ensure_ascii=False)
                 stored = await conn.fetchval(

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from plugins.shard.documents import Fenced, quote
+from plugins.shard.documents import quote, require_owned
 
 FENCED_STATE = "SN001"  # the trigger's SQLSTATE: "this member does not own the bucket now"
 
@@ -122,8 +122,7 @@ class PostgresPlacement:
         nothing, or a read that found nothing, is only an answer from the owner)."""
         async with self._connection() as conn:
             state = await conn.fetchval(self.place["state"], bucket)
-        if state != "owned":
-            raise Fenced(f"bucket {bucket} not owned by {self.name} (state {state})")
+        require_owned(self.name, bucket, state)
 
     async def bucket_states(self) -> dict[int, str]:
         async with self._connection() as conn:

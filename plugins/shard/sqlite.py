@@ -17,7 +17,6 @@ import aiosqlite
 
 from plugins.shard.documents import (
     Document,
-    Fenced,
     NotFound,
     PreconditionFailed,
     ShardUnavailable,
@@ -25,6 +24,7 @@ from plugins.shard.documents import (
     like_prefix,
     new_etag,
     quote,
+    require_owned,
 )
 from plugins.shard.merge_patch import merge_patch
 from plugins.shard.sqlite_placement import SqlitePlacement, placement_sql
@@ -136,9 +136,7 @@ class SqliteShard(SqlitePlacement):
             db.execute(self.sql["get_owned"], (bucket, key)) as cursor,
         ):
             row = await cursor.fetchone()
-        if row is None or row[2] != "owned":
-            state = None if row is None else row[2]
-            raise Fenced(f"bucket {bucket} not owned by {self.name} (state {state})")
+        require_owned(self.name, bucket, None if row is None else row[2])
         return None if row[0] is None else Document(key, row[0].encode(), row[1])
 
     async def put(

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from plugins.shard.documents import Fenced, quote
+from plugins.shard.documents import quote, require_owned
 
 T = TypeVar("T")
 
@@ -68,8 +68,7 @@ class SqlitePlacement:
     async def check_owned(self, db: aiosqlite.Connection, bucket: int) -> None:
         """Raise Fenced unless this member owns `bucket` (inside the write's transaction)."""
         state = await self._one(db, self.place["state"], (bucket,))
-        if state != "owned":
-            raise Fenced(f"bucket {bucket} not owned by {self.name} (state {state})")
+        require_owned(self.name, bucket, state)
 
     async def bucket_states(self) -> dict[int, str]:
         async with self._connection() as db, db.execute(self.place["states"]) as cursor:
