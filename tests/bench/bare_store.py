@@ -34,7 +34,7 @@ from aiohttp import web
 
 from plugins.shard.buckets import bucket_of
 from plugins.shard.documents import quote
-from plugins.shard.postgres import GET, UPSERT
+from plugins.shard.postgres_sql import GET, UPSERT
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 
