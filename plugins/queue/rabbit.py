@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,13 +18,13 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from pamqp.commands import Basic
 
 from node.config import redact_url
 from node.errors import BackendUnavailable
 from plugins.queue.broker import Consumer, QueueFull, QueueStats, delay_ms
 from plugins.queue.publisher import AmqpPublisher, Nacked
+from plugins.queue.rabbit_driver import DRIVER_ERRORS, RabbitDelivery, is_up, wrapped
 from plugins.queue.topology import (
     DEAD_ARGUMENTS,
     DLX,
@@ -36,9 +36,6 @@ from plugins.queue.topology import (
 )
 
 log = logging.getLogger("scalenode.queue")
-
-# aio-pika, aiormq and the socket raise these; ChannelInvalidStateError is a RuntimeError.
-DRIVER_ERRORS = (AMQPError, ChannelInvalidStateError, OSError)
 
 
 @dataclass(slots=True)
@@ -55,57 +52,6 @@ class _Consumer:
     stopped: bool = False
     amqp_queue: AbstractQueue | None = None
     tag: str | None = None  # None: not started on the current connection yet
-
-
-@contextlib.contextmanager
-def wrapped(doing: str) -> Iterator[None]:
-    """Driver errors as BackendUnavailable, the driver's error chained."""
-    try:
-        yield
-    except DRIVER_ERRORS as exc:
-        raise BackendUnavailable(f"RabbitMQ failed {doing}: {exc!r}") from exc
-
-
-def is_up(connection: AbstractRobustConnection | None) -> bool:
-    return connection is not None and connection.connected.is_set()
-
-
-class RabbitDelivery:
-    """One message handed to a RabbitBroker consumer."""
-
-    __slots__ = ("_message", "_settled", "_unsettled", "body", "message_id", "redelivered")
-
-    def __init__(self, message: AbstractIncomingMessage, unsettled: set[RabbitDelivery]) -> None:
-        self.body = message.body
-        self.message_id = message.message_id or ""
-        self.redelivered = bool(message.redelivered)
-        self._message = message
-        self._unsettled = unsettled
-        self._settled = False
-        unsettled.add(self)
-
-    async def ack(self) -> None:
-        self._settle()
-        with wrapped("acking a message"):
-            await self._message.ack()
-
-    async def requeue(self) -> None:
-        self._settle()
-        with wrapped("requeueing a message"):
-            await self._message.nack(requeue=True)
-
-    def held(self) -> bool:
-        """Still unacked at the broker: its channel is open (a closed one gave it back)."""
-        try:
-            return not self._message.channel.is_closed
-        except ChannelInvalidStateError:
-            return False
-
-    def _settle(self) -> None:
-        if self._settled:
-            raise RuntimeError(f"message {self.message_id} was already acked or requeued")
-        self._settled = True
-        self._unsettled.discard(self)
 
 
 class RabbitBroker:
