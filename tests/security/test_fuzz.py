@@ -20,8 +20,7 @@ import pytest
 from e2e.e2e_harness import NodeProcess
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from .test_smuggling import WireUpstream, running_node
+from testkit.wire_upstream import WireUpstream, running_node
 
 MAX_BODY = 4096  # the node's limit here: bodies generated up to twice that get 413s too
 ROUTES = (b"/api/", b"/cached/", b"/echo/")
