@@ -17,6 +17,7 @@ from node.drain import NODE_STATE, NodeState
 from node.edge_replies import json_errors
 from node.edge_stats import EDGE, EdgeCollector, EdgeStats
 from node.errors import ConfigError
+from node.fastpath import FAST_ROUTES, Route, Routes
 from node.http import expect_continue, route_endpoint, unmatched_endpoint
 from node.metrics import NodeCollector, NodeStats, make_registry
 from node.pipeline import build_plugins, compose
@@ -56,6 +57,7 @@ def build_app(settings: Settings, role: str, plugins: Catalogue | None = None) -
     app[POOLS] = pools
     app[RESOURCES] = resources
     app[NODE_STATE] = state = NodeState()  # /ready and the agent-check answer from it
+    app[FAST_ROUTES] = Routes(app, resources)  # filled by add_routes
     app[EDGE] = edge = EdgeStats()  # filled by node.edge's handler when served by EdgeRunner
     app.on_response_prepare.append(identify(node))
     app.on_response_prepare.append(json_errors)
@@ -126,14 +128,14 @@ def add_routes(
         )
         if hasattr(target, "snapshot") and hasattr(target, "name"):
             stats.plugins.append((route.label, target))  # a plugin's target reports as it
+        handler = compose(chain, target)
+        route_stats = stats.route(route.label)
         endpoint = route_endpoint(
-            compose(chain, target),
-            stats.route(route.label),
-            settings.node.name,
-            route.max_body or settings.node.max_body,
+            handler, route_stats, settings.node.name, route.max_body or settings.node.max_body
         )
         if not serve:
             continue
+        app[FAST_ROUTES].add(endpoint, Route(handler, route_stats, settings.node.name))
         try:
             for method in route_methods(route):
                 app.router.add_route(method, route.path, endpoint, expect_handler=expect_continue)

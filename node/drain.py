@@ -67,6 +67,7 @@ def close_after_reply(server: web.Server | None) -> None:
     request factory is swapped only now."""
     if server is None:
         return
+    server.closing = True  # type: ignore[attr-defined]  # node.edge's: node.fastpath's replies
     server.request_factory = closing_factory(server.request_factory)
     for handler in server.connections:
         if handler._request_factory is not None:  # None once the connection is lost

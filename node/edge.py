@@ -22,14 +22,15 @@ from aiohttp.helpers import BaseTimerContext
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from node.call import JSON_TYPE
 from node.config import NodeSettings
+from node.edge_loop import RequestLoop
 from node.edge_replies import parse_error_detail, refusal
 from node.edge_stats import EDGE, EdgeStats, connection_cap, fd_bound
 from node.errors import Rejected, RequestTimeout
+from node.fastpath import FAST_ROUTES
 from node.wire import CONNECTION, CONTENT_TYPE, X_NODE, ReadyResponse
 
 log = logging.getLogger("scalenode.http")
@@ -67,7 +68,7 @@ class BodyTimer(BaseTimerContext):
             self._handle = None
 
 
-class EdgeHandler(RequestHandler):
+class EdgeHandler(RequestLoop):
     """One connection. Over the cap it is refused at once; its first request head must be
     in within node.header_timeout. That timer runs from connect and, when it fires, looks
     whether a head came (aiohttp's keep-alive timer works so too): nothing per request."""
@@ -292,6 +293,10 @@ class EdgeServer(web.Server):
         self.stats: EdgeStats = app[EDGE]
         self.stats.cap = self.cap
         self._next_warning = 0.0
+        # The routes node.fastpath serves (none if the app has none), and whether replies
+        # say `Connection: close` now (node.drain sets it).
+        self.routes = app.get(FAST_ROUTES)
+        self.closing = False
         bound = fd_bound()
         if node.max_connections > bound:
             log.warning(

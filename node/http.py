@@ -18,7 +18,6 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from node.call import JSON_TYPE, AddedHeaders, ByteStream, Call, Handler, Reply
-from node.edge import EdgeHandler
 from node.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Rejected
 from node.metrics import RouteStats
 from node.resources import RESOURCES, Resources
@@ -144,7 +143,11 @@ class RequestCall(Call):
         write_interim(self._request, status, headers)
 
 
-def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> ReadyResponse:
+def reply_headers(
+    reply: Reply, node: str, added: AddedHeaders | None = None
+) -> tuple[CIMultiDict[str], bytes]:
+    """The reply's headers as they go out (a copy: the reply may be a cached one), and the
+    serialized lines a plugin adds at their end (node.call.AddedHeaders)."""
     headers = CIMultiDict(reply.headers) if reply.headers else CIMultiDict()
     lines = b""
     if added is not None:
@@ -155,6 +158,11 @@ def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> R
     if reply.content_type is not None:
         headers[CONTENT_TYPE] = reply.content_type
     headers[X_NODE] = node
+    return headers, lines
+
+
+def to_response(reply: Reply, node: str, added: AddedHeaders | None = None) -> ReadyResponse:
+    headers, lines = reply_headers(reply, node, added)
     return ReadyResponse(reply.status, headers, reply.body, lines)
 
 
@@ -233,8 +241,33 @@ async def expect_continue(request: web.Request) -> None:
     raise web.HTTPExpectationFailed(body=EXPECTATION_FAILED, content_type=JSON_TYPE)
 
 
+async def answer(handler: Handler, call: Call) -> Reply:
+    """The route's pipeline on `call`: its reply, a Rejected as its JSON error, anything
+    else logged (naming the request id) as a 500. ClientGone passes through."""
+    try:
+        reply = await handler(call)
+        if type(reply) is not Reply:  # a handler whose `-> Reply` annotation was wrong
+            reply = as_reply(reply)
+    except Rejected as exc:
+        reply = error_reply(exc)
+    except ClientGone:
+        raise
+    except Exception:
+        request_id = call.request_id
+        log.exception(
+            "route %s failed on %s %s (X-Request-Id: %s)",
+            call.route,
+            call.method,
+            call.path,
+            request_id,
+        )
+        reply = internal_error(request_id)
+    return reply
+
+
 def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
-    """The aiohttp handler of one route: the adapter around its composed pipeline."""
+    """The aiohttp handler of one route: the adapter around its composed pipeline. Requests
+    without a body are usually served by node.fastpath instead, with the same pipeline."""
     label = stats.label
 
     async def endpoint(request: web.Request) -> web.StreamResponse | ReadyResponse:
@@ -245,34 +278,21 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
             return to_response(BAD_PATH, node)
         stats.in_flight += 1
         # From the request's arrival (node.edge's handler), else now (a test server's).
-        protocol = request.protocol
-        started = protocol.arrived if type(protocol) is EdgeHandler else perf_counter()
+        arrived = getattr(request.protocol, "arrived", None)
+        started = arrived if type(arrived) is float and arrived else perf_counter()
         status = CLIENT_CLOSED
         try:
+            call = RequestCall(request, label, b"")
+            # The task is this request's: its log lines name it, the upstream client
+            # hands it the target's 1xx replies.
+            CURRENT_CALL.set(call)
             try:
-                call = RequestCall(request, label, b"")
-                # The task is this request's: its log lines name it, the upstream client
-                # hands it the target's 1xx replies.
-                CURRENT_CALL.set(call)
                 if request.body_exists:
                     call.body = await read_body(request, max_body)
-                reply = await handler(call)
-                if type(reply) is not Reply:  # a handler whose `-> Reply` annotation was wrong
-                    reply = as_reply(reply)
             except Rejected as exc:
                 reply = error_reply(exc)
-            except ClientGone:
-                raise
-            except Exception:
-                request_id = call.request_id
-                log.exception(
-                    "route %s failed on %s %s (X-Request-Id: %s)",
-                    label,
-                    request.method,
-                    request.path,
-                    request_id,
-                )
-                reply = internal_error(request_id)
+            else:
+                reply = await answer(handler, call)
             status = reply.status
             if reply.stream is None:
                 return to_response(reply, node, call.added_headers)

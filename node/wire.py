@@ -3,10 +3,11 @@
 aiohttp's `web.Response` prepares itself through ~10 coroutine frames and a page of header
 bookkeeping in Python (prepare, _start, _prepare_headers, the prepare hook, _write_headers,
 two write_eofs): about a tenth of a hello-world request, measured with callgrind. A reply
-in hand needs one header mapping, aiohttp's own serializer and one write, with aiohttp's
-framing rules kept: the real Content-Length, no body on HEAD, 204, 304 and 1xx, Date,
-Server, and Connection as the HTTP version needs. The serializer refuses control
-characters in headers; such a reply is logged and answered with a 500 JSON instead.
+in hand needs one header mapping, one serialized head and one write, with aiohttp's
+framing rules kept (`frame`): the real Content-Length, no body on HEAD, 204, 304 and 1xx,
+Date, Server, and Connection as the HTTP version needs. The serializer refuses CR and LF
+in headers, as aiohttp's does; such a reply is logged and answered with a 500 JSON instead.
+node.fastpath sends route replies through the same two functions.
 
 aiohttp's RequestHandler asks a response for `prepare`, `write_eof` and `keep_alive`; its
 access logger for `status`, `body_length` and `headers`. That is this class's whole surface.
@@ -14,6 +15,7 @@ access logger for `status`, `body_length` and `headers`. That is this class's wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 
@@ -74,6 +76,88 @@ def header_items(lines: bytes) -> list[tuple[str, str]]:
     return [(name, value) for name, _, value in pairs]
 
 
+def frame(
+    headers: CIMultiDict[str],
+    status: int,
+    body: bytes,
+    method: str,
+    version: tuple[int, int],
+    keep_alive: bool,
+) -> bytes:
+    """aiohttp's framing rules on a whole reply's headers (changed in place): the real
+    Content-Length, none on 204 and 1xx, Date, Server, Connection as the version needs.
+    Returns the body to send (none for HEAD, 204, 304 and 1xx). Both ways a route's reply
+    leaves (ReadyResponse, node.fastpath) frame it here."""
+    if status in NO_BODY or method == "HEAD":
+        if status in NO_LENGTH:
+            headers.popall(CONTENT_LENGTH, None)
+        elif body:  # a HEAD answered from a whole reply (a cache hit): its length
+            headers[CONTENT_LENGTH] = str(len(body))
+        # else: a HEAD's reply from the target keeps the length the target gave
+        body = b""
+    else:
+        headers[CONTENT_LENGTH] = str(len(body))  # the truth, whatever a header said
+        if body and CONTENT_TYPE not in headers:
+            headers[CONTENT_TYPE] = DEFAULT_TYPE
+    if DATE not in headers:
+        headers[DATE] = rfc822_formatted_time()
+    if SERVER not in headers:
+        headers[SERVER] = SERVER_NAME
+    if CONNECTION not in headers:
+        if not keep_alive:
+            if version == HttpVersion11:
+                headers[CONNECTION] = "close"
+        elif version == HttpVersion10:
+            headers[CONNECTION] = "keep-alive"
+    return body
+
+
+def serialize_head(
+    version: tuple[int, int], status: int, headers: CIMultiDict[str], added: bytes = b""
+) -> bytes | None:
+    """The status line and headers as bytes, ended by `added` (the lines a plugin made and
+    the blank line, see node.call.AddedHeaders) or a blank line. None if a name or value
+    holds a CR or LF, which would end a line the reply did not mean to end (aiohttp's
+    serializer refuses them too). Values go out as the bytes they were decoded from
+    (node.call.wire_bytes)."""
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        return None
+    try:
+        head = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    # `added` ends the head itself: its lines and the blank line.
+    return b"".join((status_line(version, status).encode(), b"\r\n", head, added or b"\r\n"))
+
+
+def encode(
+    status: int,
+    headers: CIMultiDict[str],
+    body: bytes,
+    added: bytes,
+    method: str,
+    version: tuple[int, int],
+    keep_alive: bool,
+    path: str,
+) -> tuple[int, CIMultiDict[str], bytes, int]:
+    """A whole reply framed (`frame`, headers changed in place) and serialized: the status
+    and headers sent, the bytes to write and the body's length in them. A head that cannot
+    be sent (a CR or LF in a header) is logged and replaced by a 500 JSON."""
+    body = frame(headers, status, body, method, version, keep_alive)
+    head = serialize_head(version, status, headers, added)
+    if head is None:  # nothing is written yet
+        log.error(
+            "reply to %s %s held a header with a control character; answered 500", method, path
+        )
+        status, headers = 500, unsendable(headers)
+        body = b"" if method == "HEAD" else UNSENDABLE_BODY
+        head = serialize_head(version, 500, headers)
+        assert head is not None  # the node's own headers
+    return status, headers, head + body, len(body)
+
+
 class ReadyResponse:
     """Status, headers (this response's own copy) and the whole body; sent by `prepare`."""
 
@@ -90,78 +174,47 @@ class ReadyResponse:
         self.body_length = 0
 
     async def prepare(self, request: web.BaseRequest) -> None:
-        headers = self.headers
-        status = self.status
-        method = request.method
-        body = self.body
-        if status in NO_BODY or method == "HEAD":
-            if status in NO_LENGTH:
-                headers.popall(CONTENT_LENGTH, None)
-            elif body:  # a HEAD answered from a whole reply (a cache hit): its length
-                headers[CONTENT_LENGTH] = str(len(body))
-            # else: a HEAD's reply from the target keeps the length the target gave
-            body = b""
-        else:
-            headers[CONTENT_LENGTH] = str(len(body))  # the truth, whatever a header said
-            if body and CONTENT_TYPE not in headers:
-                headers[CONTENT_TYPE] = DEFAULT_TYPE
-        if DATE not in headers:
-            headers[DATE] = rfc822_formatted_time()
-        if SERVER not in headers:
-            headers[SERVER] = SERVER_NAME
-        version = request.version
         keep_alive = self.keep_alive = request.keep_alive
-        if CONNECTION not in headers:
-            if not keep_alive:
-                if version == HttpVersion11:
-                    headers[CONNECTION] = "close"
-            elif version == HttpVersion10:
-                headers[CONNECTION] = "keep-alive"
-        writer = request.writer
-        try:
-            await writer.write_headers(status_line(version, status), headers)
-        except ValueError:  # a control character in a header: nothing is written yet
-            log.error(
-                "reply to %s %s held a header with a control character; answered 500",
-                method,
-                request.path,
-            )
-            self.status, self.headers = 500, unsendable(headers)
-            body = b"" if method == "HEAD" else UNSENDABLE_BODY
-            await writer.write_headers(status_line(version, 500), self.headers)
-        else:
-            if self.added:
-                # aiohttp holds the serialized head until the body goes with it; the
-                # plugin's end of it replaces the closing blank line.
-                writer._headers_buf = writer._headers_buf[:-2] + self.added
-        await writer.write_eof(body)
-        self.body_length = len(body)
+        self.status, self.headers, data, self.body_length = encode(
+            self.status,
+            self.headers,
+            self.body,
+            self.added,
+            request.method,
+            request.version,
+            keep_alive,
+            request.path,
+        )
+        await request.writer.write_eof(data)  # one write: aiohttp sends the bytes as given
 
     async def write_eof(self, data: bytes = b"") -> None:
         """Nothing left: `prepare` wrote the whole reply."""
 
 
 def write_interim(request: web.BaseRequest, status: int, headers: list[tuple[str, str]]) -> None:
+    """write_interim_to for a request served by aiohttp (node.http's RequestCall)."""
+    writer = request.writer
+    started = bool(writer.output_size or writer._headers_buf)  # type: ignore[attr-defined]
+    write_interim_to(request.transport, request.version, started, status, headers)
+
+
+def write_interim_to(
+    transport: asyncio.BaseTransport | None,
+    version: tuple[int, int],
+    started: bool,
+    status: int,
+    headers: list[tuple[str, str]],
+) -> None:
     """An interim (1xx) reply on the client's connection, ahead of the final one (RFC 9110
     section 15.2). Not to an HTTP/1.0 client, not once any of the final reply is out or
-    queued (a late 1xx would land inside it or before the next request's reply), and not
-    with a CR or LF in a line: each case drops it, and the final reply goes as ever."""
-    version = request.version
-    writer = request.writer
-    transport = request.transport
-    if (
-        version < HttpVersion11
-        or writer.output_size
-        or writer._headers_buf  # type: ignore[attr-defined]
-        or transport is None
-        or transport.is_closing()
-    ):
+    queued (`started`: a late 1xx would land inside it or before the next request's
+    reply), and not with a CR or LF in a line: each case drops it, and the final reply
+    goes as ever."""
+    if version < HttpVersion11 or started or transport is None or transport.is_closing():
         return
-    lines = [status_line(version, status), *(f"{name}: {value}" for name, value in headers)]
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
-        return
-    transport.write(text.encode())
+    head = serialize_head(version, status, CIMultiDict(headers))
+    if head is not None:
+        transport.write(head)  # type: ignore[attr-defined]
 
 
 def identify(node: str):

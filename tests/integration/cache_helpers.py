@@ -12,8 +12,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
+from testkit.node_server import NodeServer
 
 from node.app import RESOURCES, build_app
 from node.config import Settings
@@ -53,7 +54,7 @@ class Nodes:
         self.clients: list[TestClient] = []
 
     async def start(self, settings: Settings) -> TestClient:
-        client = TestClient(TestServer(build_app(settings, "all"), host="127.0.0.1"))
+        client = TestClient(NodeServer(build_app(settings, "all"), host="127.0.0.1"))
         self.clients.append(client)
         await client.start_server()
         if settings.backends.redis:

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.config import Settings
@@ -230,7 +231,7 @@ async def node_factory() -> AsyncIterator[NodeFactory]:
 
     async def start(settings: Settings) -> TestClient:
         app = build_app(settings, "all")
-        client = TestClient(TestServer(app, host="127.0.0.1"), auto_decompress=False)
+        client = TestClient(NodeServer(app, host="127.0.0.1"), auto_decompress=False)
         clients.append(client)
         await client.start_server()
         return client

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 from testkit.servers import RedisServer
 
 from node.app import POOLS, RESOURCES, build_app
@@ -61,7 +62,7 @@ async def start() -> AsyncIterator[Start]:
     clients: list[TestClient] = []
 
     async def make(node_settings: Settings) -> TestClient:
-        client = TestClient(TestServer(build_app(node_settings, "all"), host="127.0.0.1"))
+        client = TestClient(NodeServer(build_app(node_settings, "all"), host="127.0.0.1"))
         clients.append(client)
         await client.start_server()
         return client

@@ -6,8 +6,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from testkit import cache_handlers
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.cluster.redis import RedisConnection
@@ -76,7 +77,7 @@ async def test_handlers_use_the_node_cache(redis: str) -> None:
             {"path": "/counter/{name}", "target": "handler:testkit.cache_handlers:counter"},
         ],
     }
-    client = TestClient(TestServer(build_app(build(Settings, data, ""), "all")))
+    client = TestClient(NodeServer(build_app(build(Settings, data, ""), "all")))
     await client.start_server()
     try:
         bodies = [await (await client.get(f"/report/{mark}")).json() for _ in range(3)]

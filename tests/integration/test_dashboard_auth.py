@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 
@@ -20,7 +21,7 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
     app = build_app(dashboard_settings(interval=0.1, token=TOKEN), "all")
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with TestClient(NodeServer(app, host="127.0.0.1")) as client:
         yield client
 
 
@@ -77,7 +78,7 @@ async def test_no_token_beyond_loopback_warns_at_start(caplog):
     """Listening on 0.0.0.0 with no admin_token logs a warning when the node starts."""
     caplog.set_level(logging.WARNING, logger="scalenode.dashboard")
     app = build_app(dashboard_settings(interval=0.1, host="0.0.0.0"), "all")
-    async with TestClient(TestServer(app, host="127.0.0.1")):
+    async with TestClient(NodeServer(app, host="127.0.0.1")):
         pass
     assert "open to anyone" in caplog.text
 
@@ -86,7 +87,7 @@ async def test_no_token_on_loopback_is_quiet_and_open(caplog):
     """On loopback without a token the dashboard is open and nothing is logged."""
     caplog.set_level(logging.WARNING, logger="scalenode.dashboard")
     app = build_app(dashboard_settings(interval=0.1), "all")
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with TestClient(NodeServer(app, host="127.0.0.1")) as client:
         assert (await client.get("/dashboard")).status == 200
     assert "open to anyone" not in caplog.text
 

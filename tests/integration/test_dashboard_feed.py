@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.config import Settings
@@ -26,7 +27,7 @@ async def start_server() -> AsyncIterator[Callable]:
     servers: list[TestServer] = []
 
     async def start(settings: Settings) -> TestServer:
-        server = TestServer(build_app(settings, "all"), host="127.0.0.1")
+        server = NodeServer(build_app(settings, "all"), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         return server

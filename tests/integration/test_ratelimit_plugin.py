@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from redis.exceptions import RedisError
+from testkit.node_server import NodeServer
 
 from node.app import STATS, build_app
 from node.call import Call, Reply
@@ -56,7 +57,7 @@ class Nodes:
             self.scopes.append(table["scope"])
         url = REDIS_URL if store == "redis" else ""
         settings = rl_settings(table, name=unique("node"), redis=url, node=node)
-        client = TestClient(TestServer(build_app(settings, "all"), host="127.0.0.1"))
+        client = TestClient(NodeServer(build_app(settings, "all"), host="127.0.0.1"))
         self.clients.append(client)
         await client.start_server()
         await avoid_window_edge(60)

@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 from testkit.rawhttp import exchange, get, parse
 
 from node.app import build_app
@@ -69,7 +70,7 @@ async def node(origin: str) -> AsyncIterator[TestClient]:
         ],
     }
     settings: Settings = build(Settings, data, "")
-    client = TestClient(TestServer(build_app(settings, "all"), host="127.0.0.1"))
+    client = TestClient(NodeServer(build_app(settings, "all"), host="127.0.0.1"))
     await client.start_server()
     await avoid_window_edge(60)
     yield client
@@ -142,7 +143,7 @@ async def test_client_over_ipv6_is_counted_by_its_address() -> None:
             }
         ],
     }
-    client = TestClient(TestServer(build_app(build(Settings, data, ""), "all"), host="::1"))
+    client = TestClient(NodeServer(build_app(build(Settings, data, ""), "all"), host="::1"))
     await client.start_server()
     try:
         await avoid_window_edge(60)

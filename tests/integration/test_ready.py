@@ -6,7 +6,8 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.config import Settings
@@ -35,7 +36,7 @@ async def client_for() -> AsyncIterator:
     clients: list[TestClient] = []
 
     async def start(settings: Settings) -> TestClient:
-        client = TestClient(TestServer(build_app(settings, "gateway")))
+        client = TestClient(NodeServer(build_app(settings, "gateway")))
         await client.start_server()
         clients.append(client)
         return client

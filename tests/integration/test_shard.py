@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.config import Settings
@@ -24,7 +25,7 @@ async def sharded(upstream_factory: UpstreamFactory) -> AsyncIterator[TestClient
             {"path": "/carts/{key}", "target": "upstream:carts", "shard": {"key": "path:key"}}
         ],
     }
-    client = TestClient(TestServer(build_app(build(Settings, data, ""), "all"), host="127.0.0.1"))
+    client = TestClient(NodeServer(build_app(build(Settings, data, ""), "all"), host="127.0.0.1"))
     await client.start_server()
     yield client
     await client.close()

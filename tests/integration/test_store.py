@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.config import Settings
@@ -63,7 +64,7 @@ async def store_for(tmp_path: Path) -> AsyncIterator[StoreFor]:
                 {"path": "/users", "target": "store:users", "methods": ["GET"]},
             ],
         }
-        client = TestClient(TestServer(build_app(build(Settings, data, ""), "gateway")))
+        client = TestClient(NodeServer(build_app(build(Settings, data, ""), "gateway")))
         await client.start_server()
         clients.append(client)
         return client

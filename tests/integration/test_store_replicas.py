@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from testkit.node_server import NodeServer
 from testkit.pg_cluster import PgCluster
 
 from node.app import STATS, build_app
@@ -43,7 +44,7 @@ async def node_on(pg_cluster: PgCluster, database: str, **set_options: Any) -> T
         "shards": {"users": {"members": [member], "timeout": 1.0, **set_options}},
         "routes": [{"path": "/users/{key}", "target": "store:users"}],
     }
-    client = TestClient(TestServer(build_app(build(Settings, data, ""), "gateway")))
+    client = TestClient(NodeServer(build_app(build(Settings, data, ""), "gateway")))
     await client.start_server()
     return client
 

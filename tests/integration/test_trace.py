@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
+from testkit.node_server import NodeServer
 
 from node.app import build_app
 from node.call import Call
@@ -97,7 +98,7 @@ async def test_access_log_names_trace_and_request_id(
     """An access log line carries the trace id and the X-Request-Id the request used."""
     app = build_app(proxy_settings([upstream.url]), "all")
     logger = logging.getLogger("scalenode.access")
-    server = TestServer(app, host="127.0.0.1")
+    server = NodeServer(app, host="127.0.0.1")
     await server.start_server(access_log=logger, access_log_class=AccessLogger)
     async with TestClient(server) as client:
         with caplog.at_level(logging.INFO, logger="scalenode.access"):

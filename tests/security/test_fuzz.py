@@ -251,14 +251,17 @@ def serves(port: int) -> bool:
 
 
 def check(fuzzed: Fuzzed, raw: bytes, fuzzing: bool = True) -> None:
-    """No 5xx; a 4xx of the node's own forwards nothing; the node still serves after it."""
+    """No 5xx (but 505 for a version it does not speak); a 4xx of the node's own forwards
+    nothing; the node still serves after it."""
     wire, port = fuzzed.wire, fuzzed.node.port
     before = wire.count()
     status, headers = exchange(port, raw)
     forwarded = wire.count() - before
     if fuzzing:  # hypothesis records events only inside its own examples
         event(f"status {status}, forwarded {forwarded}")
-    assert status is None or status < 500, (status, raw)
+    # 505 is the node's refusal of a version it does not speak (HTTP/2.0 in text, as nginx
+    # answers it), not a failure of its own.
+    assert status is None or status < 500 or status == 505, (status, raw)
     if status is not None and 400 <= status < 500 and b"x-upstream" not in headers:
         assert forwarded == 0, f"refused with {status} but forwarded: {raw!r}"
     assert not wire.malformed, f"the node forwarded what llhttp refuses: {wire.malformed}"
@@ -274,7 +277,8 @@ def check(fuzzed: Fuzzed, raw: bytes, fuzzing: bool = True) -> None:
 )
 @given(raw=requests())
 def test_any_request_gets_no_5xx_and_a_refusal_reaches_no_upstream(fuzzed: Fuzzed, raw: bytes):
-    """No 5xx; a 4xx of the node's own forwards nothing; the node still serves after it."""
+    """No 5xx (but 505 for a version it does not speak); a 4xx of the node's own forwards
+    nothing; the node still serves after it."""
     check(fuzzed, raw)
 
 

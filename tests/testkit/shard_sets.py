@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from node.app import STATS, build_app
 from node.config import Settings
 from node.schema import build
 from plugins.shard.members import ShardSet
+from testkit.node_server import NodeServer
 from testkit.postgres import create_database, database_dsn, drop_database, new_database_name
 
 
@@ -50,7 +51,7 @@ def settings_for(
 
 
 async def node_for(settings: Settings) -> TestClient:
-    client = TestClient(TestServer(build_app(settings, "gateway")))
+    client = TestClient(NodeServer(build_app(settings, "gateway")))
     await client.start_server()
     return client
 
