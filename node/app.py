@@ -128,14 +128,16 @@ def add_routes(
         )
         if hasattr(target, "snapshot") and hasattr(target, "name"):
             stats.plugins.append((route.label, target))  # a plugin's target reports as it
-        handler = compose(chain, target)
-        route_stats = stats.route(route.label)
-        endpoint = route_endpoint(
-            handler, route_stats, settings.node.name, route.max_body or settings.node.max_body
+        fast = Route(
+            compose(chain, target),
+            stats.route(route.label),
+            settings.node.name,
+            route.max_body or settings.node.max_body,
         )
+        endpoint = route_endpoint(fast.handler, fast.stats, fast.node, fast.max_body)
         if not serve:
             continue
-        app[FAST_ROUTES].add(endpoint, Route(handler, route_stats, settings.node.name))
+        app[FAST_ROUTES].add(endpoint, fast)
         try:
             for method in route_methods(route):
                 app.router.add_route(method, route.path, endpoint, expect_handler=expect_continue)

@@ -139,14 +139,16 @@ class EdgeHandler(RequestLoop):
         """The body being read sent nothing for node.body_timeout: its read fails with a
         408 (the route answers it), and the connection closes after that reply."""
         request = self._current_request
+        # The body node.fastpath reads, or the one of the request aiohttp answers.
+        body = self.reading or (request.content if request is not None else None)
         server = self._manager
-        if request is None or server is None or self.transport is None:
+        if body is None or server is None or self.transport is None:
             return  # between requests: aiohttp's lingering read has its own bound
         server.stats.body_timeouts += 1
         seconds = server.body_timeout
         log.info(
             "request body from %s sent nothing for %g s: answered 408, closed",
-            request.remote,
+            client_of(self.peername),
             seconds,
         )
         self._lingering_time = 0.0  # aiohttp would wait to read the rest of it
@@ -154,7 +156,7 @@ class EdgeHandler(RequestLoop):
         timeout = RequestTimeout(
             f"the request body sent nothing for {seconds:g} s", headers={"Connection": "close"}
         )
-        request.content.set_exception(timeout)
+        body.set_exception(timeout)
 
     def refuse_version(self, version: tuple[int, int]) -> None:
         """HTTP/0.9 (a request line without a version: no headers, no status line back) or

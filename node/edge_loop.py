@@ -33,9 +33,20 @@ PAYLOAD_ACCESS_ERROR = sys.modules["aiohttp.web_protocol"]._PAYLOAD_ACCESS_ERROR
 class RequestLoop(RequestHandler):
     """aiohttp's connection handler whose loop tries node.fastpath first."""
 
-    __slots__ = ()
+    __slots__ = ("reading",)
 
     _manager: EdgeServer | None
+
+    def __init__(self, manager: Any, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        # The body node.fastpath is reading, if any: node.edge's body timeout fails it.
+        self.reading: StreamReader | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        reading = self.reading
+        super().connection_lost(exc)
+        if reading is not None:  # the body's read fails, as aiohttp fails its request's
+            reading.set_exception(exc or ConnectionResetError("Connection lost"))
 
     @property
     def closing(self) -> bool:
@@ -71,8 +82,8 @@ class RequestLoop(RequestHandler):
 
             manager.requests_count += 1
             keep_alive: bool | None = None
-            if routes and payload is EMPTY_PAYLOAD and fastpath.eligible(message):
-                keep_alive = await self.serve_fast(message, routes)
+            if routes and fastpath.eligible(message):
+                keep_alive = await self.serve_fast(message, payload, routes)
             if keep_alive is None:  # not a route's request for the fast path
                 keep_alive = await self.serve_aiohttp(message, payload)
                 if keep_alive is None:  # the client left mid-reply
@@ -93,13 +104,15 @@ class RequestLoop(RequestHandler):
             if self.transport is not None:
                 self.transport.close()
 
-    async def serve_fast(self, message: RawRequestMessage, routes: Any) -> bool | None:
+    async def serve_fast(
+        self, message: RawRequestMessage, payload: StreamReader, routes: Any
+    ) -> bool | None:
         """node.fastpath's answer: whether the connection goes on, None if the request is
         not one of its routes'. Marked in progress as aiohttp's own handling is, so that a
         shutdown waits for it (RequestHandler.shutdown)."""
         self._request_in_progress = True
         try:
-            keep_alive = await fastpath.serve(self, message, routes)
+            keep_alive = await fastpath.serve(self, message, payload, routes)
         except asyncio.CancelledError:
             self.log_debug("Ignored premature client disconnection")
             self.force_close()
@@ -114,6 +127,8 @@ class RequestLoop(RequestHandler):
                 self._handler_waiter.set_result(None)
         if keep_alive is not None:
             self._keepalive = keep_alive
+            if payload is not EMPTY_PAYLOAD:
+                payload.set_exception(PAYLOAD_ACCESS_ERROR)  # as aiohttp: no read after this
         return keep_alive
 
     async def serve_aiohttp(self, message: Any, payload: StreamReader) -> bool | None:

@@ -26,16 +26,19 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
-from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from yarl import URL
 
 from node.call import Call, Handler, Reply
+from node.errors import Rejected
 from node.http import (
     BAD_PATH,
     CLIENT_CLOSED,
     ClientGone,
     answer,
+    error_reply,
     has_dot_segment,
+    read_body,
     reply_headers,
     stream_reply,
 )
@@ -50,17 +53,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("scalenode.http")
 
 HTTP_1 = (HttpVersion11, HttpVersion10)
+CONTENT_LENGTH = hdrs.CONTENT_LENGTH
 EXPECT = hdrs.EXPECT
 HOST = hdrs.HOST
+TRANSFER_ENCODING = hdrs.TRANSFER_ENCODING
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """What the fast path needs of a route: its composed pipeline, stats and node name."""
+    """What the fast path needs of a route: its composed pipeline, stats, node name and
+    body limit."""
 
     handler: Handler
     stats: RouteStats
     node: str
+    max_body: int
 
 
 @dataclass
@@ -82,14 +89,18 @@ FAST_ROUTES = web.AppKey("fast_routes", Routes)
 
 
 def eligible(message: Any) -> bool:
-    """Whether a body-less request can be served without aiohttp's request machinery: a
-    parse error, HTTP/0.9 or 2.0, an upgrade, Expect (answered by aiohttp's expect
-    handler) and an absolute-form target go aiohttp's way."""
+    """Whether a request can be served without aiohttp's request machinery: a parse error,
+    HTTP/0.9 or 2.0, an upgrade, Expect (answered by aiohttp's expect handler), a transfer
+    coding other than chunked alone (node.edge refuses unknown ones) and an absolute-form
+    target go aiohttp's way."""
+    if type(message) is not RawRequestMessage:
+        return False
+    headers = message.headers
     return (
-        type(message) is RawRequestMessage
-        and message.version in HTTP_1
+        message.version in HTTP_1
         and not message.upgrade
-        and EXPECT not in message.headers
+        and EXPECT not in headers
+        and (not message.chunked or headers.get(TRANSFER_ENCODING) == "chunked")
         and not message.url.absolute
     )
 
@@ -175,7 +186,9 @@ class MessageCall(Call):
         write_interim_to(transport, self._message.version, self.replied, status, headers)
 
 
-async def serve(protocol: RequestLoop, message: RawRequestMessage, routes: Routes) -> bool | None:
+async def serve(
+    protocol: RequestLoop, message: RawRequestMessage, payload: StreamReader, routes: Routes
+) -> bool | None:
     """Answer `message` if a route is its match: whether the connection goes on (False when
     the client left or the reply said close), None if no route matched (aiohttp answers)."""
     match_info = await routes.app.router.resolve(Target(message.url, message.method))  # type: ignore[arg-type]
@@ -186,20 +199,23 @@ async def serve(protocol: RequestLoop, message: RawRequestMessage, routes: Route
     raw = message.path  # the request target as sent (its query too)
     if ("." in raw or "%" in raw or "\\" in raw) and has_dot_segment(raw):
         stats.record(400, 0.0)
-        return bool(write(protocol, message, BAD_PATH, route.node, None))
+        return bool(write(protocol, message, payload, BAD_PATH, route.node, None))
     stats.in_flight += 1
     started = protocol.arrived or perf_counter()  # type: ignore[attr-defined]
     status = CLIENT_CLOSED
     call = MessageCall(message, protocol, stats.label, match_info, routes.resources)
     token = CURRENT_CALL.set(call)  # its log lines name it; the upstream client finds it
     try:
-        reply = await answer(route.handler, call)
+        if payload is EMPTY_PAYLOAD:
+            reply = await answer(route.handler, call)
+        else:
+            reply = await answer_with_body(protocol, message, payload, route, call)
         call.replied = True
         if reply.stream is not None:
             status = reply.status
             match_info.add_app(routes.app)  # its on_response_prepare hooks name the node
             return await stream(protocol, message, match_info, reply, route.node, call)
-        keep_alive = write(protocol, message, reply, route.node, call.added_headers)
+        keep_alive = write(protocol, message, payload, reply, route.node, call.added_headers)
         if keep_alive is not None:
             status = reply.status
         return bool(keep_alive)
@@ -215,9 +231,30 @@ async def serve(protocol: RequestLoop, message: RawRequestMessage, routes: Route
             log.info("client closed %s %s before the reply was out (499)", call.method, raw)
 
 
+async def answer_with_body(
+    protocol: RequestLoop,
+    message: RawRequestMessage,
+    payload: StreamReader,
+    route: Route,
+    call: MessageCall,
+) -> Reply:
+    """Read the body (node.edge's body timeout armed between its bytes), then answer."""
+    length = message.headers.get(CONTENT_LENGTH)
+    payload._timer = protocol.body_timer  # type: ignore[attr-defined]
+    protocol.reading = payload
+    try:
+        call.body = await read_body(payload, int(length) if length else None, route.max_body)
+    except Rejected as exc:
+        return error_reply(exc)
+    finally:
+        protocol.reading = None
+    return await answer(route.handler, call)
+
+
 def write(
     protocol: RequestLoop,
     message: RawRequestMessage,
+    payload: StreamReader,
     reply: Reply,
     node: str,
     added: tuple[tuple[str, ...], bytes] | None,
@@ -227,8 +264,10 @@ def write(
     transport = protocol.transport
     if transport is None or transport.is_closing():
         return None
-    # Not when the client asked for close, nor once a drain began (node.drain).
-    keep_alive = not message.should_close and not protocol.closing
+    # Not when the client asked for close, once a drain began (node.drain), nor with a
+    # body left unread (a 413's, say): what follows on the connection is not a request
+    # (RFC 9112 section 9.3; nginx closes too).
+    keep_alive = not (message.should_close or protocol.closing or not payload.is_eof())
     headers, lines = reply_headers(reply, node, added)
     _, _, data, _ = encode(
         reply.status,

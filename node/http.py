@@ -15,6 +15,7 @@ from time import perf_counter
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from node.call import JSON_TYPE, AddedHeaders, ByteStream, Call, Handler, Reply
@@ -56,14 +57,20 @@ class ClientGone(Exception):
     """The client closed its connection before the node could answer (mid-body, mid-stream)."""
 
 
-async def read_body(request: web.Request, max_body: int) -> bytes:
-    length = request.content_length
+async def read_body(payload: StreamReader, length: int | None, max_body: int) -> bytes:
+    """The whole request body, at most `max_body` bytes (else 413, before reading when the
+    declared `length` says so). A client that leaves mid-body raises ClientGone; the body
+    timeout's RequestTimeout (node.edge) passes through as the 408 it is."""
     if length is not None and length > max_body:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {max_body}")
+    chunks = []
+    size = 0
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        body = None
+        while chunk := await payload.readany():
+            size += len(chunk)
+            if size > max_body:
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
+            chunks.append(chunk)
     except (ConnectionError, asyncio.CancelledError) as exc:
         # aiohttp fails the body's reader with one of these when the client goes; a
         # cancellation of this task itself (a shutdown) stays a cancellation.
@@ -71,9 +78,7 @@ async def read_body(request: web.Request, max_body: int) -> bytes:
         if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
             raise
         raise ClientGone from exc
-    if body is None or len(body) > max_body:
-        raise PayloadTooLarge(f"request body exceeds the limit of {max_body} bytes")
-    return body
+    return b"".join(chunks)
 
 
 class RequestCall(Call):
@@ -288,7 +293,7 @@ def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int
             CURRENT_CALL.set(call)
             try:
                 if request.body_exists:
-                    call.body = await read_body(request, max_body)
+                    call.body = await read_body(request.content, request.content_length, max_body)
             except Rejected as exc:
                 reply = error_reply(exc)
             else:
