@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from time import perf_counter
 from typing import Any, cast
 
 import orjson
@@ -24,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict
 
+from node.arrival import PHASE, TURN
 from node.call import JSON_TYPE
 from node.config import NodeSettings
 from node.edge_loop import RequestLoop
@@ -80,9 +80,11 @@ class EdgeHandler(RequestLoop):
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.admitted = False
-        # perf_counter() when the bytes of the request not yet being answered came in: a
-        # request's latency counts from here, so time spent waiting for the loop (a busy
-        # node's queue) is in it, as the client sees it (node.http reads it).
+        # perf_counter() when the bytes of the request not yet being answered reached the
+        # node, as node.arrival estimates it (within half a loop turn's busy time): a
+        # request's latency counts from here, so time its bytes waited in the kernel and
+        # for the loop (a busy node's queue) is in it, as the client sees it (node.http
+        # reads it).
         self.arrived = 0.0
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: BodyTimer | None = None
@@ -102,7 +104,9 @@ class EdgeHandler(RequestLoop):
 
     def data_received(self, data: bytes) -> None:
         if self._current_request is None and not self._messages:  # a new request begins
-            self.arrived = perf_counter()
+            loop = self._loop
+            arrived = PHASE.get(loop)  # this poll phase's estimate, once one read made it
+            self.arrived = TURN.arrival(loop) if arrived is None else arrived
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -78,16 +78,19 @@ breaker = {{ open_seconds = 5 }}
 
 
 class Traffic:
-    """A thread sending GET requests to `port` over one keep-alive connection until stopped."""
+    """A thread sending GET requests to `port` over one keep-alive connection until stopped,
+    paced by the clock (request i is due at start + i / per_second), so a slow answer delays
+    the next request but does not lower the offered rate while the client keeps up."""
 
     def __init__(self, port: int, path: str, per_second: float) -> None:
         self.port, self.path, self.pause = port, path, 1.0 / per_second
-        self.sent = 0
+        self.sent = 0  # answered requests
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        due = time.monotonic()
         while not self._stop.is_set():
             try:
                 conn.request("GET", self.path)
@@ -96,7 +99,9 @@ class Traffic:
             except OSError:
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            time.sleep(self.pause)
+            # Behind by more than a second (a stall): start afresh rather than burst.
+            due = max(due + self.pause, time.monotonic() - 1.0)
+            self._stop.wait(max(0.0, due - time.monotonic()))
         conn.close()
 
     def __enter__(self) -> Traffic:

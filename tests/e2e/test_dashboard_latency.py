@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import http.client
 import math
+import os
 import random
+import re
+import shutil
+import subprocess
 import time
 
+import pytest
 from e2e_harness import request, wait_for
 
 CONFIG = """
@@ -62,3 +67,52 @@ def test_route_quantiles_match_the_client_side_measure(start_node, write_config)
 def within(node_ms: float, client_ms: float) -> bool:
     """The node's figure is the client's, less the client's own overhead, give or take a bucket."""
     return client_ms * 0.8 - 1.0 <= node_ms <= client_ms * 1.125  # a bucket is <= 12.5 % wide
+
+
+HELLO = """
+[[routes]]
+path = "/hello"
+methods = ["GET"]
+target = "handler:node.demo:hello"
+"""
+WRK_CONNECTIONS = 48
+WRK_SECONDS = 6
+
+
+def wrk_quantiles(port: int, cpu: int) -> dict[str, float]:
+    """wrk's own latency distribution (ms by percentile) over WRK_CONNECTIONS keep-alive
+    connections to the node's /hello, wrk pinned to `cpu`."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.fail("the saturated-node latency test needs wrk: apt-get install -y wrk")
+    argv = [wrk, "-t1", f"-c{WRK_CONNECTIONS}", f"-d{WRK_SECONDS}s", "--latency"]
+    out = subprocess.run(
+        [*argv, f"http://127.0.0.1:{port}/hello"],
+        capture_output=True,
+        text=True,
+        timeout=WRK_SECONDS + 10,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        check=True,
+    ).stdout
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    found = re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    assert found, out
+    return {pct: float(value) * scale[unit] for pct, value, unit in found}
+
+
+def test_quantiles_of_a_saturated_node_match_wrk(start_node, write_config):
+    """A node on one core under wrk on another: its loop is always busy, so requests wait in
+    the kernel's socket buffer before the node reads them (on this VM as long as the node
+    then takes to answer). Timed from the read, the node's p50 was about 0.6x wrk's; timed
+    from node.arrival's estimate it must be within -30 %/+25 % of it. p99 is checked from above
+    only: wrk's tail also holds the scheduling of the other processes on a shared machine."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores: one for the node, one for wrk")
+    node = start_node("--config", str(write_config(HELLO)))
+    os.sched_setaffinity(node.pid, {cores[-1]})  # its event loop's thread
+    client = wrk_quantiles(node.port, cores[0])
+    row = request(node.port, "/dashboard/api/cluster").json()["nodes"][0]  # last 10 s
+    seen = {key: round(row[key], 3) for key in ("p50", "p95", "p99")}
+    assert 0.7 * client["50"] <= seen["p50"] <= 1.25 * client["50"], (seen, client)
+    assert seen["p99"] <= 1.25 * client["99"], (seen, client)
