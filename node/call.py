@@ -62,7 +62,6 @@ class Call:
     """
 
     __slots__ = (
-        "_client",
         "_host",
         "_path",
         "_query",
@@ -110,7 +109,6 @@ class Call:
         self._path = path
         self._raw_path = raw_path or path
         self._query_string = query_string
-        self._client = client
         self._scheme = scheme
         self._host = host
         self._request_id: str | None = None
@@ -131,7 +129,10 @@ class Call:
 
     @property
     def client(self) -> str:
-        return self._client  # type: ignore[return-value]
+        """The peer's address: `peer` as the transport names it ((host, port) or (host,
+        port, flow, scope); a path on a Unix socket), or the address given."""
+        peer = self.peer
+        return peer[0] if type(peer) is tuple else (peer or "")  # type: ignore[return-value]
 
     @property
     def scheme(self) -> str:

@@ -157,11 +157,6 @@ class MessageCall(Call):
         return self._message.url.raw_query_string
 
     @property
-    def client(self) -> str:
-        peer = self.peer  # (host, port) or (host, port, flow, scope); a path on a socket
-        return peer[0] if type(peer) is tuple else (peer or "")  # type: ignore[return-value]
-
-    @property
     def scheme(self) -> str:
         return "https" if self._protocol.ssl_context else "http"
 

@@ -127,11 +127,6 @@ class RequestCall(Call):
         return self._request.rel_url.raw_query_string
 
     @property
-    def client(self) -> str:
-        peer = self.peer  # (host, port) or (host, port, flow, scope); a path on a socket
-        return peer[0] if type(peer) is tuple else (peer or "")  # type: ignore[return-value]
-
-    @property
     def scheme(self) -> str:
         return self._request.scheme
 
