@@ -15,6 +15,16 @@ from typing import Protocol
 DELIVERY_LIMIT = 20
 
 
+# A message moved back from the dead-letter queue by replay_dead has its id prefixed so:
+# an operator's decision to run it, which a worker honours even when the job has no record
+# (worker.py: a message with no record is otherwise not run).
+REPLAYED = "replayed:"
+
+
+def replayed_id(message_id: str) -> str:
+    return message_id if message_id.startswith(REPLAYED) else REPLAYED + message_id
+
+
 def delay_ms(delay: float) -> int:
     """A delay as whole milliseconds: the key of its delay queue, on both brokers."""
     return round(delay * 1000)
@@ -88,7 +98,8 @@ class Broker(Protocol):
     async def stats(self, queue: str) -> QueueStats: ...
 
     async def replay_dead(self, queue: str) -> int:
-        """Move every dead-letter message of `queue` back onto `queue`; how many."""
+        """Move every dead-letter message of `queue` back onto `queue` (its message id
+        marked: `replayed_id`); how many."""
         ...
 
     async def purge_dead(self, queue: str) -> int:

@@ -10,9 +10,10 @@ Each queue's jobs waiting (queued, or back for a retry) are indexed by their cre
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import orjson
 from node.call import Reply, wire_bytes
 from node.cluster.autopipe import ReplyError, pack
 from node.cluster.redis import RedisConnection
+from node.errors import BackendUnavailable
 from plugins.queue.keys import IDEMPOTENCY, JOB, WAITING
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD = "queued", "running", "succeeded", "failed", "dead"
@@ -83,6 +85,25 @@ def reply_of(stored: dict[str, Any]) -> Reply:
     return Reply(stored["status"], body, headers, stored["content_type"])
 
 
+# The record a worker writes for a message that has none (worker.py): the job was never
+# accepted (its gateway answered 503, or its record is lost), so it does not run; dead
+# with no attempt, which no job that ran can be.
+UNRECORDED = "never accepted: no job state was stored for it (kept in the dead-letter queue)"
+
+
+def unrecorded(job_id: str, route: str, queue: str) -> JobRecord:
+    now = time.time()
+    return JobRecord(job_id, route, queue, DEAD, 0, now, finished=now, error=UNRECORDED)
+
+
+def is_unrecorded(record: JobRecord) -> bool:
+    return record.status == DEAD and record.attempts == 0
+
+
+async def _done(value: bool) -> bool:
+    return value
+
+
 def idempotency_key(route: str, key: str) -> str:
     """The store key of a client's Idempotency-Key on a route (digested: any length)."""
     digest = hashlib.sha256(wire_bytes(f"{route}\0{key}")).hexdigest()
@@ -93,6 +114,23 @@ class JobStore(Protocol):
     async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
         """Store a new queued job; with an idempotency key already used on its route,
         store nothing and return that key's job instead. (record, whether it is new)."""
+        ...
+
+    async def claim(self, record: JobRecord, idempotency: str) -> JobRecord | None:
+        """Make `idempotency` name `record`'s job; None when it does now, else the job it
+        named already (and still names). A key whose job expired or never ran (unrecorded)
+        is taken over."""
+        ...
+
+    async def insert(self, record: JobRecord, ttl: float) -> bool:
+        """Store `record` only if its job has no record yet (kept `ttl` seconds; a queued
+        one waits); whether it was stored. Never overwrites: see worker.py's UNRECORDED."""
+        ...
+
+    def insert_soon(self, record: JobRecord) -> Awaitable[bool] | None:
+        """`insert(record, PENDING_TTL)` sent now, in this loop turn's write to the store,
+        for a caller that awaits something else meanwhile; None when the store cannot send
+        it at once (connecting, Redis Cluster): then `insert` it."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...
@@ -138,19 +176,40 @@ class MemoryJobs:
 
     async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
         if idempotency is not None:
-            known = self._get(idempotency)
-            existing = await self.get(known.decode()) if known is not None else None
+            existing = await self.claim(record, idempotency)
             if existing is not None:
                 return existing, False
-            self._set(idempotency, record.id.encode(), PENDING_TTL)
-        await self.save(record, PENDING_TTL)
+        await self.insert(record, PENDING_TTL)
         return record, True
+
+    async def claim(self, record: JobRecord, idempotency: str) -> JobRecord | None:
+        known = self._get(idempotency)
+        existing = await self.get(known.decode()) if known is not None else None
+        if existing is not None and not is_unrecorded(existing):
+            return existing
+        self._set(idempotency, record.id.encode(), PENDING_TTL)
+        return None
+
+    async def insert(self, record: JobRecord, ttl: float) -> bool:
+        return self._insert(record, ttl)
+
+    def insert_soon(self, record: JobRecord) -> Awaitable[bool] | None:
+        return _done(self._insert(record, PENDING_TTL))  # in-process: stored right now
+
+    def _insert(self, record: JobRecord, ttl: float) -> bool:
+        if self._get(JOB + record.id) is not None:
+            return False
+        self._save(record, ttl)
+        return True
 
     async def get(self, job_id: str) -> JobRecord | None:
         data = self._get(JOB + job_id)
         return JobRecord.from_json(data) if data is not None else None
 
     async def save(self, record: JobRecord, ttl: float) -> None:
+        self._save(record, ttl)
+
+    def _save(self, record: JobRecord, ttl: float) -> None:
         self._set(JOB + record.id, record.to_json(), ttl)
         if record.status == QUEUED:
             self._waiting.setdefault(record.queue, {})[record.id] = record.created
@@ -206,19 +265,82 @@ class RedisJobs:
         await self.connection.run(send)
 
     async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
-        run = self.connection.run
         if idempotency is not None:
-            ttl = int(PENDING_TTL)
-            claimed = await run(lambda c: c.set(idempotency, record.id, nx=True, ex=ttl))
-            if not claimed:
-                known = await run(lambda c: c.get(idempotency))
-                existing = await self.get(known.decode()) if known is not None else None
-                if existing is not None:
-                    return existing, False
-                # The job it named has expired: the key is this job's now.
-                await run(lambda c: c.set(idempotency, record.id, ex=ttl))
-        await self.save(record, PENDING_TTL)
+            existing = await self.claim(record, idempotency)
+            if existing is not None:
+                return existing, False
+        await self.insert(record, PENDING_TTL)
         return record, True
+
+    async def claim(self, record: JobRecord, idempotency: str) -> JobRecord | None:
+        run, ttl = self.connection.run, int(PENDING_TTL)
+        if await run(lambda c: c.set(idempotency, record.id, nx=True, ex=ttl)):
+            return None
+        known = await run(lambda c: c.get(idempotency))
+        existing = await self.get(known.decode()) if known is not None else None
+        if existing is not None and not is_unrecorded(existing):
+            return existing
+        # The job it named has expired, or never ran (unrecorded): the key is this job's now.
+        await run(lambda c: c.set(idempotency, record.id, ex=ttl))
+        return None
+
+    async def insert(self, record: JobRecord, ttl: float) -> bool:
+        sent = self.insert_soon(record, ttl)
+        if sent is not None:
+            return await sent
+        if self.pipeline is not None:  # not connected yet: its first command connects it
+            store, *index = self._insert_commands(record, ttl)
+            if await self._command(store) is None:
+                return False
+            for command in index:
+                with contextlib.suppress(BackendUnavailable):  # as in _inserted
+                    await self._command(command)
+            return True
+        key, value, milliseconds = JOB + record.id, record.to_json(), max(1, int(ttl * 1000))
+        run = self.connection.run
+        if not await run(lambda c: c.set(key, value, px=milliseconds, nx=True)):
+            return False
+        if record.status == QUEUED:
+            with contextlib.suppress(BackendUnavailable):  # as in _inserted
+                await run(lambda c: c.zadd(WAITING + record.queue, {record.id: record.created}))
+        return True
+
+    def insert_soon(self, record: JobRecord, ttl: float = PENDING_TTL) -> Awaitable[bool] | None:
+        """SET NX and, for a queued job, the waiting set's ZADD, submitted to the open
+        auto-pipeline now: no task, no coroutine runs until the caller awaits the result."""
+        pipeline = self.pipeline
+        if pipeline is None or not pipeline.connected or not self.connection.available:
+            return None
+        sent = tuple(pipeline.submit(command) for command in self._insert_commands(record, ttl))
+        return self._inserted(sent)
+
+    @staticmethod
+    def _insert_commands(record: JobRecord, ttl: float) -> list[bytes]:
+        key, milliseconds = (JOB + record.id).encode(), b"%d" % max(1, int(ttl * 1000))
+        commands = [pack(b"SET", key, record.to_json(), b"PX", milliseconds, b"NX")]
+        if record.status == QUEUED:
+            created, waiting = repr(record.created).encode(), (WAITING + record.queue).encode()
+            commands.append(pack(b"ZADD", waiting, created, record.id.encode()))
+        return commands
+
+    async def _inserted(self, sent: tuple[Awaitable[Any], ...]) -> bool:
+        """Whether the SET stored the record (an error or a lost connection raises
+        BackendUnavailable). The ZADD's reply (there once the SET's is: Redis answers in
+        order) is retrieved, not judged: the record is the job's state, the waiting index
+        only the oldest job's age, which an id missing from it understates."""
+        replies: list[Any] = []
+        for future in sent:
+            try:
+                replies.append(await future)
+            except ConnectionError as exc:  # the connection failed: every reply fails alike
+                replies.append(exc)
+        reply = replies[0]
+        if isinstance(reply, ConnectionError):
+            raise self.connection.failure(reply) from reply
+        if isinstance(reply, hiredis.ReplyError):
+            error = ReplyError(str(reply))
+            raise self.connection.failure(error) from error
+        return reply is not None  # SET NX answers nil when the key is there
 
     async def get(self, job_id: str) -> JobRecord | None:
         key = JOB + job_id

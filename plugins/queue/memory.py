@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from node.errors import BackendUnavailable
-from plugins.queue.broker import DELIVERY_LIMIT, Consumer, QueueFull, QueueStats, delay_ms
+from plugins.queue.broker import (
+    DELIVERY_LIMIT,
+    Consumer,
+    QueueFull,
+    QueueStats,
+    delay_ms,
+    replayed_id,
+)
 
 log = logging.getLogger("scalenode.queue")
 
@@ -250,7 +257,7 @@ class MemoryBroker:
         moved = 0
         while declared.dead and len(declared.ready) < declared.max_length:
             dead = declared.dead.popleft()
-            declared.ready.append(_Message(dead.body, dead.message_id))  # a fresh message
+            declared.ready.append(_Message(dead.body, replayed_id(dead.message_id)))  # a fresh one
             moved += 1
         declared.dispatch()
         return moved

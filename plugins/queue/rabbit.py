@@ -22,7 +22,7 @@ from pamqp.commands import Basic
 
 from node.config import redact_url
 from node.errors import BackendUnavailable
-from plugins.queue.broker import Consumer, QueueFull, QueueStats, delay_ms
+from plugins.queue.broker import Consumer, QueueFull, QueueStats, delay_ms, replayed_id
 from plugins.queue.publisher import AmqpPublisher, Nacked
 from plugins.queue.rabbit_driver import DRIVER_ERRORS, RabbitDelivery, is_up, wrapped
 from plugins.queue.topology import (
@@ -230,7 +230,7 @@ class RabbitBroker:
             if isinstance(got.delivery, Basic.GetEmpty):
                 break
             tag = got.delivery.delivery_tag
-            message_id = got.header.properties.message_id or ""
+            message_id = replayed_id(got.header.properties.message_id or "")
             try:
                 await self._publish(main_name(queue), got.body, message_id, bounded=True)
             except BaseException as exc:

@@ -44,8 +44,13 @@ class RabbitDelivery:
 
     async def ack(self) -> None:
         self._settle()
+        message = self._message
+        assert message.delivery_tag is not None  # consumed with acks (no_ack=False)
         with wrapped("acking a message"):
-            await self._message.ack()
+            # Handed to the connection's writer, not waited for until written (aio-pika's
+            # ack waits: a future and a wake-up a job). An ack lost with the connection is
+            # a redelivery, which finds the job's result stored and does not run it again.
+            await message.channel.basic_ack(message.delivery_tag, wait=False)
 
     async def requeue(self) -> None:
         self._settle()

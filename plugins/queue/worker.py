@@ -16,7 +16,7 @@ import time
 
 from node.call import Reply
 from node.errors import BackendUnavailable, Rejected
-from plugins.queue.broker import Delivery
+from plugins.queue.broker import REPLAYED, Delivery
 from plugins.queue.jobs import (
     DEAD,
     FAILED,
@@ -25,7 +25,9 @@ from plugins.queue.jobs import (
     RUNNING,
     SUCCEEDED,
     JobRecord,
+    is_unrecorded,
     stored_reply,
+    unrecorded,
 )
 from plugins.queue.message import JobMessage
 from plugins.queue.service import JobService, QueuedRoute
@@ -33,6 +35,13 @@ from plugins.queue.service import JobService, QueuedRoute
 log = logging.getLogger("scalenode.queue")
 MAX_RESULT = 8 * 1024 * 1024  # bytes of a streamed reply kept as a job's result
 BACKEND_PAUSE = 1.0  # seconds before a job whose bookkeeping failed goes back to the queue
+# Seconds a worker waits for the record of a message that has none before deciding the job
+# was never accepted: a gateway writes it as it publishes, so it is late only when the
+# gateway's Redis write stalled (see JobQueue.submit).
+UNRECORDED_GRACE = 1.0
+# Seconds at least that a worker's "unrecorded" record is kept: longer than a gateway goes
+# on trying to write the job's own (plugin.py, RECORD_RETRIES), which must keep finding it.
+UNRECORDED_MIN_TTL = 300.0
 
 
 class Worker:
@@ -80,15 +89,43 @@ class Worker:
             await service.broker.publish_dead(queue, delivery.body, delivery.message_id)
             await delivery.ack()
             return
+        replayed = delivery.message_id.startswith(REPLAYED)  # an operator's replay
         record = await service.jobs.get(message.job_id)
-        if record is None:  # its state expired (or Redis lost it): the message still runs
+        if record is None and not replayed:
+            record = await self.claim_unrecorded(queued, message)
+        if record is None:  # replayed, and its state expired: the operator wants it run
             record = JobRecord(message.job_id, message.route, queued.settings.name)
+        elif is_unrecorded(record) and not replayed:
+            # Never accepted (no record; this worker's, or one that died before acking).
+            await service.broker.publish_dead(queue, delivery.body, delivery.message_id)
+            await delivery.ack()
+            return
         if record.status in (SUCCEEDED, FAILED):
             await delivery.ack()  # it ran to the end already: never again
             return
         if record.status == DEAD:  # back from the dead-letter queue: a fresh set of attempts
             record.attempts = 0
         await self.run(queued, message, record, delivery)
+
+    async def claim_unrecorded(self, queued: QueuedRoute, message: JobMessage) -> JobRecord:
+        """A message with no record: its gateway's write is late, failed (the client was
+        answered 503) or its record was lost. After a moment for a late write, the store
+        decides (plugin.py, JobQueue.submit): this worker's "unrecorded" record goes in
+        only if the key is still free, and then the job does not run (it is dead-lettered,
+        kept for an operator); else the record that won is the job's."""
+        jobs, settings = self.service.jobs, queued.settings
+        await asyncio.sleep(UNRECORDED_GRACE)
+        record = await jobs.get(message.job_id)
+        if record is not None:
+            return record
+        mark = unrecorded(message.job_id, message.route, settings.name)
+        if await jobs.insert(mark, max(settings.result_ttl, UNRECORDED_MIN_TTL)):
+            log.warning("job %s has no record: not run, dead-lettered", message.job_id)
+            return mark
+        record = await jobs.get(message.job_id)
+        if record is None:  # written and gone at once (an expiry): not ours to run either
+            raise BackendUnavailable(f"job {message.job_id}'s record came and went")
+        return record
 
     async def run(
         self, queued: QueuedRoute, message: JobMessage, record: JobRecord, delivery: Delivery
@@ -142,7 +179,9 @@ async def attempt(queued: QueuedRoute, message: JobMessage) -> tuple[Reply | Non
     """One run of the job: (the reply, None) or (None, why it failed)."""
     settings, call = queued.settings, message.call
     try:
-        reply = await asyncio.wait_for(queued.runner(call), settings.timeout)
+        # A timeout scope, not wait_for: wait_for runs the job in a task of its own (3.11).
+        async with asyncio.timeout(settings.timeout):
+            reply = await queued.runner(call)
         if reply.stream is not None:
             reply = await whole(reply)
     except TimeoutError:

@@ -1,7 +1,12 @@
 """The queue plugin against a bare aio-pika publisher and Celery, side by side in one run.
 
-    .venv/bin/python tests/bench/queue_bench.py [--jobs 5000] [--concurrency 64]
+    .venv/bin/python tests/bench/queue_bench.py [--jobs 5000] [--concurrency 64] [--rounds 5]
                                                 [--only enqueue|drain] [--profile DIR]
+
+Each phase runs --rounds interleaved rounds (node, bare, node, bare, ...; node worker,
+Celery, node worker, Celery, ...), so that a neighbour's load hits both sides alike: the
+report gives every round's row and ratio, then each system's median and the median of the
+per-round ratios (the figure to hold against the targets).
 
 Enqueue: a gateway node (CPU 1) with one queued route, `POST /work`, whose target is a
 no-op handler (queue_noop.py), driven by an aiohttp client (CPU 0, C keep-alive workers)
@@ -9,8 +14,8 @@ posting N jobs; each 202 means Redis has the job's record and RabbitMQ confirmed
 message. Against it, a bare aio-pika publisher (CPU 1) sending N persistent messages to a
 durable quorum queue declared like the node's, C tasks each awaiting its own confirm.
 
-Drain: the node's queue pre-filled through the gateway (the enqueue run's jobs, or N of
-them with --only drain), the gateway stopped, then ONE `run.py --role worker` (CPU 1) runs
+Drain: each round, the node's queue emptied and pre-filled with N jobs through the gateway,
+the gateway stopped, then ONE `run.py --role worker` (CPU 1) runs
 them; the rate is jobs / (last job finished - first job started), from the jobs' own
 records in Redis (the harness polls one key, then the stragglers, so it stays cheap).
 Against it, Celery on the same RabbitMQ (a Celery venv under /tmp, created on first use:
@@ -38,6 +43,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +116,7 @@ class Row:
     broker_cpu_s: float | None = None  # RabbitMQ's
     usage: cpu.Usage | None = None
     notes: list[str] = field(default_factory=list)
+    round: int = 1
 
     @property
     def rate(self) -> float:
@@ -121,6 +128,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per system (N)")
     parser.add_argument("--concurrency", type=int, default=64, help="enqueuers in flight (C)")
     parser.add_argument("--only", choices=("enqueue", "drain"), help="one of the two phases")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds of each phase (medians)"
+    )
     parser.add_argument("--warmup", type=int, default=500, help="enqueues before measuring")
     parser.add_argument(
         "--client",
@@ -177,8 +187,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.concurrency < 1 or args.warmup < 0:
-        parser.error("need --jobs >= 1, --concurrency >= 1, --warmup >= 0")
+    if args.jobs < 1 or args.concurrency < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("need --jobs >= 1, --concurrency >= 1, --warmup >= 0, --rounds >= 1")
     if not (args.project / "run.py").is_file():
         parser.error(f"--project: no run.py in {args.project}")
     if not (args.project / "tests" / "bench" / "queue_noop.py").is_file():
@@ -375,8 +385,8 @@ class Bench:
         self.redis_proc = self.start(server)
         harness.wait_port(self.redis_proc, self.redis_port)
 
-    def start_gateway(self) -> None:
-        self.gateway = self.node_server("node-gateway", "gateway")
+    def start_gateway(self, name: str = "node-gateway") -> None:
+        self.gateway = self.node_server(name, "gateway")
         self.gateway_proc = self.start(self.gateway)
         harness.wait_ready(self.gateway_proc, self.gateway.url("/ready"))
 
@@ -463,13 +473,18 @@ class Bench:
         return len(JobMessage(secrets.token_hex(16), "POST /work", call).encode())
 
     # -- enqueue --------------------------------------------------------------------------
-    def enqueue(self) -> None:
+    def enqueue(self, round_no: int) -> None:
+        """One round: the node's enqueue, then the bare publisher's (warm-ups in round 1;
+        from round 2 on, both queues are emptied first, so each round starts alike)."""
         args = self.args
         assert self.gateway_proc is not None
-        if args.warmup:
+        first = round_no == 1
+        if first and args.warmup:
             self.post(args.warmup)
+        if not first:
+            queue_amqp.purge(args.amqp, main_name(self.queue))
         background = self.quiet()
-        spy = self.spy("gateway-enqueue", self.gateway_proc.pid)
+        spy = self.spy("gateway-enqueue", self.gateway_proc.pid) if first else None
         meter = cpu.Meter(self.pids(node=self.gateway_proc.pid))
         calls = redis_calls(self.redis_port)
         meter.start()
@@ -498,14 +513,17 @@ class Bench:
                     f"{1e6 * result['cpu_s'] / jobs:.0f} us/job",
                     f"background before: {background:.0f} % of a CPU",
                 ],
+                round_no,
             )
         )
 
         size = self.message_size()
         common = ["publish", args.amqp, self.bare_queue, "--body-size", str(size)]
         common += ["--concurrency", str(args.concurrency)]
-        if args.warmup:
+        if first and args.warmup:
             run_client([*common, "--jobs", str(args.warmup)], args.sut_cpu, 120, self.env)
+        if not first:
+            queue_amqp.purge(args.amqp, self.bare_queue)
         background = self.quiet()
         meter = cpu.Meter(self.pids())
         meter.start()
@@ -525,6 +543,7 @@ class Bench:
                 broker_seconds(usage),
                 usage,
                 [f"{size} B messages", f"background before: {background:.0f} % of a CPU"],
+                round_no,
             )
         )
 
@@ -552,16 +571,27 @@ class Bench:
         trace = Trace({"worker": proc.pid, **beam_pids()})
         return proc, meter, trace, launched
 
-    def drain_node(self) -> int:
+    def fill_node_queue(self, round_no: int) -> None:
+        """The node's queue emptied, then filled with --jobs jobs whose ids are kept, by a
+        gateway that is stopped again before the drain (CPU 1 is the worker's alone)."""
+        if self.gateway_proc is None:
+            self.start_gateway(f"node-gateway-{round_no}")  # a directory of its own
+        print(f"bench: filling the node's queue with {self.args.jobs} jobs ...", file=sys.stderr)
+        self.refill()
+        assert self.gateway_proc is not None
+        self.stop(self.gateway_proc)
+        self.gateway_proc = None
+
+    def drain_node(self, round_no: int) -> int:
         args = self.args
         ids = self.job_ids()
         queue_amqp.wait_ready_count(args.amqp, main_name(self.queue), len(ids))
         store = redis.Redis(port=self.redis_port)
-        worker = self.node_server("node-worker", "worker")
+        worker = self.node_server(f"node-worker-{round_no}", "worker")
         background = self.quiet()
         calls = redis_calls(self.redis_port)
         proc, meter, trace, launched = self.launch_worker(worker)
-        spy = self.spy("worker-drain", proc.pid)
+        spy = self.spy("worker-drain", proc.pid) if round_no == 1 else None
         # The last job queued finishes (nearly) last: poll its one key, then the stragglers.
         deadline = time.monotonic() + args.drain_timeout
         last = JOB + ids[-1]
@@ -614,11 +644,12 @@ class Bench:
                     f"{left} left in the queue after stopping",
                     f"background before: {background:.0f} % of a CPU",
                 ],
+                round=round_no,
             )
         )
         return len(ids)
 
-    def drain_celery(self, count: int) -> None:
+    def drain_celery(self, count: int, round_no: int) -> None:
         args = self.args
         python = ensure_celery(args.celery_python)
         env = {
@@ -635,7 +666,7 @@ class Bench:
         if done.returncode != 0:
             raise BenchError(f"filling Celery's queue failed:\n{done.stderr[-2000:]}")
         queue_amqp.wait_ready_count(args.amqp, self.celery_queue, count)
-        done_file = self.root / "celery-done.json"
+        done_file = self.root / f"celery-done-{round_no}.json"
         env |= {"QBENCH_EXPECT": str(count), "QBENCH_DONE": str(done_file)}
         argv = [str(python), "-m", "celery", "-A", "queue_celery", "worker", "--pool", "solo"]
         argv += ["--concurrency", "1", "--loglevel", "WARNING", "-Q", self.celery_queue]
@@ -671,6 +702,7 @@ class Bench:
                     f"{left} left in the queue after stopping",
                     f"background before: {background:.0f} % of a CPU",
                 ],
+                round=round_no,
             )
         )
 
@@ -691,23 +723,19 @@ class Bench:
         self.start_redis()
         self.start_gateway()
         print(f"bench: node queue sn.q.{self.queue}, Redis :{self.redis_port}", file=sys.stderr)
+        rounds = range(1, args.rounds + 1)
         if args.only != "drain":
-            print("bench: enqueue: node gateway, then bare aio-pika ...", file=sys.stderr)
-            self.enqueue()
+            for n in rounds:
+                print(f"bench: enqueue {n}/{args.rounds}: node, then bare ...", file=sys.stderr)
+                self.enqueue(n)
         if args.only == "enqueue":
             return
-        if args.only == "drain":
-            print(f"bench: filling the node's queue with {args.jobs} jobs ...", file=sys.stderr)
-            self.post(args.jobs)
-        elif args.client == "wrk":
-            print(f"bench: refilling the node's queue with {args.jobs} jobs ...", file=sys.stderr)
-            self.refill()
-        assert self.gateway_proc is not None
-        self.stop(self.gateway_proc)  # CPU 1 is the worker's alone
-        print("bench: drain: node worker ...", file=sys.stderr)
-        count = self.drain_node()
-        print(f"bench: drain: Celery ({count} tasks) ...", file=sys.stderr)
-        self.drain_celery(count)
+        for n in rounds:
+            self.fill_node_queue(n)
+            print(f"bench: drain {n}/{args.rounds}: node worker ...", file=sys.stderr)
+            count = self.drain_node(n)
+            print(f"bench: drain {n}/{args.rounds}: Celery ({count} tasks) ...", file=sys.stderr)
+            self.drain_celery(count, n)
 
     def cleanup(self) -> list[str]:
         for proc in reversed(list(self.running)):
@@ -750,22 +778,20 @@ RATIOS = [
 
 
 def table(rows: list[Row], load_cpu: int, sut_cpu: int) -> str:
-    by_key = {row.key: row for row in rows}
+    """Every round's rows; a ratio is to the baseline of the same round."""
+    by_round = {(row.key, row.round): row for row in rows}
     baseline = {num: den for num, den, _, _ in RATIOS}
-    header = ["phase", "system", "jobs", "s", "jobs/s", "p50", "p99", "errors"]
+    header = ["phase", "round", "system", "jobs", "s", "jobs/s", "p50", "p99", "errors"]
     header += ["SUT CPU/job", "RabbitMQ CPU/job", f"CPU{sut_cpu}", f"CPU{load_cpu}", "ratio"]
     lines = [header]
     for row in rows:
-        base = by_key.get(baseline.get(row.key, ""))
+        base = by_round.get((baseline.get(row.key, ""), row.round))
         ratio = f"{row.rate / base.rate:.2f}x" if base and base.rate else "—"
-
-        def per_job(seconds: float | None, row: Row = row) -> str:
-            return f"{1e6 * seconds / row.jobs:.0f} us" if seconds is not None else "—"
-
         busy = row.usage.busy_percent if row.usage else {}
         lines.append(
             [
                 row.phase,
+                str(row.round),
                 row.label,
                 str(row.jobs),
                 f"{row.seconds:.2f}",
@@ -773,14 +799,50 @@ def table(rows: list[Row], load_cpu: int, sut_cpu: int) -> str:
                 f"{row.p50_ms:.1f} ms" if row.p50_ms is not None else "—",
                 f"{row.p99_ms:.1f} ms" if row.p99_ms is not None else "—",
                 str(row.errors),
-                per_job(row.sut_cpu_s),
-                per_job(row.broker_cpu_s),
+                us_per_job(row.sut_cpu_s, row.jobs),
+                us_per_job(row.broker_cpu_s, row.jobs),
                 f"{busy.get(sut_cpu, 0):.0f} %",
                 f"{busy.get(load_cpu, 0):.0f} %",
                 ratio,
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return markdown(lines)
+
+
+def medians_table(rows: list[Row]) -> str:
+    """Each system's median over its rounds: rate, latency, CPU per job."""
+    header = ["phase", "system", "rounds", "jobs/s", "p50", "SUT CPU/job", "RabbitMQ CPU/job"]
+    lines = [header]
+    for key in dict.fromkeys(row.key for row in rows):
+        runs = [row for row in rows if row.key == key]
+
+        def middle(values: list[float | None]) -> float | None:
+            known = [v for v in values if v is not None]
+            return statistics.median(known) if known else None
+
+        p50 = middle([row.p50_ms for row in runs])
+        sut = middle([row.sut_cpu_s / row.jobs if row.sut_cpu_s else None for row in runs])
+        broker = middle([row.broker_cpu_s / row.jobs if row.broker_cpu_s else None for row in runs])
+        lines.append(
+            [
+                runs[0].phase,
+                runs[0].label,
+                str(len(runs)),
+                f"{statistics.median(row.rate for row in runs):,.0f}",
+                f"{p50:.1f} ms" if p50 is not None else "—",
+                us_per_job(sut, 1),
+                us_per_job(broker, 1),
+            ]
+        )
+    return markdown(lines)
+
+
+def us_per_job(seconds: float | None, jobs: int) -> str:
+    return f"{1e6 * seconds / jobs:.0f} us" if seconds is not None else "—"
+
+
+def markdown(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for n, line in enumerate(lines):
         out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
@@ -789,14 +851,32 @@ def table(rows: list[Row], load_cpu: int, sut_cpu: int) -> str:
     return "\n".join(out)
 
 
+def round_ratios(rows: list[Row], num: str, den: str) -> list[float]:
+    """num / den of each round that has both."""
+    by_round = {(row.key, row.round): row for row in rows}
+    ratios = []
+    for row in rows:
+        if row.key == num and (base := by_round.get((den, row.round))) and base.rate:
+            ratios.append(row.rate / base.rate)
+    return ratios
+
+
 def ratio_lines(rows: list[Row]) -> list[str]:
-    by_key = {row.key: row for row in rows}
+    """Per phase: every round's ratio, their median (judged against the target) and the
+    ratio of the two medians."""
     lines = []
     for num, den, label, target in RATIOS:
-        if num in by_key and den in by_key and by_key[den].rate:
-            value = by_key[num].rate / by_key[den].rate
-            verdict = "ok" if value >= target else "MISSED"
-            lines.append(f"{label}: {value:.2f} (target >= {target:g}: {verdict})")
+        ratios = round_ratios(rows, num, den)
+        if not ratios:
+            continue
+        value = statistics.median(ratios)
+        rates = {k: statistics.median(r.rate for r in rows if r.key == k) for k in (num, den)}
+        verdict = "ok" if value >= target else "MISSED"
+        each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        lines.append(
+            f"{label}: median {value:.2f} over {len(ratios)} round(s) [{each}]; "
+            f"median/median {rates[num] / rates[den]:.2f} (target >= {target:g}: {verdict})"
+        )
     return lines
 
 
@@ -837,9 +917,9 @@ def main(argv: list[str]) -> int:
     if args.only == "drain":
         warmup = ""
     elif args.only == "enqueue":
-        warmup = f" (+{args.warmup} warm-up enqueues each)"
+        warmup = f" (+{args.warmup} warm-up enqueues each, in round 1)"
     else:
-        warmup = f" (+{args.warmup} warm-up enqueues each; the node's are drained too)"
+        warmup = f" (+{args.warmup} warm-up enqueues each, in round 1)"
     broker = args.amqp.split("@")[-1]
     print(
         f"\n{args.jobs} jobs per system{warmup}, concurrency {args.concurrency}; RabbitMQ {broker}"
@@ -849,14 +929,18 @@ def main(argv: list[str]) -> int:
         f"{args.sut_cpu}; RabbitMQ unpinned\n"
     )
     print(table(rows, args.load_cpu, args.sut_cpu))
+    print(f"\nmedians over {args.rounds} interleaved round(s):\n")
+    print(medians_table(rows))
     print()
     print("\n".join(ratio_lines(rows)))
-    notes = [f"{row.label}: {'; '.join(row.notes)}" for row in rows if row.notes]
+    notes = [
+        f"{row.label} (round {row.round}): {'; '.join(row.notes)}" for row in rows if row.notes
+    ]
     if notes:
         print("\nnotes:\n" + "\n".join(f"- {note}" for note in notes))
     if args.profile:
         print(f"\nprofiles (py-spy, {args.profile}); rates above are slowed by sampling:")
-        by_key = {row.key: row for row in rows}
+        by_key = {row.key: row for row in rows if row.round == 1}  # the profiled round
         for path, key in bench.spies:
             row = by_key.get(key)
             per_job = 1e6 * row.sut_cpu_s / row.jobs if row and row.sut_cpu_s else None

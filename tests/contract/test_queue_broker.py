@@ -18,7 +18,14 @@ import pytest
 from testkit.rabbit import RabbitServer, rabbitmq_missing
 
 from node.errors import BackendUnavailable
-from plugins.queue.broker import DELIVERY_LIMIT, Broker, Delivery, QueueFull, delay_ms
+from plugins.queue.broker import (
+    DELIVERY_LIMIT,
+    Broker,
+    Delivery,
+    QueueFull,
+    delay_ms,
+    replayed_id,
+)
 from plugins.queue.memory import MemoryBroker
 from plugins.queue.rabbit import RabbitBroker
 from plugins.queue.topology import dead_name, delay_name, main_name
@@ -240,7 +247,9 @@ async def test_dead_letters_are_counted_replayed_and_purged(brokers: Brokers) ->
     taker = Taker(ack=True)
     await broker.consume(brokers.queue, taker, prefetch=1)
     await until(lambda: len(taker.got) == 1)
-    assert (taker.got[0].message_id, taker.got[0].body) == ("d1", b"dead job")
+    # Marked as replayed: an operator's decision, which a worker honours (worker.py).
+    assert (taker.got[0].message_id, taker.got[0].body) == ("replayed:d1", b"dead job")
+    assert replayed_id(taker.got[0].message_id) == "replayed:d1"  # marked once
     assert not taker.got[0].redelivered  # replayed as a fresh message
     await broker.publish_dead(brokers.queue, b"a", "d2")
     await broker.publish_dead(brokers.queue, b"b", "d3")

@@ -7,7 +7,16 @@ import asyncio
 import time
 import uuid
 
-from plugins.queue.jobs import DEAD, QUEUED, RUNNING, SUCCEEDED, JobRecord, idempotency_key
+from plugins.queue.jobs import (
+    DEAD,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    JobRecord,
+    idempotency_key,
+    is_unrecorded,
+    unrecorded,
+)
 
 
 def record(route: str = "/r", queue: str = "") -> JobRecord:
@@ -107,3 +116,37 @@ async def test_a_waiting_job_expired_or_discarded_is_not_counted(job_stores):
     assert await store.oldest_waiting(queue) == discarded.created
     await store.discard(discarded, None)
     assert await store.oldest_waiting(queue) is None
+
+
+async def test_insert_stores_a_record_only_where_none_is(job_stores):
+    """The one write that decides whether a job is accepted (JobQueue.submit): the
+    gateway's record or a worker's "unrecorded" one, whichever comes first; never both."""
+    first, second = await job_stores.node(), await job_stores.node()
+    made = record()
+    job_stores.backend.forget_after(made.id)
+    sent = first.insert_soon(made)
+    assert await (sent if sent is not None else first.insert(made, 60))
+    mark = unrecorded(made.id, made.route, made.queue)
+    assert not await second.insert(mark, 60)
+    assert await second.get(made.id) == made
+    other = record()
+    job_stores.backend.forget_after(other.id)
+    assert await second.insert(unrecorded(other.id, other.route, other.queue), 60)
+    late = first.insert_soon(other)
+    assert not await (late if late is not None else first.insert(other, 60))
+    assert is_unrecorded(await first.get(other.id))
+
+
+async def test_an_idempotency_key_whose_job_never_ran_is_taken_over(job_stores):
+    """A repeat of a key whose job was never accepted (its client got a 503) makes a job."""
+    store = await job_stores.node()
+    key = idempotency_key("/r", f"k-{uuid.uuid4().hex}")
+    job_stores.backend.forget_after(key.rpartition(":")[2])
+    refused = record()
+    job_stores.backend.forget_after(refused.id)
+    assert await store.claim(refused, key) is None
+    assert await store.insert(unrecorded(refused.id, refused.route, refused.queue), 60)
+    again, new = await store.create(record(), key)
+    job_stores.backend.forget_after(again.id)
+    assert new and again.id != refused.id
+    assert (await store.create(record(), key))[0].id == again.id

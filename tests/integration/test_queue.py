@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from testkit import job_handlers
+from testkit.node_server import NodeServer
 from testkit.queues import delete_queues
 
 from node.app import RESOURCES, build_app
@@ -65,7 +66,7 @@ async def node_for(backends: dict[str, str], queue_name: str) -> AsyncIterator[N
 
     async def start(routes: list[dict[str, Any]], role: str = "all") -> TestClient:
         app = build_app(settings_for(backends, queue_name, routes), role)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        client = TestClient(NodeServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client
@@ -241,8 +242,8 @@ async def test_a_gateway_only_node_publishes_and_another_node_runs_and_answers()
         gateway_app = build_app(settings_for(BACKENDS["real"], name, route), "gateway")
         worker_app = build_app(settings_for(BACKENDS["real"], name, route), "worker")
         async with (
-            TestClient(TestServer(gateway_app)) as gateway,
-            TestClient(TestServer(worker_app)) as worker,
+            TestClient(NodeServer(gateway_app)) as gateway,
+            TestClient(NodeServer(worker_app)) as worker,
         ):
             accepted, request_id = await post(gateway, "/r")
             await job_when(gateway, accepted["id"], {"succeeded"})
@@ -260,7 +261,7 @@ async def test_a_broker_that_is_away_gets_the_client_a_503_never_a_202():
         queue_name,
         [queued("/r", "record", queue_name)],
     )
-    async with TestClient(TestServer(build_app(settings, "gateway"))) as client:
+    async with TestClient(NodeServer(build_app(settings, "gateway"))) as client:
         response = await client.post("/r", data=b"x")
         assert response.status == 503
         assert response.headers["Retry-After"]
