@@ -9,9 +9,10 @@ from node.call import Call
 from node.errors import ConfigError
 from node.plugin import BuildContext, PluginSpec
 from node.schema import build, join
-from plugins.queue.jobs import MemoryJobs, RedisJobs
+from plugins.queue.jobs import MemoryJobs
 from plugins.queue.keys import PREFIX
 from plugins.queue.plugin import JobQueue
+from plugins.queue.redis_jobs import RedisJobs
 from plugins.queue.service import JobService
 from plugins.queue.settings import QueueSettings
 from plugins.queue.web import JobsWeb

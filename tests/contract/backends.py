@@ -21,7 +21,8 @@ from node.cluster.redis import RedisConnection
 from node.cluster.registry import NodeRegistry
 from plugins.breaker.shared import TripExchange
 from plugins.cache.stores import L2Store, MemoryL2, RedisL2
-from plugins.queue.jobs import JobStore, MemoryJobs, RedisJobs
+from plugins.queue.jobs import JobStore, MemoryJobs
+from plugins.queue.redis_jobs import RedisJobs
 from plugins.ratelimit.stores import CounterStore, MemoryCounter, RedisCounter
 
 S = TypeVar("S")
