@@ -43,12 +43,10 @@ import os
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
@@ -61,6 +59,17 @@ import redis
 import servers
 import wrk
 from harness import BenchError, Process
+from queue_report import Row, medians_table, ratio_lines, table
+from queue_tools import (
+    CELERY_VENV,
+    Spy,
+    Trace,
+    beam_pids,
+    broker_seconds,
+    ensure_celery,
+    find_py_spy,
+    run_client,
+)
 
 from plugins.queue.jobs import FINISHED, SUCCEEDED
 from plugins.queue.keys import JOB
@@ -69,9 +78,6 @@ from plugins.queue.rabbit import dead_name, delay_name, main_name
 from plugins.queue.settings import QueueSettings
 
 BENCH_DIR = servers.BENCH_DIR
-CELERY_VENV = Path("/tmp/qbench-celery")
-CELERY_TARGET = 1.2  # node drain / Celery drain
-ENQUEUE_TARGET = 0.8  # node enqueue / bare publisher
 # Seconds a worker is given, once its last job is done, for the acks still on their way
 # (each acks after the job: stopped at once, the last few would go back to the queue).
 ACK_GRACE = 0.5
@@ -100,27 +106,6 @@ wrk.headers["Accept"] = "*/*"
 wrk.headers["Accept-Encoding"] = "gzip, deflate"
 wrk.headers["User-Agent"] = "Python/3.11 aiohttp/3.14.5"
 """
-
-
-@dataclass
-class Row:
-    phase: str  # enqueue | drain
-    key: str
-    label: str
-    jobs: int
-    seconds: float
-    errors: int = 0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    sut_cpu_s: float | None = None  # CPU seconds of the system under test over the run
-    broker_cpu_s: float | None = None  # RabbitMQ's
-    usage: cpu.Usage | None = None
-    notes: list[str] = field(default_factory=list)
-    round: int = 1
-
-    @property
-    def rate(self) -> float:
-        return self.jobs / self.seconds if self.seconds > 0 else 0.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -194,121 +179,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not (args.project / "tests" / "bench" / "queue_noop.py").is_file():
         parser.error(f"--project: no tests/bench/queue_noop.py in {args.project}")
     return args
-
-
-# ----- helpers ---------------------------------------------------------------------------
-
-
-def beam_pids() -> dict[str, int]:
-    """The RabbitMQ server's Erlang VM, `beam.smp ... -s rabbit boot` (not ours: only read,
-    for its CPU time per job; a rabbitmqctl is a beam.smp too, and is left out)."""
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if comm.read_text().strip() != "beam.smp":
-                continue
-            argv = (comm.parent / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(argv[i : i + 3] == [b"-s", b"rabbit", b"boot"] for i in range(len(argv))):
-            return {"rabbitmq": int(comm.parent.name)}
-    return {}
-
-
-def broker_seconds(usage: cpu.Usage) -> float | None:
-    values = [v for k, v in usage.process_s.items() if k.startswith("rabbitmq")]
-    return sum(values) if values else None
-
-
-def run_client(argv: list[str], cpu_no: int, timeout: float, env: dict[str, str]) -> dict:
-    """One queue_load.py run pinned to `cpu_no`; its JSON line."""
-    taskset = harness.require_tool("taskset")
-    done = subprocess.run(
-        [taskset, "-c", str(cpu_no), sys.executable, str(BENCH_DIR / "queue_load.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=BENCH_DIR,
-        env=env,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"queue_load.py {argv[0]} exited {done.returncode}:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def ensure_celery(python: Path) -> Path:
-    if python.exists():
-        return python
-    if python != CELERY_VENV / "bin" / "python":
-        raise BenchError(f"--celery-python {python} does not exist")
-    print(f"bench: creating {CELERY_VENV} with celery (once) ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(CELERY_VENV)], check=True)
-    pip = CELERY_VENV / "bin" / "pip"
-    subprocess.run([str(pip), "install", "-q", "celery"], check=True)
-    return python
-
-
-def find_py_spy(given: str) -> str:
-    for candidate in (given, shutil.which("py-spy") or "", str(CELERY_VENV / "bin" / "py-spy")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise BenchError("--profile needs py-spy: pip install py-spy into a venv under /tmp")
-
-
-class Spy:
-    """py-spy recording one pid (from the load CPU) until stopped; raw collapsed stacks."""
-
-    def __init__(self, binary: str, pid: int, out: Path, cpu_no: int, log_dir: Path) -> None:
-        self.out = out
-        argv = [binary, "record", "--pid", str(pid), "--rate", "500", "--format", "raw"]
-        argv += ["--output", str(out), "--full-filenames"]  # blocking: whole stacks
-        self.proc = harness.start(out.stem + "-py-spy", argv, cpu=cpu_no, log_dir=log_dir)
-        time.sleep(0.3)  # attached
-
-    def stop(self) -> Path:
-        if self.proc.popen.poll() is None:
-            self.proc.popen.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            try:
-                self.proc.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                harness.stop(self.proc)
-        return self.out
-
-
-class Trace:
-    """CPU seconds of some processes, sampled as a drain goes (Unix time, as the jobs'
-    `started` and `finished`), so that the CPU of the span that is timed can be read back
-    without the worker's start-up (imports, connecting)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.samples: list[tuple[float, dict[str, float]]] = []
-        self.sample()
-
-    def sample(self) -> None:
-        now = time.time()
-        self.samples.append((now, {k: cpu.process_seconds(p) for k, p in self.pids.items()}))
-
-    def at(self, when: float, prefix: str) -> float:
-        """Interpolated CPU seconds, at `when`, of the processes whose name starts with
-        `prefix`."""
-
-        def total(values: dict[str, float]) -> float:
-            return sum(v for k, v in values.items() if k.startswith(prefix))
-
-        before = [(t, total(v)) for t, v in self.samples if t <= when]
-        after = [(t, total(v)) for t, v in self.samples if t > when]
-        if not before:
-            return after[0][1]
-        if not after:
-            return before[-1][1]
-        (t0, c0), (t1, c1) = before[-1], after[0]
-        return c0 + (c1 - c0) * (when - t0) / (t1 - t0)
-
-    def between(self, start: float, end: float, prefix: str) -> float | None:
-        if not any(k.startswith(prefix) for k in self.pids):
-            return None
-        return self.at(end, prefix) - self.at(start, prefix)
 
 
 # ----- the run -----------------------------------------------------------------------------
@@ -767,117 +637,6 @@ def per_job(before: dict[str, int], after: dict[str, int], jobs: int, ours: dict
 
 def finished(data: bytes | None) -> bool:
     return data is not None and orjson.loads(data)["status"] in FINISHED
-
-
-# ----- report ------------------------------------------------------------------------------
-
-RATIOS = [
-    ("node", "bare", "enqueue: node gateway / bare aio-pika publisher", ENQUEUE_TARGET),
-    ("node_drain", "celery_drain", "drain: node worker / Celery", CELERY_TARGET),
-]
-
-
-def table(rows: list[Row], load_cpu: int, sut_cpu: int) -> str:
-    """Every round's rows; a ratio is to the baseline of the same round."""
-    by_round = {(row.key, row.round): row for row in rows}
-    baseline = {num: den for num, den, _, _ in RATIOS}
-    header = ["phase", "round", "system", "jobs", "s", "jobs/s", "p50", "p99", "errors"]
-    header += ["SUT CPU/job", "RabbitMQ CPU/job", f"CPU{sut_cpu}", f"CPU{load_cpu}", "ratio"]
-    lines = [header]
-    for row in rows:
-        base = by_round.get((baseline.get(row.key, ""), row.round))
-        ratio = f"{row.rate / base.rate:.2f}x" if base and base.rate else "—"
-        busy = row.usage.busy_percent if row.usage else {}
-        lines.append(
-            [
-                row.phase,
-                str(row.round),
-                row.label,
-                str(row.jobs),
-                f"{row.seconds:.2f}",
-                f"{row.rate:,.0f}",
-                f"{row.p50_ms:.1f} ms" if row.p50_ms is not None else "—",
-                f"{row.p99_ms:.1f} ms" if row.p99_ms is not None else "—",
-                str(row.errors),
-                us_per_job(row.sut_cpu_s, row.jobs),
-                us_per_job(row.broker_cpu_s, row.jobs),
-                f"{busy.get(sut_cpu, 0):.0f} %",
-                f"{busy.get(load_cpu, 0):.0f} %",
-                ratio,
-            ]
-        )
-    return markdown(lines)
-
-
-def medians_table(rows: list[Row]) -> str:
-    """Each system's median over its rounds: rate, latency, CPU per job."""
-    header = ["phase", "system", "rounds", "jobs/s", "p50", "SUT CPU/job", "RabbitMQ CPU/job"]
-    lines = [header]
-    for key in dict.fromkeys(row.key for row in rows):
-        runs = [row for row in rows if row.key == key]
-
-        def middle(values: list[float | None]) -> float | None:
-            known = [v for v in values if v is not None]
-            return statistics.median(known) if known else None
-
-        p50 = middle([row.p50_ms for row in runs])
-        sut = middle([row.sut_cpu_s / row.jobs if row.sut_cpu_s else None for row in runs])
-        broker = middle([row.broker_cpu_s / row.jobs if row.broker_cpu_s else None for row in runs])
-        lines.append(
-            [
-                runs[0].phase,
-                runs[0].label,
-                str(len(runs)),
-                f"{statistics.median(row.rate for row in runs):,.0f}",
-                f"{p50:.1f} ms" if p50 is not None else "—",
-                us_per_job(sut, 1),
-                us_per_job(broker, 1),
-            ]
-        )
-    return markdown(lines)
-
-
-def us_per_job(seconds: float | None, jobs: int) -> str:
-    return f"{1e6 * seconds / jobs:.0f} us" if seconds is not None else "—"
-
-
-def markdown(lines: list[list[str]]) -> str:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
-        if n == 0:
-            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
-
-
-def round_ratios(rows: list[Row], num: str, den: str) -> list[float]:
-    """num / den of each round that has both."""
-    by_round = {(row.key, row.round): row for row in rows}
-    ratios = []
-    for row in rows:
-        if row.key == num and (base := by_round.get((den, row.round))) and base.rate:
-            ratios.append(row.rate / base.rate)
-    return ratios
-
-
-def ratio_lines(rows: list[Row]) -> list[str]:
-    """Per phase: every round's ratio, their median (judged against the target) and the
-    ratio of the two medians."""
-    lines = []
-    for num, den, label, target in RATIOS:
-        ratios = round_ratios(rows, num, den)
-        if not ratios:
-            continue
-        value = statistics.median(ratios)
-        rates = {k: statistics.median(r.rate for r in rows if r.key == k) for k in (num, den)}
-        verdict = "ok" if value >= target else "MISSED"
-        each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
-        lines.append(
-            f"{label}: median {value:.2f} over {len(ratios)} round(s) [{each}]; "
-            f"median/median {rates[num] / rates[den]:.2f} (target >= {target:g}: {verdict})"
-        )
-    return lines
 
 
 def on_sigterm(signum: int, frame: object) -> NoReturn:
