@@ -53,9 +53,12 @@ class Replies(asyncio.Protocol):
         parser, pipeline = self.parser, self.pipeline
         parser.feed(data)
         reply = parser.gets()
+        if reply is False:
+            return
+        waiting = pipeline._waiting  # bound once: most reads carry one reply (a batch's)
         while reply is not False:
             pipeline._received += 1
-            future = pipeline._waiting.popleft()
+            future = waiting.popleft()
             if not future.done():
                 future.set_result(reply)
             reply = parser.gets()
@@ -120,13 +123,28 @@ class AutoPipeline:
             loop.call_soon(self.flush)
         return future
 
-    def submit_to(self, command: bytes, receiver: Receiver) -> None:
+    def submit_to(self, command: bytes, receiver: Receiver) -> bool:
         """Write one packed command on the open connection at once (with what is queued);
         `receiver` is handed its reply (or the connection's failure) as a future would be,
-        but called in the reading side's callback itself: no future, no call_soon hop."""
+        but called in the reading side's callback itself: no future, no call_soon hop.
+        False, and nothing queued, when no connection is open (the caller connects)."""
+        writer = self._writer
+        if writer is None:
+            return False
         self._waiting.append(receiver)
-        self._batch.append(command)
-        self.flush()
+        if self._batch:  # commands queued this tick go first: replies come in order
+            self._batch.append(command)
+            self.flush()
+            return True
+        try:  # flush's work for one command, in this frame (a frame and a join less)
+            writer.write(command)
+        except (RuntimeError, OSError) as exc:  # closed under us (uvloop raises RuntimeError)
+            self._fail(ConnectionError(f"redis connection lost: {type(exc).__name__}"))
+            return True
+        if self._watchdog is None:
+            loop = self._loop or self._bind_loop()
+            self._watchdog = loop.call_later(self.timeout, self._watch, self._received)
+        return True
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()

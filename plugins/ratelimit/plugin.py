@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -327,35 +328,51 @@ class OneLimitRateLimiter(RateLimiter):
         store: RedisCounter = self.store  # type: ignore[assignment]
         single, limit_lines, counters = self.single, self.limit_lines, self.counters
         packed, count = store.packed_args(self.algorithm, single, 1)
-        keys_for, remembered, by_peer = self.keys_for, self._keys, self.peer_is_client
+        keys_for, by_peer = self.keys_for, self.peer_is_client
         reset_lines_made = len(RESET_LINES)
-        connection, enqueue, flush = store.connection, store.enqueue, store.flush
+        connection, flush, pipeline = store.connection, store.flush, store.connection.pipeline
         batch, key_parts, arg_parts = store.batch, store.key_parts, store.arg_parts
-        packed_keys, pipeline = store.packed_keys, store.connection.pipeline
+        packed_keys = store.packed_keys
+        # peer → its key packed as RESP: one lookup where keys_for and the store's packed
+        # keys were two (bounded as the keys are).
+        packed_by_peer: dict[object, bytes] = {}
+
+        def enqueue(call: Call) -> asyncio.Future[list[Any]]:
+            """store.enqueue for a peer not packed yet, or Redis down (raises)."""
+            keys = keys_for(call)
+            future = store.enqueue(keys, packed, count)
+            if by_peer:
+                if len(packed_by_peer) >= KEYS_REMEMBERED:
+                    packed_by_peer.clear()
+                packed_by_peer[call.peer] = store.packed_key(keys[0])
+            return future
 
         async def ratelimit_step(call: Call) -> Reply:
-            # keys_for, its common case inlined: keys remembered by the peer.
-            keys = (by_peer and remembered.get(call.peer)) or keys_for(call)
             try:
-                packed_key = packed_keys.get(keys[0])
+                if by_peer:
+                    packed_key = packed_by_peer.get(call.peer)
+                else:  # a client named by a header or a trusted proxy's forwarding
+                    packed_key = packed_keys.get(keys_for(call)[0])
                 loop = store._loop
-                if packed_key is None or loop is None or not connection.available:
-                    future = enqueue(keys, packed, count)  # packs the key; raises if Redis is down
-                else:  # store.enqueue, inlined for its common case: the key packed already
+                if packed_key and loop is not None and connection.available:
+                    # store.enqueue, inlined for its common case: the key packed already
                     future = loop.create_future()
                     if not batch:
                         loop.call_soon(flush, pipeline)
                     batch.append((future, 4))  # allowed, then the limit's three
                     key_parts.append(packed_key)
                     arg_parts.append(packed)
+                else:
+                    future = enqueue(call)
+                # remaining comes as the digits of its header line (ratelimit.lua)
                 allowed, remaining, reset_us, retry_us = await future
             except BackendUnavailable:
-                return await self.without_backend(call, next, keys, single)
+                return await self.without_backend(call, next, keys_for(call), single)
             seconds = -(-reset_us // 1_000_000)  # header_lines, inlined for its common case
             if 0 <= seconds < reset_lines_made:
-                lines = b"%b%d%b" % (limit_lines, remaining, RESET_LINES[seconds])
+                lines = limit_lines + remaining + RESET_LINES[seconds]
             else:
-                lines = header_lines(limit_lines, remaining, reset_us)
+                lines = header_lines(limit_lines, int(remaining), reset_us)
             call.added_headers = (RATELIMIT_NAMES, lines)
             if allowed:
                 counters.allowed += 1

@@ -6,7 +6,9 @@
 -- ARGV: the number of requests, then for each: its number of limits n, algorithm
 --       ("sliding_window" | "fixed_window" | "token_bucket"), cost, then n x (limit,
 --       window_us, burst).
--- Returns, for each request: allowed (0/1), then remaining, reset_us, retry_us per limit.
+-- Returns, for each request: allowed (0/1), then remaining, reset_us, retry_us per limit;
+-- remaining as its decimal digits (a string), which the node splices into its RateLimit-
+-- Remaining header line as they are (no formatting per request there).
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -120,7 +122,7 @@ for _ = 1, tonumber(ARGV[1]) do
       r = {remaining, reset, r[3], state, ttl}
     end
     store(algorithm, KEYS[key_at + i], r[4], r[5])
-    out[#out + 1] = r[1]
+    out[#out + 1] = string.format("%d", r[1])
     out[#out + 1] = r[2]
     out[#out + 1] = r[3]
   end

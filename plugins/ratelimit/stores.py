@@ -178,6 +178,8 @@ class RedisCounter:
         else:
             packed, count = self.packed_args(algorithm, limits, cost)
             raw = await self.enqueue(keys, packed, count)
+        # remaining comes as digits (bytes; the one-limit step splices them into its header
+        # line as they are): int() reads them as it reads the integers
         verdicts = [
             Verdict(int(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(1, len(raw), 3)
         ]
@@ -219,21 +221,23 @@ class RedisCounter:
 
     def flush(self, pipeline: AutoPipeline) -> None:
         """The tick's checks as one script call. On the open connection the reply is
-        settled as it is parsed (`Settle`): no task, no coroutine, no callback per batch.
-        Connecting, or reloading the script, takes the coroutine path (`_send`), which
-        waits for either."""
-        batch, key_parts, arg_parts = self.batch.copy(), self.key_parts, self.arg_parts
-        self.batch.clear()
-        shape = (len(key_parts), len(batch))
-        framing = self._framing.get(shape) or self._frame(*shape)
-        command = b"".join([framing[0], *key_parts, framing[1], *arg_parts])
+        settled as it is parsed (`Settle`, which is the batch itself): no task, no
+        coroutine, no callback per batch. Connecting, or reloading the script, takes the
+        coroutine path (`_send`), which waits for either."""
+        batch, key_parts, arg_parts = self.batch, self.key_parts, self.arg_parts
+        settle = Settle(batch)  # this batch's own list (the step appends to `batch`)
+        batch.clear()
+        framing = self._framing.get((len(key_parts), len(settle)))
+        if framing is None:
+            framing = self._frame(len(key_parts), len(settle))
+        settle.counter = self
+        settle.command = command = b"".join([framing[0], *key_parts, framing[1], *arg_parts])
         key_parts.clear()
         arg_parts.clear()
-        loading = self._loading is not None and not self._loading.done()
-        if not pipeline.connected or loading:
-            self._spawn(self._send(pipeline, command, batch))
+        loading = self._loading
+        if (loading is None or loading.done()) and pipeline.submit_to(command, settle):
             return
-        pipeline.submit_to(command, Settle(self, pipeline, command, batch))
+        self._spawn(self._send(pipeline, command, settle))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -261,38 +265,46 @@ class RedisCounter:
         deliver(batch, raw)
 
 
-class Settle:
-    """The receiver of a batch's reply (AutoPipeline.submit_to): settles each request's
-    future as the reply is parsed, in the connection's callback."""
+class Settle(list[tuple["asyncio.Future[list[Any]]", int]]):
+    """A batch on its way (AutoPipeline.submit_to's receiver): its requests' futures and
+    reply widths, settled as the reply is parsed, in the connection's callback. The batch
+    list itself, not an object beside it: one allocation per batch, made in C."""
 
-    __slots__ = ("batch", "command", "counter", "pipeline")
+    __slots__ = ("command", "counter")
 
-    def __init__(
-        self, counter: RedisCounter, pipeline: AutoPipeline, command: bytes, batch: Batch
-    ) -> None:
-        self.counter, self.pipeline, self.command, self.batch = counter, pipeline, command, batch
+    counter: RedisCounter
+    command: bytes
 
-    def done(self) -> bool:
-        return False
+    # Never settled before its reply: bool() is False, a C call where a method would run a
+    # Python frame per reply.
+    done = staticmethod(bool)
 
     def set_result(self, raw: Any) -> None:
-        if not isinstance(raw, hiredis.ReplyError):
-            at = 0  # deliver(self.batch, raw), inlined: a call less per batch
+        if type(raw) is list:  # the script's reply (an error reply is a ReplyError)
+            if len(self) == 1:  # a batch of one (light load): the whole reply is its own
+                future = self[0][0]
+                if not future.done():
+                    future.set_result(raw)
+                return
+            at = 0  # deliver(self, raw), inlined: a call less per batch
             try:
-                for future, width in self.batch:
+                for future, width in self:
                     if not future.done():
                         future.set_result(raw[at : at + width])
                     at += width
             except Exception as exc:  # not the script's reply: no request of it may hang,
                 # and the connection's reading side, which called this, must go on
-                fail(self.batch, BackendUnavailable(f"unexpected reply from redis: {exc!r}"))
-        elif str(raw).startswith("NOSCRIPT"):  # reloads the script, sends again
-            self.counter._spawn(self.counter._send(self.pipeline, self.command, self.batch))
-        else:
+                fail(self, BackendUnavailable(f"unexpected reply from redis: {exc!r}"))
+        elif isinstance(raw, hiredis.ReplyError) and str(raw).startswith("NOSCRIPT"):
+            counter = self.counter  # reloads the script, sends again
+            counter._spawn(counter._send(counter.connection.pipeline, self.command, self))
+        elif isinstance(raw, hiredis.ReplyError):
             self.set_exception(ReplyError(str(raw)))
+        else:
+            fail(self, BackendUnavailable(f"unexpected reply from redis: {raw!r}"))
 
     def set_exception(self, error: BaseException) -> None:
-        fail(self.batch, self.counter.connection.failure(error))
+        fail(self, self.counter.connection.failure(error))
 
 
 def deliver(batch: Batch, raw: list[int]) -> None:
