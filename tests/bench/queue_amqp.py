@@ -69,7 +69,10 @@ async def _purge(url: str, queue: str) -> int:
     connection = await aio_pika.connect(url, client_properties={"connection_name": "queue_bench"})
     try:
         channel = await connection.channel(publisher_confirms=False)
-        declared = await channel.declare_queue(queue, passive=True)
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0  # not declared yet: nothing in it
         purged = await declared.purge()
         return purged.message_count or 0
     finally:
@@ -77,5 +80,5 @@ async def _purge(url: str, queue: str) -> int:
 
 
 def purge(url: str, queue: str) -> int:
-    """Drop the ready messages of `queue`; how many there were."""
+    """Drop the ready messages of `queue` (if it exists); how many there were."""
     return asyncio.run(_purge(url, queue))

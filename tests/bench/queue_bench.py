@@ -529,6 +529,8 @@ class Bench:
             "QBENCH_QUEUE_TYPE": args.celery_queue_type,
         }
         taskset = harness.require_tool("taskset")
+        # A round's stopped worker may leave a few redelivered messages (acks late): gone.
+        queue_amqp.purge(args.amqp, self.celery_queue)
         fill = [taskset, "-c", str(args.load_cpu), str(python), "queue_celery.py", "fill"]
         done = subprocess.run(
             [*fill, str(count)], cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=120
