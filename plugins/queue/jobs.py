@@ -106,11 +106,6 @@ def idempotency_key(route: str, key: str) -> str:
 
 
 class JobStore(Protocol):
-    async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
-        """Store a new queued job; with an idempotency key already used on its route,
-        store nothing and return that key's job instead. (record, whether it is new)."""
-        ...
-
     async def claim(self, record: JobRecord, idempotency: str) -> JobRecord | None:
         """Make `idempotency` name `record`'s job; None when it does now, else the job it
         named already (and still names). A key whose job expired or never ran (unrecorded)
@@ -145,6 +140,20 @@ class JobStore(Protocol):
         ...
 
 
+async def create(
+    store: JobStore, record: JobRecord, idempotency: str | None
+) -> tuple[JobRecord, bool]:
+    """Store a new queued job, the record first (the gateway sends it with the publish,
+    plugin.py); with an idempotency key already used on its route, store nothing and
+    return that key's job instead. (record, whether it is new)."""
+    if idempotency is not None:
+        existing = await store.claim(record, idempotency)
+        if existing is not None:
+            return existing, False
+    await store.insert(record, PENDING_TTL)
+    return record, True
+
+
 class MemoryJobs:
     """The embedded job store: this node's jobs only, gone with the process."""
 
@@ -168,14 +177,6 @@ class MemoryJobs:
             now = self.clock()
             for stale in [k for k, (_, at) in self._values.items() if at <= now]:
                 del self._values[stale]
-
-    async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
-        if idempotency is not None:
-            existing = await self.claim(record, idempotency)
-            if existing is not None:
-                return existing, False
-        await self.insert(record, PENDING_TTL)
-        return record, True
 
     async def claim(self, record: JobRecord, idempotency: str) -> JobRecord | None:
         known = self._get(idempotency)

@@ -59,14 +59,6 @@ class RedisJobs:
 
         await self.connection.run(send)
 
-    async def create(self, record: JobRecord, idempotency: str | None) -> tuple[JobRecord, bool]:
-        if idempotency is not None:
-            existing = await self.claim(record, idempotency)
-            if existing is not None:
-                return existing, False
-        await self.insert(record, PENDING_TTL)
-        return record, True
-
     async def claim(self, record: JobRecord, idempotency: str) -> JobRecord | None:
         run, ttl = self.connection.run, int(PENDING_TTL)
         if await run(lambda c: c.set(idempotency, record.id, nx=True, ex=ttl)):
