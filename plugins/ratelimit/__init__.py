@@ -7,7 +7,8 @@ from typing import Any
 from node.plugin import BuildContext, PluginSpec
 from node.schema import build
 from plugins.ratelimit.keys import PREFIX
-from plugins.ratelimit.plugin import OneLimitRateLimiter, Policy, RateLimiter
+from plugins.ratelimit.one_limit import OneLimitRateLimiter
+from plugins.ratelimit.plugin import Policy, RateLimiter
 from plugins.ratelimit.settings import (
     RateLimitSettings,
     check_bucket_range,

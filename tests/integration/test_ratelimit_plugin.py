@@ -19,7 +19,7 @@ from node.call import Call, Reply
 from node.cluster.redis import RedisConnection
 from node.cluster.registry import NodeRegistry
 from node.wire import header_items
-from plugins.ratelimit.plugin import OneLimitRateLimiter
+from plugins.ratelimit.one_limit import OneLimitRateLimiter
 
 from .ratelimit_helpers import (
     REDIS_URL,

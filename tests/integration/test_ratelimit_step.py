@@ -18,12 +18,8 @@ from node.cluster.redis import RedisConnection
 from node.errors import RateLimited, ServiceUnavailable
 from node.forwarding import TrustedProxies
 from node.schema import build
-from plugins.ratelimit.plugin import (
-    LIMIT_LINES,
-    OneLimitRateLimiter,
-    Policy,
-    header_lines,
-)
+from plugins.ratelimit.one_limit import OneLimitRateLimiter
+from plugins.ratelimit.plugin import LIMIT_LINES, Policy, header_lines
 from plugins.ratelimit.settings import RateLimitSettings, default_limits
 from plugins.ratelimit.stores import BATCHED, RedisCounter
 
