@@ -4,11 +4,12 @@ request, one write for the reply.
 aiohttp wraps every request in a web.Request, a task of its own (on Python 3.11, with no
 eager tasks, an extra turn of the loop), Application._handle and finish_response before
 a route's pipeline runs: about a fifth of a proxied request's CPU (py-spy). A request
-that needs none of it (`eligible`: no body, no upgrade, no Expect, HTTP/1.0 or 1.1, a path
-in origin form, and no access log, which aiohttp writes) and that the router gives to a
-route is answered here by the same pipeline (node.http's `answer`), its reply framed by
-node.wire's rules. Everything else (bodies, the dashboard, /metrics, 404s) goes aiohttp's
-way through node.http's endpoint, which every route also has.
+that needs none of it (`eligible`: HTTP/1.0 or 1.1, no upgrade, no Expect, no transfer
+coding but chunked, a path in origin form, and no access log, which aiohttp writes) and
+that the router gives to a route is answered here by the same pipeline (node.http's
+`answer`, its body read by node.http's `read_body`), its reply framed by node.wire's rules.
+Everything else (the dashboard, /metrics, 404s, the requests `eligible` turns away) goes
+aiohttp's way through node.http's endpoint, which every route also has.
 
 The pipeline runs in the connection's task: the request's CURRENT_CALL is reset when it is
 answered, so nothing of one request is left to the next on the connection.

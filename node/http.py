@@ -266,8 +266,9 @@ async def answer(handler: Handler, call: Call) -> Reply:
 
 
 def route_endpoint(handler: Handler, stats: RouteStats, node: str, max_body: int):
-    """The aiohttp handler of one route: the adapter around its composed pipeline. Requests
-    without a body are usually served by node.fastpath instead, with the same pipeline."""
+    """The aiohttp handler of one route: the adapter around its composed pipeline. Most of a
+    route's requests are served by node.fastpath instead, with the same pipeline; this one
+    answers those it turns away (Expect, an access-logged node, a test server's)."""
     label = stats.label
 
     async def endpoint(request: web.Request) -> web.StreamResponse | ReadyResponse:
