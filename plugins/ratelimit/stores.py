@@ -57,8 +57,9 @@ class MemoryCounter:
     States need no expiry here: every algorithm reads a state from an earlier window, or a
     bucket whose arrival time has passed, as empty, so the LRU bound alone keeps memory in
     check. `decide_now` is the synchronous core, `hit` the store interface over it. The
-    rate limit's one-limit step reads and writes `states` itself (one_limit.py, OneLimitRateLimiter.memory_step):
-    a call into the store would cost a Python frame per request.
+    rate limit's one-limit step reads and writes `states` itself (one_limit.py,
+    OneLimitRateLimiter.memory_step): a call into the store would cost a Python frame per
+    request.
     """
 
     capabilities = frozenset({DECIDE_NOW})
