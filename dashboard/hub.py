@@ -25,6 +25,7 @@ from dashboard.aggregate import SkewTracker, aggregate
 from dashboard.history import History
 from dashboard.membership import MembershipLog
 from dashboard.replicas import Recommendation, ReplicaPolicy, recommend
+from node import tasks
 from node.cluster.registry import NodeRegistry
 from node.errors import BackendUnavailable
 
@@ -171,9 +172,7 @@ class FeedHub:
 
     async def stop(self) -> None:
         """Stop aggregating and close every viewer's socket (1001: going away)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await tasks.stop(self._task)
         viewers, self.viewers = list(self.viewers), set()
         for viewer in viewers:
             viewer.sender.cancel()

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from node import tasks
 from node.cluster.redis import CLUSTER_SCHEME, COMMAND_TIMEOUT, OUTAGE_ERRORS, RedisConnection
 from node.config import redact_url
 from node.errors import BackendUnavailable
@@ -68,9 +69,7 @@ class ClusterBus:
             self._task = asyncio.ensure_future(self._listen(self.connection.url))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await tasks.stop(self._task)
 
     def _dispatch(self, channel: str, payload: bytes) -> None:
         for sub in self.subscriptions:

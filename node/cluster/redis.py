@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from node import tasks
 from node.cluster.autopipe import AutoPipeline
 from node.config import redact_url
 from node.errors import BackendUnavailable
@@ -136,9 +137,7 @@ class RedisConnection:
             return
 
     async def close(self) -> None:
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
-            await asyncio.gather(self._reconnecting, return_exceptions=True)
+        await tasks.stop(self._reconnecting)
         if self.pipeline is not None:
             await self.pipeline.close()
         await self.client.aclose()

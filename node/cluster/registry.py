@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from node import tasks
 from node.cluster.keys import NODE_INFO, NODES_GONE, NODES_INDEX
 from node.cluster.redis import OUTAGE_ERRORS, RedisConnection, make_client
 from node.config import redact_url
@@ -36,7 +37,6 @@ HEARTBEAT_TTL = 5.0  # a node whose last beat is older no longer counts as live
 HEARTBEAT_TIMEOUT = 4.0
 HEARTBEAT_POOL = 4  # the beat, the dashboard's read, and a spare each
 RETENTION = 600.0  # seconds a silent or departed node stays listed (node.down_retention)
-STOP_ATTEMPTS = 5
 
 # Record this node (its record and its index entry, scored by Redis time), forget members
 # silent or gone for longer than the retention, and return the live count. One slot: every
@@ -167,14 +167,7 @@ class NodeRegistry:
     async def stop(self) -> None:
         """Stop beating and leave: the record stays, marked left, for the retention."""
         self._stopping = True
-        if self._task is not None:
-            # A cancel can be swallowed inside a driver's own timeout handling (redis-py on
-            # 3.11), so it is repeated until the task has ended, a bounded number of times.
-            for _ in range(STOP_ATTEMPTS):
-                self._task.cancel()
-                done, _ = await asyncio.wait({self._task}, timeout=self.interval)
-                if done:
-                    break
+        await tasks.stop(self._task, patience=self.interval)
         if self.client is None:
             return
         args = [self.name, self.record(left=True), int(self.retention * 1000)]

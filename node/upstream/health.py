@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from node.tasks import stop
 from node.upstream.pool import Member, UpstreamPool
 from node.upstream.settings import HealthSettings
 
@@ -69,10 +70,8 @@ def health_context(
             for pool in pools.values()
             if pool.settings.health is not None
         ]
-        tasks = [asyncio.ensure_future(checker.run()) for checker in checkers]
+        checks = [asyncio.ensure_future(checker.run()) for checker in checkers]
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(checks)
 
     return context

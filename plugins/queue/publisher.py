@@ -16,6 +16,7 @@ from pamqp import commands, frame
 from pamqp.header import ContentHeader, ProtocolHeader
 from yarl import URL
 
+from node import tasks
 from node.errors import BackendUnavailable
 
 log = logging.getLogger("scalenode.queue")
@@ -317,9 +318,7 @@ class AmqpPublisher:
 
     async def close(self) -> None:
         self._closed = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
-            await asyncio.gather(self._reconnecting, return_exceptions=True)
+        await tasks.stop(self._reconnecting)
         connection, self._connection = self._connection, None
         if connection is None or connection.transport is None:
             return

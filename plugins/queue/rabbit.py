@@ -20,6 +20,7 @@ from aio_pika.abc import (
 )
 from pamqp.commands import Basic
 
+from node import tasks
 from node.config import redact_url
 from node.errors import BackendUnavailable
 from plugins.queue.broker import Consumer, QueueFull, QueueStats, delay_ms, replayed_id
@@ -129,9 +130,7 @@ class RabbitBroker:
     async def close(self) -> None:
         """Closing the connections closes their channels: RabbitMQ requeues what they held."""
         self._closed = True
-        if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
+        await tasks.stop(self._connecting)
         await self._publisher.close()
         await self._drop(self._controlling, self._consuming)
 

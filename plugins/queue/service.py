@@ -4,12 +4,12 @@ that runs jobs (roles worker and all), the worker. Started and stopped with the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from node import tasks
 from node.call import Handler
 from node.errors import BackendUnavailable, ConfigError
 from plugins.queue.broker import Broker, QueueStats
@@ -76,10 +76,7 @@ class JobService:
             await self.worker.drain(seconds)
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        await tasks.stop(self._poller)
         if self.worker is not None:
             await self.worker.drain(0)
         await self.broker.close()

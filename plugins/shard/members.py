@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from node import tasks
 from plugins.shard.buckets import BucketMap
 from plugins.shard.documents import DocumentShard, PlacedShard, ShardUnavailable
 
@@ -114,11 +115,7 @@ class ShardSet:
         self._watch = asyncio.create_task(self._watching(), name=f"shard-map-{self.name}")
 
     async def stop(self) -> None:
-        for task in (self._watch, self._reading):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await tasks.stop(task for task in (self._watch, self._reading) if task is not None)
 
     async def confirm(self, member: Member) -> None:
         """Record or compare the member's layout, and its bucket states (raises

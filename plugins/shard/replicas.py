@@ -24,7 +24,6 @@ The choice itself is pure, apart from the I/O: plugins/shard/replica_choice.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from node import tasks
 from plugins.shard.replica_choice import (
     ReplicaView,
     candidates,
@@ -185,10 +185,7 @@ class ReplicaSet:
         """Stop probing and close the connections; pick() then soon answers None."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop(task)
         nodes = [self._primary, *self._replicas]
         reads = [node.reading for node in nodes if node.reading and not node.reading.done()]
         for read in reads:
