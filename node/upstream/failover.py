@@ -12,8 +12,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
-from multidict import CIMultiDict
-
 from node.call import Reply
 from node.errors import (
     BadGateway,
@@ -24,7 +22,7 @@ from node.errors import (
 )
 
 if TYPE_CHECKING:
-    from node.upstream.pool import Member, UpstreamPool
+    from node.upstream.pool import Member, RequestHeaders, UpstreamPool
 
 REJECT, PASS = 0, 1  # what MemberCircuit.admit answers (PROBE = 2 is passed back as is)
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))  # RFC 9110 9.2.2
@@ -107,7 +105,7 @@ class Failover:
         self,
         method: str,
         path: str,
-        headers: CIMultiDict[str],
+        headers: RequestHeaders,
         body: bytes,
         key: str | None = None,
     ) -> Reply:

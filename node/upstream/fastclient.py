@@ -13,12 +13,10 @@ from collections import deque
 from contextlib import suppress
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
-
 from node.call import Reply
 from node.errors import BadGateway, GatewayTimeout, Rejected, UpstreamUnreachable
 from node.upstream.exchange import Exchange
-from node.upstream.pool import HEAD_REPLY_DROP, REPLY_DROP, end_to_end
+from node.upstream.pool import HEAD_REPLY_DROP, REPLY_DROP, RequestHeaders, end_to_end
 from node.upstream.settings import UpstreamSettings
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send Content-Length: 0 when empty
@@ -44,7 +42,7 @@ class FastClient:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def send(
-        self, member: object, method: str, path: str, headers: CIMultiDict[str], body: bytes
+        self, member: object, method: str, path: str, headers: RequestHeaders, body: bytes
     ) -> Reply:
         url: str = member.url  # type: ignore[attr-defined]
         head = self.request_head(url, method, path, headers, body)
@@ -69,7 +67,7 @@ class FastClient:
         return self.loop
 
     def request_head(
-        self, url: str, method: str, path: str, headers: CIMultiDict[str], body: bytes
+        self, url: str, method: str, path: str, headers: RequestHeaders, body: bytes
     ) -> bytes:
         """The request line and headers, refused (400, nothing sent) if any of them holds a
         CR or LF: written as is, one would end a line the caller did not mean to end."""
@@ -77,7 +75,7 @@ class FastClient:
         if host is None:
             host = self.hosts[url] = f"Host: {urlsplit(url).netloc}\r\n"
         text = f"{method} {path} HTTP/1.1\r\n{host}" + "".join(
-            [f"{k}: {v}\r\n" for k, v in headers.items()]
+            [f"{k}: {v}\r\n" for k, v in headers]
         )
         lines = len(headers) + 2
         if text.count("\n") != lines or text.count("\r") != lines:

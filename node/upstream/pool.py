@@ -15,7 +15,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from node.call import Reply
@@ -52,14 +52,25 @@ REPLY_DROP = HOP_BY_HOP | {"content-length"}
 HEAD_REPLY_DROP = HOP_BY_HOP
 
 
+# A request's header lines as an upstream client sends them, in order (the client adds
+# Host and the body's framing).
+RequestHeaders = list[tuple[str, str]]
+
+
+def connection_named(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set[str]:
+    """The lower-case names the Connection header lists: hop-by-hop for this message only
+    (RFC 9110 section 7.6.1)."""
+    named = ",".join(headers.getall("Connection", ()))
+    return {token.strip().lower() for token in named.split(",")}
+
+
 def end_to_end(headers: Mapping[str, str], drop: frozenset[str] = HOP_BY_HOP) -> CIMultiDict[str]:
     """A copy of `headers` without the lower-case names in `drop` (hop-by-hop ones by default)
     nor those any Connection header names (RFC 9110 7.6.1). The copy and the removals run in
     multidict's C code: cheaper than a Python pass over every header."""
     copy = CIMultiDict(headers)
     if "Connection" in copy:
-        named = ",".join(copy.getall("Connection"))
-        drop = drop | {token.strip().lower() for token in named.split(",")}
+        drop = drop | connection_named(copy)
     for name in drop:
         copy.popall(name, None)
     return copy
@@ -95,7 +106,7 @@ class Member:
 
 class UpstreamClient(Protocol):
     async def send(
-        self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
+        self, member: Member, method: str, path: str, headers: RequestHeaders, body: bytes
     ) -> Reply:
         """Send one request to `member`; raise BadGateway or GatewayTimeout on failure."""
         ...
@@ -127,7 +138,7 @@ class AiohttpClient:
         )
 
     async def send(
-        self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
+        self, member: Member, method: str, path: str, headers: RequestHeaders, body: bytes
     ) -> Reply:
         session = self._session or self._ensure_session()
         # aiohttp warns on large raw bytes bodies; a file-like object streams them.
@@ -277,7 +288,7 @@ class UpstreamPool:
         self,
         method: str,
         path: str,
-        headers: CIMultiDict[str],
+        headers: RequestHeaders,
         body: bytes,
         key: str | None = None,
     ) -> Reply:
@@ -293,7 +304,7 @@ class UpstreamPool:
             raise
 
     async def send_to(
-        self, member: Member, method: str, path: str, headers: CIMultiDict[str], body: bytes
+        self, member: Member, method: str, path: str, headers: RequestHeaders, body: bytes
     ) -> Reply:
         member.in_flight += 1
         member.requests += 1

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from multidict import CIMultiDict
-
 from node.call import Call, Reply
 from node.errors import Rejected
 from node.forwarding import TrustedProxies
-from node.upstream.pool import HOP_BY_HOP, UpstreamPool, end_to_end
+from node.upstream.pool import HOP_BY_HOP, RequestHeaders, UpstreamPool, connection_named
 
 # Request headers never forwarded as received: hop-by-hop ones, the client's framing and
 # Host (the upstream gets its own), and forwarding headers, which are rebuilt below.
@@ -17,7 +15,9 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-request-id",  # the call's own (the client's, when it sent a usable one) is added
 }
+NEW_TRACE_DROP = frozenset({"traceparent", "tracestate"})
 
 
 def strip_raw_prefix(raw_path: str, prefix: str) -> str:
@@ -52,25 +52,38 @@ class UpstreamProxy:
                 path = "/" + path
         return f"{path}?{call.query_string}" if call.query_string else path
 
-    def forward_headers(self, call: Call) -> CIMultiDict[str]:
+    def forward_headers(self, call: Call) -> RequestHeaders:
+        """The header lines the upstream gets: the client's end-to-end ones in their order
+        (RFC 9110 section 7.6.1), then the forwarding headers, the request id and, when the
+        client's was absent or invalid, a new traceparent (W3C Trace Context). One pass
+        over the client's lines, no header map built: this runs on every proxied request."""
         incoming = call.headers
-        headers = end_to_end(incoming, NOT_FORWARDED)
+        drop = NOT_FORWARDED
+        if "Connection" in incoming:
+            drop = drop | connection_named(incoming)
+        traceparent = call.traceparent
+        kept_trace = traceparent == incoming.get("traceparent")
+        if not kept_trace:  # a new trace: the client's tracestate belonged to the one not taken up
+            drop = drop | NEW_TRACE_DROP
+        headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
         client = call.client
         if self.trusted.is_trusted(client):
             # A trusted load balancer's view of the client is kept and extended.
             prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
-            headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
-            headers["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", call.scheme)
-            headers["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", call.host)
+            headers += (
+                ("X-Forwarded-For", f"{prior}, {client}" if prior else client),
+                ("X-Forwarded-Proto", incoming.get("X-Forwarded-Proto", call.scheme)),
+                ("X-Forwarded-Host", incoming.get("X-Forwarded-Host", call.host)),
+            )
         else:
-            headers["X-Forwarded-For"] = client
-            headers["X-Forwarded-Proto"] = call.scheme
-            headers["X-Forwarded-Host"] = call.host
-        headers["X-Request-Id"] = call.request_id
-        traceparent = call.traceparent
-        if traceparent != headers.get("traceparent"):  # the client's was absent or invalid
-            headers["traceparent"] = traceparent
-            headers.popall("tracestate", None)  # it belonged to the trace not taken up
+            headers += (
+                ("X-Forwarded-For", client),
+                ("X-Forwarded-Proto", call.scheme),
+                ("X-Forwarded-Host", call.host),
+            )
+        headers.append(("X-Request-Id", call.request_id))
+        if not kept_trace:
+            headers.append(("traceparent", traceparent))
         return headers
 
     async def __call__(self, call: Call) -> Reply:

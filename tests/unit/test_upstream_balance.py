@@ -153,7 +153,7 @@ async def test_send_counts_requests_and_in_flight():
     client = FakeClient()
     client.hold.add(URLS[0])
     p = pool(client=client)
-    task = asyncio.ensure_future(p.send("GET", "/", CIMultiDict(), b""))
+    task = asyncio.ensure_future(p.send("GET", "/", [], b""))
     await asyncio.sleep(0)
     assert [m.in_flight for m in p.members] == [1, 0, 0]
     client.gate.set()
@@ -166,10 +166,10 @@ async def test_least_conn_avoids_member_busy_with_a_send():
     client = FakeClient()
     client.hold.add(URLS[0])
     p = pool("least_conn", client)
-    held = asyncio.ensure_future(p.send("GET", "/", CIMultiDict(), b""))
+    held = asyncio.ensure_future(p.send("GET", "/", [], b""))
     await asyncio.sleep(0)
     for _ in range(4):
-        await p.send("GET", "/", CIMultiDict(), b"")
+        await p.send("GET", "/", [], b"")
     client.gate.set()
     await held
     assert client.sent[0] == URLS[0]
@@ -184,7 +184,7 @@ async def test_send_counts_failures_and_timeouts(error, counter):
     """A 502 counts as a failure and a 504 as a timeout on the member, and is re-raised."""
     p = pool(client=FakeClient(error))
     with pytest.raises(type(error)):
-        await p.send("GET", "/", CIMultiDict(), b"")
+        await p.send("GET", "/", [], b"")
     member = p.snapshot()["members"][0]
     assert (member[counter], member["in_flight"], member["requests"]) == (1, 0, 1)
 

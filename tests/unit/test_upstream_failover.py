@@ -45,7 +45,7 @@ def make_pool(client: ScriptedClient, **settings: object) -> UpstreamPool:
 
 
 async def send(pool: UpstreamPool, method: str = "GET", key: str | None = None) -> Reply:
-    return await pool.send(method, "/x", CIMultiDict(), b"", key)
+    return await pool.send(method, "/x", [], b"", key)
 
 
 async def test_plain_pool_keeps_its_plain_send() -> None:

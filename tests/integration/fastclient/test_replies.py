@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from multidict import CIMultiDict
 
 from node.errors import BadGateway, GatewayTimeout, Rejected
 
@@ -169,7 +168,7 @@ async def test_cr_or_lf_in_the_request_head_is_refused_unsent(
     """A request line or header with CR or LF in it is refused, and nothing is written."""
     raw, fast = await serve(keep_alive_hello), client()
     with pytest.raises(Rejected) as caught:
-        await fast.send(raw.member, "GET", path, CIMultiDict(headers), b"")
+        await fast.send(raw.member, "GET", path, list(headers.items()), b"")
     assert caught.value.status == 400
     assert raw.connections == 0 and consistent(fast)
     await fast.close()
@@ -232,7 +231,7 @@ async def test_a_reply_before_the_body_is_sent_retires_the_connection(serve: Ser
     padding = b"p" * (32 * 1024 * 1024)
     smuggled = b"GET /smuggled HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(padding) + padding
     raw, fast = await serve(answer), client()
-    early = await fast.send(raw.member, "POST", "/early", CIMultiDict(), smuggled)
+    early = await fast.send(raw.member, "POST", "/early", [], smuggled)
     assert early.body == b"/early"
     assert (await get(fast, raw))[:2] == (200, b"/x")
     await fast.close()
@@ -257,7 +256,7 @@ async def test_a_retired_connection_is_dropped_not_flushed(serve: Serve) -> None
 
     body = b"p" * (32 * 1024 * 1024)
     raw, fast = await serve(answer), client()
-    assert (await fast.send(raw.member, "POST", "/", CIMultiDict(), body)).body == b"ok"
+    assert (await fast.send(raw.member, "POST", "/", [], body)).body == b"ok"
     for _ in range(100):
         if received:
             break

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from multidict import CIMultiDict
-
 from node.upstream.fastclient import FastClient
 from node.upstream.settings import UpstreamSettings
 
@@ -103,7 +101,7 @@ def chunk(size: int) -> bytes:
 
 
 async def get(fast: FastClient, raw: RawServer, method: str = "GET") -> tuple[int, bytes, dict]:
-    reply = await fast.send(raw.member, method, "/x", CIMultiDict({"Accept": "*/*"}), b"")
+    reply = await fast.send(raw.member, method, "/x", [("Accept", "*/*")], b"")
     body = reply.body
     if reply.stream is not None:  # read, then always closed, as the HTTP adapter does
         try:
