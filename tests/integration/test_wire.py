@@ -26,6 +26,9 @@ ROUTES = {
     "/cookies": f"{HANDLERS}:cookies",
     "/untyped": f"{HANDLERS}:untyped",
     "/injected": f"{HANDLERS}:injected",
+    "/nul": f"{HANDLERS}:nul_byte",
+    "/control-in-text": f"{HANDLERS}:control_in_text",
+    "/tab-and-text": f"{HANDLERS}:tab_and_text",
 }
 CLOSE = "Connection: close\r\n"
 KEEP = "Connection: keep-alive\r\n"
@@ -114,6 +117,24 @@ async def test_a_header_value_with_a_line_break_is_a_500_and_never_sent(node, ca
     assert orjson.loads(body)["error"] == "internal"
     assert headers["content-length"] == [str(len(body))] and headers["x-node"] == ["node-a"]
     assert any("control character" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("path", ["/nul", "/control-in-text"])
+async def test_a_header_value_with_another_control_character_is_a_500(node, caplog, path):
+    """RFC 9110 section 5.5: NUL and the other controls but HTAB are refused as CR and LF
+    are, whether the head is ASCII (aiohttp's serializer) or not (the node's own)."""
+    raw = await exchange(node, get(path, extra=CLOSE))
+    status, headers, _ = parse(raw)
+    assert status == "HTTP/1.1 500 Internal Server Error" and "x-odd" not in headers
+    assert b"\x00" not in raw and b"\x01" not in raw
+    assert any("control character" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_tab_and_non_ascii_text_in_values_go_out_as_utf8(node):
+    status, headers, _ = parse(await exchange(node, get("/tab-and-text", extra=CLOSE)))
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["x-tab"] == ["a\tb"]
+    assert headers["x-text"] == ["café"]  # parse decodes the head as UTF-8
 
 
 async def test_the_access_log_reads_status_length_and_headers(caplog):

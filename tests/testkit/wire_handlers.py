@@ -31,3 +31,16 @@ async def untyped(call: Call) -> Reply:
 
 async def injected(call: Call) -> Reply:
     return Reply(200, b"x", {"X-Evil": "a\r\nSet-Cookie: stolen=1"})
+
+
+async def nul_byte(call: Call) -> Reply:
+    return Reply(200, b"x", {"X-Odd": "a\x00b"})
+
+
+async def control_in_text(call: Call) -> Reply:
+    """Non-ASCII, so the head takes the Python serializer: the same refusal."""
+    return Reply(200, b"x", {"X-Odd": "café\x01"})
+
+
+async def tab_and_text(call: Call) -> Reply:
+    return Reply(200, b"x", {"X-Tab": "a\tb", "X-Text": "café"})
