@@ -21,7 +21,14 @@ from plugins.ratelimit.plugin import (
     digest,
     header_lines,
 )
-from plugins.ratelimit.stores import BATCHED, DECIDE_NOW, CounterStore, MemoryCounter, RedisCounter
+from plugins.ratelimit.stores import (
+    BATCHED,
+    DECIDE_NOW,
+    MAX_BATCH,
+    CounterStore,
+    MemoryCounter,
+    RedisCounter,
+)
 from plugins.ratelimit.tiers import TierDirectory
 
 
@@ -124,6 +131,8 @@ class OneLimitRateLimiter(RateLimiter):
                     batch.append((future, 4))  # allowed, then the limit's three
                     key_parts.append(packed_key)
                     arg_parts.append(packed)
+                    if len(batch) >= MAX_BATCH:
+                        flush(pipeline)
                 else:
                     future = enqueue(call)
                 # remaining comes as the digits of its header line (ratelimit.lua)

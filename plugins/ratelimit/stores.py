@@ -27,6 +27,12 @@ Batch = list[tuple["asyncio.Future[list[int]]", int]]
 MEMORY_MAX_KEYS = 100_000
 KEYS_PACKED = 65536  # one-key requests whose key is kept packed as RESP
 FRAMINGS_KEPT = 4096  # batch shapes (keys, requests) whose EVALSHA framing is kept made
+# A tick's checks go to Redis in batches of at most this many, each written as soon as it
+# is full: Redis runs one while the node goes on with the tick's other requests. One batch
+# per tick made the two wait on each other in turn (under wrk, the node's CPU 82 % busy and
+# the limited route 0.72x the same route without it, also with 256 connections); batches
+# of 16: 99 % busy, 0.76x-0.88x over four runs, p99 2.2 -> 1.6-2.0 ms (8 and 32 alike).
+MAX_BATCH = 16
 
 
 @dataclass(slots=True)
@@ -110,8 +116,9 @@ def bulk(value: str | int) -> bytes:
 class RedisCounter:
     """All limits of a request in one script run, on Redis time; Cluster-safe key tags.
 
-    The checks of one event-loop tick travel as ONE script call (a batch: one command to
-    write, one reply to parse, one script run), over the auto-pipeline's connection. Each
+    The checks of one event-loop tick travel as few script calls (a batch of up to
+    MAX_BATCH: one command to write, one reply to parse, one script run), over the
+    auto-pipeline's connection. Each
     request's arguments are packed once per limit set. On Redis Cluster, where one
     script may only touch one slot, each request is its own batch through redis-py.
     """
@@ -204,6 +211,8 @@ class RedisCounter:
         else:
             self.key_parts += map(bulk, keys)
         self.arg_parts.append(packed)
+        if len(batch) >= MAX_BATCH:
+            self.flush(self.connection.pipeline)
         return future
 
     def packed_key(self, key: str) -> bytes:
@@ -226,6 +235,8 @@ class RedisCounter:
         coroutine, no callback per batch. Connecting, or reloading the script, takes the
         coroutine path (`_send`), which waits for either."""
         batch, key_parts, arg_parts = self.batch, self.key_parts, self.arg_parts
+        if not batch:  # the tick's batch went out full (MAX_BATCH) and none began since
+            return
         settle = Settle(batch)  # this batch's own list (the step appends to `batch`)
         batch.clear()
         framing = self._framing.get((len(key_parts), len(settle)))

@@ -18,10 +18,11 @@ from node.cluster.redis import RedisConnection
 from node.errors import RateLimited, ServiceUnavailable
 from node.forwarding import TrustedProxies
 from node.schema import build
+from plugins.ratelimit.algorithms import FIXED_WINDOW, Limit
 from plugins.ratelimit.one_limit import OneLimitRateLimiter
 from plugins.ratelimit.plugin import LIMIT_LINES, Policy, header_lines
 from plugins.ratelimit.settings import RateLimitSettings, default_limits
-from plugins.ratelimit.stores import BATCHED, RedisCounter
+from plugins.ratelimit.stores import BATCHED, MAX_BATCH, RedisCounter
 
 from .ratelimit_helpers import REDIS_URL, avoid_window_edge
 
@@ -90,6 +91,53 @@ async def test_one_tick_of_peers_is_one_batch_each_with_its_own_headers(
     store: RedisCounter = made.store  # type: ignore[assignment]
     assert not store.batch and not store.key_parts and not store.arg_parts
     assert made.counters.allowed == 12
+
+
+async def script_calls(connection: RedisConnection) -> int:
+    stats = await connection.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_tick_of_more_than_a_batch_goes_in_batches_and_stays_exact(
+    connection: RedisConnection,
+) -> None:
+    """A tick's checks leave in batches of MAX_BATCH (Redis runs one while the node goes
+    on), and one client's checks still count in the calls' order: the limit holds to the
+    request, the remaining counts down one by one, the rest are 429s."""
+    await avoid_window_edge(60)
+    count = 2 * MAX_BATCH + 8
+    made, step = limiter(connection, count - 5)
+    peer = ("10.0.0.7", 5000)
+    assert (await step(call_from(peer))).status == 200  # packs the peer's key
+    before = await script_calls(connection)
+    calls = [call_from(peer) for _ in range(count)]
+    outcomes = await asyncio.gather(*(step(call) for call in calls), return_exceptions=True)
+    assert await script_calls(connection) - before == 3  # 16 + 16 + 8, not one per request
+    allowed = count - 6
+    assert [getattr(o, "status", None) for o in outcomes[:allowed]] == [200] * allowed
+    assert all(isinstance(o, RateLimited) for o in outcomes[allowed:])
+    remaining = [
+        int(call.added_headers[1].split(b"RateLimit-Remaining: ")[1].split(b"\r\n")[0])  # type: ignore[index]
+        for call in calls
+    ]
+    assert remaining == [*range(allowed - 1, -1, -1), *[0] * 6]
+    store: RedisCounter = made.store  # type: ignore[assignment]
+    assert not store.batch and not store.key_parts and not store.arg_parts
+
+
+async def test_the_stores_own_batches_are_bounded_too(connection: RedisConnection) -> None:
+    """RedisCounter.hit (the general path, tiers and multi-limit policies) batches the same."""
+    counter = RedisCounter(connection)
+    key = f"sn:rl:{{{uuid.uuid4().hex}}}:bounded"
+    limit = Limit(100, 3_600_000_000, 100)  # an hour: no window edge within the test
+    await counter.hit([key], FIXED_WINDOW, [limit])  # loads the script
+    before = await script_calls(connection)
+    decisions = await asyncio.gather(
+        *(counter.hit([key], FIXED_WINDOW, [limit]) for _ in range(MAX_BATCH + 1))
+    )
+    assert await script_calls(connection) - before == 2
+    assert [d.verdicts[0].remaining for d in decisions] == list(range(98, 98 - MAX_BATCH - 1, -1))
+    await connection.client.delete(key)
 
 
 async def test_over_the_limit_is_a_429_with_its_headers(connection: RedisConnection) -> None:
