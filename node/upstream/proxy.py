@@ -62,7 +62,9 @@ class UpstreamProxy:
         if "Connection" in incoming:
             drop = drop | connection_named(incoming)
         traceparent = call.traceparent
-        kept_trace = traceparent == incoming.get("traceparent")
+        # The client's own line goes on as sent, unless it was invalid (a new trace) or named
+        # by Connection (the call's traceparent is added instead, as for a new trace).
+        kept_trace = "traceparent" not in drop and traceparent == incoming.get("traceparent")
         if not kept_trace:  # a new trace: the client's tracestate belonged to the one not taken up
             drop = drop | NEW_TRACE_DROP
         headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]

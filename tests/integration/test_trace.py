@@ -48,6 +48,16 @@ async def test_a_trace_is_started_when_absent(node: TestClient, upstream: Upstre
     assert len({value[3:35] for value in made}) == 2
 
 
+async def test_a_traceparent_named_by_connection_still_reaches_the_upstream(
+    node: TestClient, upstream: Upstream
+) -> None:
+    """Connection makes the client's line hop-by-hop; the trace goes on all the same."""
+    headers = {"traceparent": GIVEN, "Connection": "traceparent"}
+    async with node.get("/api/x", headers=headers) as resp:
+        assert resp.status == 200
+    assert upstream.seen[0].headers.getall("traceparent") == [GIVEN]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
