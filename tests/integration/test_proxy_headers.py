@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
+
+from node.trace import trace_id_of
 
 from .conftest import NodeFactory, Upstream, proxy_settings
 
@@ -142,3 +145,35 @@ async def test_request_id_kept_when_given(node: TestClient, upstream: Upstream) 
         assert resp.status == 200
         assert resp.headers.getall("X-Request-Id") == ["client-trace-123"]
     assert upstream.seen[0].headers.getall("X-Request-Id") == ["client-trace-123"]
+
+
+@pytest.mark.parametrize(
+    "credentials", ["", "user:pw@"], ids=["lean client", "aiohttp client (credentials)"]
+)
+async def test_both_upstream_clients_forward_the_same_lines(
+    node_factory: NodeFactory, upstream: Upstream, credentials: str
+) -> None:
+    """The lean client (plain http) and aiohttp's (https, or credentials in the URL) get the
+    same header lines: repeated ones in order, Connection's names gone, the client's
+    request id kept, the forwarding headers and a trace added."""
+    target = f"http://{credentials}127.0.0.1:{upstream.port}"
+    client = await node_factory(proxy_settings([target]))
+    headers = CIMultiDict(
+        [
+            ("X-Multi", "1"),
+            ("X-Multi", "2"),
+            ("Connection", "x-hop"),
+            ("X-Hop", "h"),
+            ("X-End", "e"),
+            ("X-Request-Id", "given-1"),
+        ]
+    )
+    async with client.get("/api/x", headers=headers) as resp:
+        assert resp.status == 200
+    got = upstream.seen[0].headers
+    assert got.getall("X-Multi") == ["1", "2"]
+    assert "X-Hop" not in got and got["X-End"] == "e"
+    assert got.getall("X-Request-Id") == ["given-1"]
+    assert got.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert trace_id_of(got["traceparent"]) is not None
+    assert got["Host"] == f"127.0.0.1:{upstream.port}"
