@@ -17,7 +17,8 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "x-forwarded-host",
     "x-request-id",  # the call's own (the client's, when it sent a usable one) is added
 }
-NEW_TRACE_DROP = frozenset({"traceparent", "tracestate"})
+# With a new trace the client's traceparent and tracestate (that trace's) go too.
+NOT_FORWARDED_NEW_TRACE = NOT_FORWARDED | {"traceparent", "tracestate"}
 
 
 def strip_raw_prefix(raw_path: str, prefix: str) -> str:
@@ -58,15 +59,15 @@ class UpstreamProxy:
         client's was absent or invalid, a new traceparent (W3C Trace Context). One pass
         over the client's lines, no header map built: this runs on every proxied request."""
         incoming = call.headers
-        drop = NOT_FORWARDED
-        if "Connection" in incoming:
-            drop = drop | connection_named(incoming)
+        named = connection_named(incoming) if "Connection" in incoming else ()
         traceparent = call.traceparent
-        # The client's own line goes on as sent, unless it was invalid (a new trace) or named
-        # by Connection (the call's traceparent is added instead, as for a new trace).
-        kept_trace = "traceparent" not in drop and traceparent == incoming.get("traceparent")
-        if not kept_trace:  # a new trace: the client's tracestate belonged to the one not taken up
-            drop = drop | NEW_TRACE_DROP
+        # The client's own line goes on as sent, unless it was absent or invalid (a new
+        # trace, whose tracestate it would not be) or named by Connection: then the call's
+        # traceparent is added. The two drop sets are made once, not per request.
+        kept_trace = "traceparent" not in named and traceparent == incoming.get("traceparent")
+        drop = NOT_FORWARDED if kept_trace else NOT_FORWARDED_NEW_TRACE
+        if named:
+            drop = drop | named
         headers = [(name, value) for name, value in incoming.items() if name.lower() not in drop]
         client = call.client
         if self.trusted.is_trusted(client):

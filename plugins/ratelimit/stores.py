@@ -116,11 +116,11 @@ def bulk(value: str | int) -> bytes:
 class RedisCounter:
     """All limits of a request in one script run, on Redis time; Cluster-safe key tags.
 
-    The checks of one event-loop tick travel as few script calls (a batch of up to
-    MAX_BATCH: one command to write, one reply to parse, one script run), over the
-    auto-pipeline's connection. Each
-    request's arguments are packed once per limit set. On Redis Cluster, where one
-    script may only touch one slot, each request is its own batch through redis-py.
+    The checks of one event-loop tick travel as few script calls (batches of up to
+    MAX_BATCH: one command to write, one reply to parse, one script run each), over the
+    auto-pipeline's connection. Each request's arguments are packed once per limit set.
+    On Redis Cluster, where one script may only touch one slot, each request is its own
+    batch through redis-py.
     """
 
     def __init__(self, connection: RedisConnection) -> None:
