@@ -1,100 +1,25 @@
 """The job queue's brokers (plugins/queue/broker.py): MemoryBroker and RabbitBroker keep
 the same contract. Each test gets a fresh queue; on RabbitMQ its queues are deleted after.
-A broker from `brokers.node()` is one more worker's connection to the same queues."""
+A broker from `brokers.node()` is one more worker's connection to the same queues. RabbitMQ's
+outages are in test_queue_broker_outages.py, the helpers in queue_brokers.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator
 
-import aio_pika
 import pytest
-from testkit.rabbit import RabbitServer, rabbitmq_missing
 
-from node.errors import BackendUnavailable
 from plugins.queue.broker import (
     DELIVERY_LIMIT,
     Broker,
     Delivery,
     QueueFull,
-    delay_ms,
     replayed_id,
 )
-from plugins.queue.memory import MemoryBroker
-from plugins.queue.rabbit import RabbitBroker
-from plugins.queue.topology import dead_name, delay_name, main_name
 
-SHARED_RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
-TIMEOUT = 2.0  # seconds: a broker round trip here, and the private node's reconnect pace
-RECONNECT = 0.2  # seconds between a test broker's connection attempts
-
-
-async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {seconds} s")
-        await asyncio.sleep(0.01)
-
-
-def rabbit(url: str, name: str) -> RabbitBroker:
-    return RabbitBroker(
-        url, connection_name=f"contract {name}", timeout=TIMEOUT, reconnect_interval=RECONNECT
-    )
-
-
-async def delete_queues(url: str, queue: str, delays: Sequence[float]) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await (await connection.channel()).get_underlay_channel()
-        for name in [main_name(queue), dead_name(queue)]:
-            await channel.queue_delete(name)
-        for delay in delays:
-            await channel.queue_delete(delay_name(queue, delay_ms(delay)))
-    finally:
-        await connection.close()
-
-
-class Brokers:
-    """One backend's brokers in a test, all on one fresh queue."""
-
-    def __init__(self, backend: str, url: str = SHARED_RABBIT) -> None:
-        self.backend = backend
-        self.url = url
-        self.queue = f"contract-{uuid.uuid4().hex[:12]}"
-        self.delays: set[float] = set()
-        self.made: list[Broker] = []
-        self.memory: MemoryBroker | None = None  # the first: every other is its peer
-
-    async def node(self, delays: Sequence[float] = (), max_length: int = 100) -> Broker:
-        """One more worker's broker, started, with the test's queue declared."""
-        broker: Broker
-        if self.backend == "memory":
-            if self.memory is None:
-                broker = self.memory = MemoryBroker()
-            else:
-                broker = self.memory.peer()
-        else:
-            broker = rabbit(self.url, self.queue)
-        self.made.append(broker)
-        await broker.start()
-        if isinstance(broker, RabbitBroker) and not broker.connected:
-            pytest.fail(f"RabbitMQ is not running at {self.url} (see README: test set-up)")
-        self.delays |= set(delays)
-        await broker.declare(self.queue, delays, max_length)
-        return broker
-
-    async def close(self) -> None:
-        for broker in self.made:  # before deleting: a live consumer would declare it again
-            await broker.close()
-        if self.backend == "rabbit":
-            await delete_queues(self.url, self.queue, sorted(self.delays))
+from .queue_brokers import Brokers, Taker, until
 
 
 @pytest.fixture(params=["memory", "rabbit"])
@@ -104,22 +29,6 @@ async def brokers(request: pytest.FixtureRequest) -> AsyncIterator[Brokers]:
         yield made
     finally:
         await made.close()
-
-
-class Taker:
-    """A consumer that keeps every delivery; acks each at once if `ack`."""
-
-    def __init__(self, *, ack: bool = False) -> None:
-        self.ack = ack
-        self.got: list[Delivery] = []
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.got.append(delivery)
-        if self.ack:
-            await delivery.ack()
-
-    def ids(self) -> list[str]:
-        return [delivery.message_id for delivery in self.got]
 
 
 async def test_publish_consume_ack_delivers_each_message_once(brokers: Brokers) -> None:
@@ -341,123 +250,3 @@ async def until_stats(broker: Broker, queue: str, **expected: int) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"stats {seen}, expected {expected}")
         await asyncio.sleep(0.02)
-
-
-# RabbitMQ only: outages.
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # free once closed: nothing listens there
-
-
-async def test_rabbit_down_at_start_fails_fast_and_remembers_the_topology() -> None:
-    """A node starts while RabbitMQ is down: start() returns at once, declare is
-    remembered, publishes and reads raise BackendUnavailable without waiting."""
-    broker = rabbit(f"amqp://guest:secret@127.0.0.1:{closed_port()}/", "down")
-    try:
-        began = time.monotonic()
-        await broker.start()
-        await broker.declare("down", [1.0], 10)
-        await broker.consume("down", Taker(), prefetch=1)
-        for call in (
-            broker.publish("down", b"x", "m1"),
-            broker.publish_dead("down", b"x", "m1"),
-            broker.stats("down"),
-            broker.replay_dead("down"),
-        ):
-            with pytest.raises(BackendUnavailable) as raised:
-                await call
-            assert "secret" not in str(raised.value)
-        assert time.monotonic() - began < 1.0
-        assert not broker.connected
-    finally:
-        await broker.close()
-
-
-@pytest.fixture
-def private_rabbit() -> Iterator[RabbitServer]:
-    """A RabbitMQ node of the test's own, to stop and start."""
-    missing = rabbitmq_missing()
-    if missing is not None:
-        pytest.skip(f"no private RabbitMQ node can run on this machine: {missing}")
-    with tempfile.TemporaryDirectory(prefix="scalenode-rabbit-") as workdir:
-        server = RabbitServer(Path(workdir))
-        try:
-            yield server
-        finally:
-            server.kill()
-
-
-async def test_rabbit_comes_up_after_the_node_started(private_rabbit: RabbitServer) -> None:
-    """Started while RabbitMQ is down, the broker connects once it is up: the remembered
-    queue is declared and the remembered consumer gets what is published."""
-    brokers = Brokers("rabbit", private_rabbit.url)
-    broker = rabbit(private_rabbit.url, brokers.queue)
-    brokers.made.append(broker)
-    try:
-        await broker.start()
-        await broker.declare(brokers.queue, [], 10)
-        taker = Taker(ack=True)
-        await broker.consume(brokers.queue, taker, prefetch=5)
-        with pytest.raises(BackendUnavailable):
-            await broker.publish(brokers.queue, b"x", "early")
-        await asyncio.to_thread(private_rabbit.start)  # the broker keeps trying meanwhile
-        await until(lambda: broker.connected, seconds=10)
-        await broker.publish(brokers.queue, b"x", "m1")
-        await until(lambda: taker.ids() == ["m1"])
-    finally:
-        await brokers.close()
-
-
-async def test_rabbit_restart_keeps_confirmed_messages(private_rabbit: RabbitServer) -> None:
-    """Messages confirmed before RabbitMQ stops are all consumed after it restarts (some
-    redelivered: they were unacked when it stopped); publishing fails fast while it is
-    down and works again after, the consumer too, by themselves."""
-    private_rabbit.start()
-    brokers = Brokers("rabbit", private_rabbit.url)
-    try:
-        broker = await brokers.node()
-        before = [f"before-{n}" for n in range(20)]
-        for message_id in before:
-            await broker.publish(brokers.queue, b"x", message_id)
-        taken: set[str] = set()
-        gate = asyncio.Event()
-
-        async def take(delivery: Delivery) -> None:
-            await gate.wait()  # the first deliveries are still unacked when it stops
-            with contextlib.suppress(BackendUnavailable):  # a delivery from before the stop
-                await delivery.ack()
-                taken.add(delivery.message_id)
-
-        await broker.consume(brokers.queue, take, prefetch=5)
-        await asyncio.sleep(0.2)
-        stopping = asyncio.create_task(asyncio.to_thread(private_rabbit.stop))
-        await until(lambda: not broker.connected)
-        began = time.monotonic()
-        with pytest.raises(BackendUnavailable):
-            await broker.publish(brokers.queue, b"x", "during")
-        assert time.monotonic() - began < 0.5
-        await stopping
-        await asyncio.to_thread(private_rabbit.start)
-        await until(lambda: broker.connected, seconds=10)
-        await until_published(broker, brokers.queue, "after")
-        gate.set()
-        await until(lambda: taken == {*before, "after"}, seconds=10)
-    finally:
-        await brokers.close()
-
-
-async def until_published(broker: Broker, queue: str, message_id: str) -> None:
-    """Publish once the robust connection has restored its channels (a few ms after the
-    connection itself); each failed try raised BackendUnavailable, not hung."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            await broker.publish(queue, b"x", message_id)
-            return
-        except BackendUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
