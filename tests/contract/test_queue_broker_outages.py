@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,17 +12,12 @@ from pathlib import Path
 
 import pytest
 from testkit.rabbit import RabbitServer, rabbitmq_missing
+from testkit.servers import closed_port
 
 from node.errors import BackendUnavailable
 from plugins.queue.broker import Broker, Delivery
 
 from .queue_brokers import Brokers, Taker, rabbit, until
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # free once closed: nothing listens there
 
 
 async def test_rabbit_down_at_start_fails_fast_and_remembers_the_topology() -> None:

@@ -23,6 +23,7 @@ from testkit.postgres import (
     fresh_database,
     new_database_name,
 )
+from testkit.servers import closed_port
 
 from plugins.shard import postgres
 from plugins.shard.documents import (
@@ -54,12 +55,6 @@ def as_body(value: Any) -> bytes:
 def parsed(document: Document | None) -> Any:
     assert document is not None
     return json.loads(document.body)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fresh_table() -> str:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
+from testkit import servers
 from testkit.node_server import NodeServer
 
 from node.app import build_app
@@ -202,9 +202,7 @@ async def upstream(upstream_factory: UpstreamFactory) -> Upstream:
 @pytest.fixture
 def closed_port() -> int:
     """A 127.0.0.1 port nothing listens on (bound, read, closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return servers.closed_port()
 
 
 def proxy_settings(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient
 from testkit.node_server import NodeServer
+from testkit.servers import closed_port
 
 from node.app import build_app
 from node.config import Settings
@@ -17,12 +17,6 @@ from node.schema import build
 REDIS = "redis://127.0.0.1:6379/0"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def settings_with(backends: dict[str, str], shard_dsn: str = "") -> Settings:

@@ -5,7 +5,6 @@ on embedded (SQLite) members and on real PostgreSQL databases."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from testkit.node_server import NodeServer
+from testkit.servers import closed_port
 
 from node.app import build_app
 from node.config import Settings
@@ -22,12 +22,6 @@ from node.schema import build
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 StoreFor = Callable[..., Awaitable[TestClient]]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["embedded", "postgres"])

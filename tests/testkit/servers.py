@@ -22,6 +22,13 @@ def wait_until(predicate: Callable[[], bool], seconds: float, failure: str) -> N
         time.sleep(0.05)
 
 
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, read, closed): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def free_port() -> int:
     """A free port P whose Redis Cluster bus port P + 10000 is free too."""
     while True:
