@@ -53,6 +53,7 @@ from typing import NoReturn
 import cpu
 import harness
 import orjson
+import pyspy
 import queue_amqp
 import queue_profile
 import redis
@@ -62,12 +63,10 @@ from harness import BenchError, Process
 from queue_report import Row, medians_table, ratio_lines, table
 from queue_tools import (
     CELERY_VENV,
-    Spy,
     Trace,
     beam_pids,
     broker_seconds,
     ensure_celery,
-    find_py_spy,
     run_client,
 )
 
@@ -201,7 +200,7 @@ class Bench:
         self.ids_file = root / "job-ids.txt"
         self.env = servers.clean_env()
         self.spies: list[tuple[Path, str]] = []  # stacks, and the row they profile
-        self.py_spy = find_py_spy(args.py_spy) if args.profile else ""
+        self.py_spy = pyspy.find(args.py_spy) if args.profile else ""
         self.problems: list[str] = []
         self.redis_port = 0
         self.redis_proc: Process | None = None
@@ -419,16 +418,16 @@ class Bench:
             )
         )
 
-    def spy(self, name: str, pid: int) -> Spy | None:
+    def spy(self, name: str, pid: int) -> pyspy.Recorder | None:
         if not self.args.profile:
             return None
         self.args.profile.mkdir(parents=True, exist_ok=True)
         out = self.args.profile / f"{name}.txt"
-        spy = Spy(self.py_spy, pid, out, self.args.load_cpu, self.logs)
+        spy = pyspy.Recorder(self.py_spy, pid, out, self.args.load_cpu, self.logs)
         self.running.append(spy.proc)  # stopped with the rest if the run fails
         return spy
 
-    def unspy(self, spy: Spy | None, row: str) -> None:
+    def unspy(self, spy: pyspy.Recorder | None, row: str) -> None:
         if spy is not None:
             self.spies.append((spy.stop(), row))
             self.running.remove(spy.proc)

@@ -1,11 +1,9 @@
 """queue_bench.py's helpers: finding RabbitMQ's VM and its CPU time, running queue_load.py,
-the Celery venv, py-spy (finding it, recording a pid) and sampling CPU time during a drain."""
+the Celery venv and sampling CPU time during a drain."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -66,33 +64,6 @@ def ensure_celery(python: Path) -> Path:
     pip = CELERY_VENV / "bin" / "pip"
     subprocess.run([str(pip), "install", "-q", "celery"], check=True)
     return python
-
-
-def find_py_spy(given: str) -> str:
-    for candidate in (given, shutil.which("py-spy") or "", str(CELERY_VENV / "bin" / "py-spy")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise BenchError("--profile needs py-spy: pip install py-spy into a venv under /tmp")
-
-
-class Spy:
-    """py-spy recording one pid (from the load CPU) until stopped; raw collapsed stacks."""
-
-    def __init__(self, binary: str, pid: int, out: Path, cpu_no: int, log_dir: Path) -> None:
-        self.out = out
-        argv = [binary, "record", "--pid", str(pid), "--rate", "500", "--format", "raw"]
-        argv += ["--output", str(out), "--full-filenames"]  # blocking: whole stacks
-        self.proc = harness.start(out.stem + "-py-spy", argv, cpu=cpu_no, log_dir=log_dir)
-        time.sleep(0.3)  # attached
-
-    def stop(self) -> Path:
-        if self.proc.popen.poll() is None:
-            self.proc.popen.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            try:
-                self.proc.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                harness.stop(self.proc)
-        return self.out
 
 
 class Trace:
